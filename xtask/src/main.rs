@@ -1,0 +1,214 @@
+//! Project automation: `cargo xtask ci` is the whole definition of CI, `cargo xtask bench`
+//! runs every crate's comparison benchmark and writes the report.
+//!
+//! Every command is echoed before it runs, so a failure can be reproduced by copying the
+//! line. The binary has one dependency (`serde_json`, for the benchmark report).
+
+mod bench;
+#[cfg(test)]
+mod tidy;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+const HELP: &str = "\
+cargo xtask <task>
+
+Tasks:
+  ci                  format check, clippy, tests (unit, integration, doc, property, tidy),
+                      rustdoc, loom models, benches compiled. The whole CI.
+  bench [--quick] [--write-docs]
+                      run every crate's `vs_peers` benchmark side by side with its peers;
+                      writes target/bench/report.json and prints a table.
+                      --quick       short runs, for smoke testing
+                      --write-docs  also regenerate docs/benchmarks.md from this run
+  help                this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`; run `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// One step of CI: a command, the environment it needs, and what to do when it fails.
+struct Step {
+    name: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    fix_hint: String,
+}
+
+impl Step {
+    fn new(name: &'static str, args: &[&str], fix_hint: &str) -> Step {
+        Step {
+            name,
+            args: args.iter().map(ToString::to_string).collect(),
+            env: Vec::new(),
+            fix_hint: fix_hint.to_string(),
+        }
+    }
+
+    fn env(mut self, key: &'static str, value: impl Into<String>) -> Step {
+        self.env.push((key, value.into()));
+        self
+    }
+}
+
+fn ci() -> Result<(), String> {
+    let root = project_root();
+    let mut steps = vec![
+        Step::new(
+            "fmt",
+            &["cargo", "fmt", "--all", "--check"],
+            "run `cargo fmt --all` and commit the result",
+        ),
+        Step::new(
+            "clippy",
+            &[
+                "cargo",
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            "fix the warnings above (`cargo clippy --workspace --all-targets` shows them while editing)",
+        ),
+        Step::new(
+            "test",
+            &["cargo", "test", "--workspace", "--locked"],
+            "reproduce one crate with `cargo test -p <crate>`; a tidy failure says how to fix itself",
+        ),
+        Step::new(
+            "doc",
+            &["cargo", "doc", "--workspace", "--no-deps", "--locked"],
+            "fix the rustdoc warnings above (broken intra-doc links, missing docs)",
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+    ];
+    // Model tests are discovered, so a crate that adds `tests/loom.rs` is checked without
+    // editing this file. They build with `--cfg loom` in their own target directory so the
+    // normal build cache is not invalidated by the changed RUSTFLAGS.
+    for krate in crates_with_file(&root, "tests/loom.rs")? {
+        steps.push(
+            Step {
+                name: "loom",
+                args: ["cargo", "test", "-p", &krate, "--test", "loom", "--release", "--locked"]
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                env: Vec::new(),
+                fix_hint: format!(
+                    "reproduce with `RUSTFLAGS=\"--cfg loom\" CARGO_TARGET_DIR=target/loom cargo test -p {krate} --test loom --release`; \
+                     set LOOM_LOG=trace LOOM_LOCATION=1 for the failing interleaving"
+                ),
+            }
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", root.join("target/loom").display().to_string()),
+        );
+    }
+    steps.push(Step::new(
+        "bench-build",
+        &["cargo", "bench", "--workspace", "--no-run", "--locked"],
+        "the benchmarks must compile; run `cargo bench --workspace --no-run` to see why they do not",
+    ));
+
+    let total = steps.len();
+    let ci_start = Instant::now();
+    let mut timings = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        println!(
+            "\n== [{}/{total}] {}: {}",
+            index + 1,
+            step.name,
+            render(step)
+        );
+        let started = Instant::now();
+        let succeeded = run_step(&root, step)?;
+        let elapsed = started.elapsed();
+        if !succeeded {
+            println!("== FAILED {} after {}", step.name, seconds(elapsed));
+            return Err(format!("`{}` failed: {}", step.name, step.fix_hint));
+        }
+        println!("== ok {} ({})", step.name, seconds(elapsed));
+        timings.push((step.name, elapsed));
+    }
+    println!("\n== CI passed in {}", seconds(ci_start.elapsed()));
+    for (name, elapsed) in timings {
+        println!("   {name:<12} {}", seconds(elapsed));
+    }
+    Ok(())
+}
+
+fn render(step: &Step) -> String {
+    let env: Vec<String> = step
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect();
+    let mut words = env;
+    words.extend(step.args.iter().cloned());
+    words.join(" ")
+}
+
+fn run_step(root: &Path, step: &Step) -> Result<bool, String> {
+    let mut command = Command::new(&step.args[0]);
+    command.args(&step.args[1..]).current_dir(root);
+    for (key, value) in &step.env {
+        command.env(key, value);
+    }
+    let status = command
+        .status()
+        .map_err(|error| format!("could not start `{}`: {error}", step.args[0]))?;
+    Ok(status.success())
+}
+
+fn seconds(elapsed: Duration) -> String {
+    format!("{:.1}s", elapsed.as_secs_f64())
+}
+
+/// Names of the crates under `crates/` that contain `relative` (sorted, so runs are repeatable).
+fn crates_with_file(root: &Path, relative: &str) -> Result<Vec<String>, String> {
+    let crates_dir = root.join("crates");
+    let entries = std::fs::read_dir(&crates_dir)
+        .map_err(|error| format!("cannot list {}: {error}", crates_dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|error| format!("cannot list {}: {error}", crates_dir.display()))?;
+        if entry.path().join(relative).is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
