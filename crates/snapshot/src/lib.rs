@@ -1,3 +1,109 @@
-//! Crash-safe persistence of cache entries to a versioned JSON snapshot file.
+//! Crash-safe, streaming persistence of an in-memory cache to a versioned JSON snapshot.
 //!
-//! The implementation lands with issue #5; this crate is empty until then.
+//! A service keeps a cache keyed by string, each [`CacheEntry`] a value with an optional
+//! absolute expiry (epoch milliseconds) and optional tags. [`CachePersistence`] saves it to
+//! `<dir>/cache-snapshot.json` and restores it after a restart:
+//!
+//! ```json
+//! { "version": 1, "timestamp": 1700000000000,
+//!   "entries": [ { "key": "user:1", "value": {"name": "Ada"}, "expiresAt": 1700000060000, "tags": ["users"] } ] }
+//! ```
+//!
+//! The file is plain JSON (`jq '.entries | length' .cache/cache-snapshot.json` works).
+//! Saving streams from any iterator of `(key, &CacheEntry<V>)`; restoring streams into
+//! the result map, dropping expired entries as they are read.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use snapshot::{CacheEntry, CachePersistence};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let persistence = CachePersistence::new(dir.path());
+//!
+//! let mut cache: HashMap<String, CacheEntry<serde_json::Value>> = HashMap::new();
+//! cache.insert("user:1".into(), CacheEntry::new(serde_json::json!({"name": "Ada"})).tagged(["users"]));
+//! persistence.save(&cache)?;
+//!
+//! let restored = persistence.restore::<serde_json::Value>()?;
+//! println!("restored {} entries, {} expired", restored.report.loaded, restored.report.expired);
+//! assert_eq!(restored.entries, cache);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `tokio` (off by default): `CachePersistence::save_async` and
+//!   `CachePersistence::restore_async`, which run the file work on tokio's blocking pool,
+//!   and `Persister`, a task that saves periodically, coalesces requests, and saves a
+//!   last time on shutdown.
+//!
+//! # Crash safety
+//!
+//! What a caller may rely on, whatever happens to the process or the machine:
+//!
+//! - **The snapshot is always whole.** A save writes a uniquely named temp file in the same
+//!   directory (`cache-snapshot.json.tmp-<pid>-<nanos>-<n>`), flushes it, `fsync`s it,
+//!   renames it over `cache-snapshot.json`, and `fsync`s the directory. A crash at any
+//!   point leaves either the previous snapshot or the new one, never a mix or a prefix.
+//! - **`Ok` means durable.** `save` returns `Ok` (and updates
+//!   [`last_persist_time`](CachePersistence::last_persist_time)) only after the directory
+//!   `fsync`, so an acknowledged snapshot survives a power cut (given a disk that honours
+//!   `fsync`).
+//! - **Failure changes nothing.** On any error (disk full, file too large, a value that JSON
+//!   cannot represent) the temp file is removed and the previous snapshot is untouched.
+//!   Temp files orphaned by a killed process are swept by the next save.
+//! - **Concurrent savers serialise.** Threads share a mutex; processes share an OS lock
+//!   (`flock`) on the sidecar `cache-snapshot.json.lock` (never on the data file, whose
+//!   inode each rename replaces). Each save is whole; the last to finish wins. Readers take
+//!   no lock: they always see one complete file.
+//! - **Corrupt is not missing.** A file that exists but cannot be loaded (truncated or
+//!   invalid JSON, wrong shape, `version` not 1, over a size or entry limit) is a typed
+//!   [`SnapshotError`] naming the file and the position, and the file is renamed to
+//!   `cache-snapshot.json.corrupt-<epoch ms>` so no later save can destroy the evidence.
+//!   Only a missing file restores as empty.
+//! - **Unrepresentable values are refused, not corrupted.** `serde_json` writes NaN and
+//!   infinities as `null`. Each value is checked before it is written; a save containing
+//!   one fails with [`SnapshotError::Unrepresentable`] naming the entry's key, and the
+//!   previous snapshot stays. Non-string map keys are refused the same way.
+//! - **Private by default.** New snapshot files are created with mode `0600`; an existing
+//!   snapshot's permission bits are carried over to its replacement (its owner is not).
+//!
+//! Not covered: a disk that lies about `fsync`, and a file edited by hand while a save is
+//! in progress. Dropping a `save_async` future does not
+//! cancel the write: it completes on the blocking pool.
+//!
+//! # Restore details
+//!
+//! Restore keeps only the map it returns: no string of the file, no list of entries.
+//! `version` may appear before or after `entries`; if after, the entries are read into the
+//! map and the version is checked before anything is returned, so an unsupported version
+//! is still an error (if its entries do not even parse as version 1 entries, the error
+//! is [`Corrupt`](SnapshotError::Corrupt) instead). Unknown fields are ignored. An entry is
+//! expired when `expiresAt <= now`. If a key appears twice, the later entry wins and the
+//! earlier one is counted as `rejected` in the [`RestoreReport`]. A value that does not
+//! fit `V` fails the restore with [`SnapshotError::Corrupt`] naming the entry's key
+//! (`serde_json` cannot skip a half-read value and continue).
+//!
+//! # Observability
+//!
+//! Every save and restore emits one `tracing` event at `INFO` (counts, bytes,
+//! `duration_ms`) or `ERROR` (with the error). Sweeping a stale temp file and quarantining
+//! a file are `WARN` events.
+
+mod check;
+mod entry;
+mod error;
+mod format;
+mod persistence;
+
+#[cfg(feature = "tokio")]
+mod asynchronous;
+
+#[cfg(feature = "tokio")]
+pub use asynchronous::Persister;
+pub use entry::CacheEntry;
+pub use error::SnapshotError;
+pub use persistence::{
+    CachePersistence, DEFAULT_DIRECTORY, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_FILE_SIZE, RestoreReport,
+    Restored, SNAPSHOT_FILE_NAME, SaveReport,
+};

@@ -1,0 +1,225 @@
+//! `SnapshotError`: every way a save or restore can fail, each naming the file and the cause.
+
+use std::{fmt, io, path::Path, path::PathBuf};
+
+/// Why a save or restore failed.
+///
+/// Every variant names the file (or, for [`Unrepresentable`](Self::Unrepresentable), the
+/// entry) and what was wrong. A restore error for a file that is *present but unusable*
+/// (corrupt, unsupported version, over a limit) also says where the file was moved:
+/// it is quarantined as `cache-snapshot.json.corrupt-<epoch ms>` so no later save can
+/// overwrite the evidence.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("cache-snapshot.json"), r#"{"version":2,"entries":[]}"#)?;
+/// let persistence = snapshot::CachePersistence::new(dir.path());
+/// let error = persistence.restore::<String>().unwrap_err();
+/// assert!(matches!(error, snapshot::SnapshotError::UnsupportedVersion { .. }));
+/// assert!(error.quarantined_to().is_some());
+/// assert!(!persistence.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// A file system operation failed. Nothing was quarantined: the file may be fine.
+    Io {
+        /// What we were doing, e.g. `"write"` or `"replace the snapshot with"`.
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The snapshot file is not a valid snapshot: invalid JSON, truncated, wrong shape, or a
+    /// value that does not fit the requested type.
+    Corrupt {
+        /// The snapshot file (its name before quarantine).
+        path: PathBuf,
+        /// 1-based line of the problem (0 if unknown).
+        line: usize,
+        /// 1-based column of the problem (0 if unknown).
+        column: usize,
+        /// Whether the file simply ends early, as a torn write would leave it.
+        truncated: bool,
+        /// The key of the entry being read when it failed, if it had been read.
+        key: Option<String>,
+        /// `serde_json`'s description, including the position.
+        reason: String,
+        /// Where the file was moved; `None` if it could not be moved (see the logs).
+        quarantined_to: Option<PathBuf>,
+    },
+    /// The file's `version` is not `1`, the only version this crate reads.
+    UnsupportedVersion {
+        /// The snapshot file (its name before quarantine).
+        path: PathBuf,
+        /// The `version` found, as JSON text.
+        version: String,
+        /// Where the file was moved; `None` if it could not be moved.
+        quarantined_to: Option<PathBuf>,
+    },
+    /// The file is larger than [`CachePersistence::max_file_size`](crate::CachePersistence::max_file_size).
+    TooLarge {
+        /// The snapshot file (its name before quarantine).
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The configured limit in bytes.
+        limit: u64,
+        /// Where the file was moved; `None` if it could not be moved.
+        quarantined_to: Option<PathBuf>,
+    },
+    /// The file holds more entries than
+    /// [`CachePersistence::max_entries`](crate::CachePersistence::max_entries).
+    TooManyEntries {
+        /// The snapshot file (its name before quarantine).
+        path: PathBuf,
+        /// The configured limit.
+        limit: u64,
+        /// Where the file was moved; `None` if it could not be moved.
+        quarantined_to: Option<PathBuf>,
+    },
+    /// An entry's value has no faithful JSON form (a NaN or infinite float, which
+    /// `serde_json` would write as `null`; a map with non-string keys; or a `Serialize`
+    /// impl that failed). The whole save was rejected; the previous snapshot is untouched.
+    Unrepresentable {
+        /// The entry's key.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+impl SnapshotError {
+    /// Where a restore moved the unusable file, if it did.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// std::fs::write(dir.path().join("cache-snapshot.json"), "{ not json")?;
+    /// let error = snapshot::CachePersistence::new(dir.path()).restore::<u8>().unwrap_err();
+    /// let moved_to = error.quarantined_to().unwrap();
+    /// assert_eq!(std::fs::read_to_string(moved_to)?, "{ not json");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn quarantined_to(&self) -> Option<&Path> {
+        match self {
+            Self::Corrupt { quarantined_to, .. }
+            | Self::UnsupportedVersion { quarantined_to, .. }
+            | Self::TooLarge { quarantined_to, .. }
+            | Self::TooManyEntries { quarantined_to, .. } => quarantined_to.as_deref(),
+            Self::Io { .. } | Self::Unrepresentable { .. } => None,
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Records where the file went, for the variants that describe an unusable file.
+    pub(crate) fn set_quarantined_to(&mut self, destination: Option<PathBuf>) {
+        match self {
+            Self::Corrupt { quarantined_to, .. }
+            | Self::UnsupportedVersion { quarantined_to, .. }
+            | Self::TooLarge { quarantined_to, .. }
+            | Self::TooManyEntries { quarantined_to, .. } => *quarantined_to = destination,
+            Self::Io { .. } | Self::Unrepresentable { .. } => {}
+        }
+    }
+
+    /// Whether the error describes the file's contents (so the file should be quarantined)
+    /// rather than a failure to read it.
+    pub(crate) fn is_bad_file(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. }
+                | Self::UnsupportedVersion { .. }
+                | Self::TooLarge { .. }
+                | Self::TooManyEntries { .. }
+        )
+    }
+}
+
+fn quarantine_note(quarantined_to: Option<&PathBuf>) -> String {
+    match quarantined_to {
+        Some(destination) => format!("; the file was moved to {}", destination.display()),
+        None => String::new(),
+    }
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            Self::Corrupt {
+                path,
+                key,
+                reason,
+                truncated,
+                quarantined_to,
+                ..
+            } => {
+                write!(f, "{} is not a valid cache snapshot", path.display())?;
+                if *truncated {
+                    f.write_str(" (it is truncated)")?;
+                }
+                if let Some(key) = key {
+                    write!(f, ", in the entry {key:?}")?;
+                }
+                write!(f, ": {reason}{}", quarantine_note(quarantined_to.as_ref()))
+            }
+            Self::UnsupportedVersion {
+                path,
+                version,
+                quarantined_to,
+            } => write!(
+                f,
+                "{} has snapshot version {version}, but only version 1 is supported{}",
+                path.display(),
+                quarantine_note(quarantined_to.as_ref())
+            ),
+            Self::TooLarge {
+                path,
+                size,
+                limit,
+                quarantined_to,
+            } => write!(
+                f,
+                "{} is {size} bytes, over the limit of {limit} bytes{}",
+                path.display(),
+                quarantine_note(quarantined_to.as_ref())
+            ),
+            Self::TooManyEntries {
+                path,
+                limit,
+                quarantined_to,
+            } => write!(
+                f,
+                "{} holds more than the limit of {limit} entries{}",
+                path.display(),
+                quarantine_note(quarantined_to.as_ref())
+            ),
+            Self::Unrepresentable { key, reason } => write!(
+                f,
+                "cannot save the entry {key:?}: {reason}; nothing was saved"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

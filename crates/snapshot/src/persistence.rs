@@ -1,0 +1,799 @@
+//! `CachePersistence`: durable atomic save, streaming restore, quarantine, and locking.
+
+use std::{
+    borrow::Borrow,
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{self, BufReader, BufWriter, Write as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    CacheEntry, SnapshotError,
+    entry::{epoch_millis, from_epoch_millis},
+    format::{Document, DocumentSeed, Failure, Restoring},
+};
+
+/// The snapshot file's name inside the cache directory.
+pub const SNAPSHOT_FILE_NAME: &str = "cache-snapshot.json";
+
+/// The directory [`CachePersistence::default`] uses, as in the original plan.
+pub const DEFAULT_DIRECTORY: &str = ".cache";
+
+/// Default for [`CachePersistence::max_file_size`]: 4 GiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
+
+/// Default for [`CachePersistence::max_entries`]: 100 million.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000_000;
+
+/// Large enough that a save makes few `write` calls, small enough to be irrelevant next
+/// to a cache worth persisting.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Saves and restores one cache snapshot file, `<directory>/cache-snapshot.json`.
+///
+/// Cloning is cheap; clones share the in-process save lock and
+/// [`last_persist_time`](Self::last_persist_time).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use snapshot::{CacheEntry, CachePersistence};
+///
+/// let dir = tempfile::tempdir()?;
+/// let persistence = CachePersistence::new(dir.path().join("cache"));
+/// assert!(!persistence.exists());
+///
+/// let mut cache = HashMap::new();
+/// cache.insert("user:1".to_string(), CacheEntry::new(vec![1, 2, 3]).tagged(["users"]));
+/// persistence.save(&cache)?;
+/// assert!(persistence.exists());
+/// assert!(persistence.last_persist_time().is_some());
+///
+/// let restored = persistence.restore::<Vec<u8>>()?;
+/// assert_eq!(restored.entries, cache);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct CachePersistence {
+    directory: PathBuf,
+    path: PathBuf,
+    lock_path: PathBuf,
+    temp_prefix: String,
+    max_file_size: u64,
+    max_entries: u64,
+    clock: Clock,
+    shared: Arc<Shared>,
+}
+
+/// State shared by clones.
+struct Shared {
+    /// Serialises this process's savers (and quarantines) before they take the OS lock.
+    save_lock: Mutex<()>,
+    last_persist_time: Mutex<Option<SystemTime>>,
+}
+
+/// What a successful save wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SaveReport {
+    /// Entries written.
+    pub entries: u64,
+    /// Size of the new snapshot file in bytes.
+    pub bytes: u64,
+    /// Temp files from crashed saves that were removed first.
+    pub swept_temp_files: u64,
+    /// Wall time of the whole save, including waiting for the lock and fsync.
+    pub duration: Duration,
+}
+
+/// What a restore found, besides the entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Whether a snapshot file existed; `false` means the map is empty because there was none.
+    pub found: bool,
+    /// Entries loaded into the map.
+    pub loaded: u64,
+    /// Entries dropped because they had expired.
+    pub expired: u64,
+    /// Entries read but not loaded for another reason: an earlier entry whose key
+    /// repeats later in the file (the later one wins).
+    pub rejected: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// When the snapshot was written, from its `timestamp` field.
+    pub snapshot_time: Option<SystemTime>,
+    /// Wall time of the restore.
+    pub duration: Duration,
+}
+
+/// The entries a restore loaded, with its report.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let restored = snapshot::CachePersistence::new(dir.path()).restore::<String>()?;
+/// assert!(restored.entries.is_empty());
+/// assert!(!restored.report.found);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored<V> {
+    /// The unexpired entries, by key.
+    pub entries: HashMap<String, CacheEntry<V>>,
+    /// Counts, sizes, and timing.
+    pub report: RestoreReport,
+}
+
+impl<V> Default for Restored<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            report: RestoreReport::default(),
+        }
+    }
+}
+
+impl Default for CachePersistence {
+    /// Persistence in `.cache`, relative to the working directory.
+    fn default() -> Self {
+        Self::new(DEFAULT_DIRECTORY)
+    }
+}
+
+impl std::fmt::Debug for CachePersistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachePersistence")
+            .field("path", &self.path)
+            .field("max_file_size", &self.max_file_size)
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes the temp file when dropped, unless the save got as far as renaming it.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(error) = fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), %error, "cannot remove the temp file of a failed save");
+        }
+    }
+}
+
+impl CachePersistence {
+    /// Persistence in `directory` (created on the first save), with default limits.
+    ///
+    /// ```
+    /// let persistence = snapshot::CachePersistence::new("/var/cache/my-service");
+    /// assert_eq!(persistence.path(), std::path::Path::new("/var/cache/my-service/cache-snapshot.json"));
+    /// ```
+    pub fn new(directory: impl Into<PathBuf>) -> Self {
+        let directory = directory.into();
+        let path = directory.join(SNAPSHOT_FILE_NAME);
+        Self {
+            lock_path: directory.join(format!("{SNAPSHOT_FILE_NAME}.lock")),
+            temp_prefix: format!("{SNAPSHOT_FILE_NAME}.tmp-"),
+            path,
+            directory,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            clock: Arc::new(SystemTime::now),
+            shared: Arc::new(Shared {
+                save_lock: Mutex::new(()),
+                last_persist_time: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Refuses to restore files larger than `bytes` (default 4 GiB).
+    ///
+    /// ```
+    /// let persistence = snapshot::CachePersistence::new(".cache").with_max_file_size(1 << 20);
+    /// assert_eq!(persistence.max_file_size(), 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn with_max_file_size(mut self, bytes: u64) -> Self {
+        self.max_file_size = bytes;
+        self
+    }
+
+    /// Refuses to restore files with more than `entries` entries, counting expired ones
+    /// (default 100 million).
+    ///
+    /// ```
+    /// let persistence = snapshot::CachePersistence::new(".cache").with_max_entries(10);
+    /// assert_eq!(persistence.max_entries(), 10);
+    /// ```
+    #[must_use]
+    pub fn with_max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = entries;
+        self
+    }
+
+    /// Uses `clock` instead of [`SystemTime::now`] for the file's `timestamp` and for
+    /// deciding which entries have expired; tests use it to pin the time.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// let persistence = snapshot::CachePersistence::new(".cache")
+    ///     .with_clock(|| UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// # drop(persistence);
+    /// ```
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The snapshot file's path.
+    ///
+    /// ```
+    /// let persistence = snapshot::CachePersistence::default();
+    /// assert_eq!(persistence.path(), std::path::Path::new(".cache/cache-snapshot.json"));
+    /// ```
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The restore size limit in bytes.
+    ///
+    /// ```
+    /// assert_eq!(snapshot::CachePersistence::default().max_file_size(), 4 << 30);
+    /// ```
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size
+    }
+
+    /// The restore entry-count limit.
+    ///
+    /// ```
+    /// assert_eq!(snapshot::CachePersistence::default().max_entries(), 100_000_000);
+    /// ```
+    pub fn max_entries(&self) -> u64 {
+        self.max_entries
+    }
+
+    /// Whether a snapshot file exists (it may still be corrupt; only
+    /// [`restore`](Self::restore) can tell).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// assert!(!persistence.exists());
+    /// persistence.save(&std::collections::BTreeMap::<String, snapshot::CacheEntry<u8>>::new())?;
+    /// assert!(persistence.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exists(&self) -> bool {
+        fs::metadata(&self.path).is_ok_and(|metadata| metadata.is_file())
+    }
+
+    /// When a save through this value (or a clone) last completed, durably.
+    ///
+    /// `None` until the first successful save in this process; a failed save leaves it
+    /// unchanged.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// assert_eq!(persistence.last_persist_time(), None);
+    /// persistence.save(&std::collections::HashMap::<String, snapshot::CacheEntry<()>>::new())?;
+    /// assert!(persistence.last_persist_time().is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn last_persist_time(&self) -> Option<SystemTime> {
+        *self
+            .shared
+            .last_persist_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes all `entries` as the new snapshot, durably and atomically.
+    ///
+    /// Accepts anything iterable as `(key, &CacheEntry<V>)` pairs: `&HashMap<String, _>`,
+    /// `&BTreeMap<&str, _>`, or a cache's own iterator; nothing is copied. Expired entries
+    /// are written as given (a restore drops them).
+    ///
+    /// The entries go to a uniquely named temp file in the same directory, which is
+    /// flushed, `fsync`ed, renamed over the snapshot, and then the directory is `fsync`ed;
+    /// only then does this return `Ok` and update
+    /// [`last_persist_time`](Self::last_persist_time). Savers in this process and in other
+    /// processes are serialised by a mutex and an OS lock on
+    /// `cache-snapshot.json.lock`; the last to finish wins.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::Unrepresentable`] if a value has no faithful JSON form (NaN or
+    /// infinite floats, non-string map keys), naming its key; [`SnapshotError::Io`] if
+    /// the directory, lock, temp file, write, sync or rename fails. In every error case the
+    /// temp file is removed and the previous snapshot is untouched.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use snapshot::{CacheEntry, CachePersistence, SnapshotError};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = CachePersistence::new(dir.path());
+    /// let mut cache = BTreeMap::new();
+    /// cache.insert("pi", CacheEntry::new(3.14));
+    /// assert_eq!(persistence.save(&cache)?.entries, 1);
+    ///
+    /// cache.insert("oops", CacheEntry::new(f64::NAN));
+    /// let error = persistence.save(&cache).unwrap_err();
+    /// assert!(matches!(&error, SnapshotError::Unrepresentable { key, .. } if key == "oops"));
+    /// assert_eq!(persistence.restore::<f64>()?.entries.len(), 1, "the old snapshot is intact");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save<'a, I, K, V>(&self, entries: I) -> Result<SaveReport, SnapshotError>
+    where
+        I: IntoIterator<Item = (K, &'a CacheEntry<V>)>,
+        K: AsRef<str>,
+        V: Serialize + 'a,
+    {
+        self.save_entries::<V, _, _, _>(entries.into_iter())
+    }
+
+    /// [`save`](Self::save) for iterators of owned or borrowed entries.
+    pub(crate) fn save_entries<V, I, K, E>(&self, entries: I) -> Result<SaveReport, SnapshotError>
+    where
+        I: Iterator<Item = (K, E)>,
+        K: AsRef<str>,
+        E: Borrow<CacheEntry<V>>,
+        V: Serialize,
+    {
+        let started = Instant::now();
+        let result = self.save_locked(entries, started);
+        match &result {
+            Ok(report) => tracing::info!(
+                path = %self.path.display(),
+                entries = report.entries,
+                bytes = report.bytes,
+                swept_temp_files = report.swept_temp_files,
+                duration_ms = duration_millis(report.duration),
+                "cache snapshot saved"
+            ),
+            Err(error) => tracing::error!(
+                path = %self.path.display(),
+                %error,
+                duration_ms = duration_millis(started.elapsed()),
+                "cache snapshot save failed; the previous snapshot is untouched"
+            ),
+        }
+        result
+    }
+
+    fn save_locked<V, I, K, E>(
+        &self,
+        entries: I,
+        started: Instant,
+    ) -> Result<SaveReport, SnapshotError>
+    where
+        I: Iterator<Item = (K, E)>,
+        K: AsRef<str>,
+        E: Borrow<CacheEntry<V>>,
+        V: Serialize,
+    {
+        fs::create_dir_all(&self.directory).map_err(|error| {
+            SnapshotError::io("create the cache directory", &self.directory, error)
+        })?;
+        let _guard = self.lock()?;
+        let swept_temp_files = self.sweep_temp_files();
+
+        let (file, temp) = self.create_temp_file()?;
+        // A cache may hold private data, so new files are 0600; but an operator who chose
+        // other permissions for the existing snapshot keeps them.
+        if let Ok(metadata) = fs::metadata(&self.path) {
+            file.set_permissions(metadata.permissions())
+                .map_err(|error| SnapshotError::io("set the permissions of", &temp.path, error))?;
+        }
+
+        let timestamp = (self.clock)();
+        let written = Cell::new(0);
+        let failure = RefCell::new(None);
+        let document = Document {
+            timestamp: epoch_millis(timestamp),
+            value_type: std::marker::PhantomData,
+            entries: Cell::new(Some(entries)),
+            written: &written,
+            failure: &failure,
+        };
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+        if let Err(error) = serde_json::to_writer(&mut writer, &document) {
+            return Err(save_error(error, failure.into_inner(), &temp.path));
+        }
+        writer
+            .write_all(b"\n")
+            .and_then(|()| writer.flush())
+            .map_err(|error| SnapshotError::io("write", &temp.path, error))?;
+        let file = writer
+            .into_inner()
+            .map_err(|error| SnapshotError::io("write", &temp.path, error.into_error()))?;
+        file.sync_all()
+            .map_err(|error| SnapshotError::io("sync", &temp.path, error))?;
+        let bytes = file
+            .metadata()
+            .map_err(|error| SnapshotError::io("stat", &temp.path, error))?
+            .len();
+        drop(file);
+
+        fs::rename(&temp.path, &self.path)
+            .map_err(|error| SnapshotError::io("replace the snapshot with", &temp.path, error))?;
+        let mut temp = temp;
+        temp.armed = false;
+        // The rename is only durable once the directory entry is.
+        self.sync_directory()?;
+
+        *self
+            .shared
+            .last_persist_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(timestamp);
+        Ok(SaveReport {
+            entries: written.get(),
+            bytes,
+            swept_temp_files,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Takes the in-process lock, then the OS lock on the sidecar lock file.
+    ///
+    /// The data file is never locked: a rename replaces its inode, so a lock on it would
+    /// protect nothing.
+    fn lock(&self) -> Result<(MutexGuard<'_, ()>, File), SnapshotError> {
+        let in_process = self
+            .shared
+            .save_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        restrict_to_owner(&mut options);
+        let lock_file = options
+            .open(&self.lock_path)
+            .map_err(|error| SnapshotError::io("open the lock file", &self.lock_path, error))?;
+        lock_file
+            .lock()
+            .map_err(|error| SnapshotError::io("lock", &self.lock_path, error))?;
+        Ok((in_process, lock_file))
+    }
+
+    /// Removes temp files left by crashed saves. Called with the lock held, when no other
+    /// save can be writing one.
+    fn sweep_temp_files(&self) -> u64 {
+        let Ok(listing) = fs::read_dir(&self.directory) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for item in listing.flatten() {
+            let name = item.file_name();
+            if name
+                .to_str()
+                .is_some_and(|name| name.starts_with(&self.temp_prefix))
+            {
+                let path = item.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        swept += 1;
+                        tracing::warn!(path = %path.display(), "removed the temp file of an interrupted save");
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove the temp file of an interrupted save");
+                    }
+                }
+            }
+        }
+        swept
+    }
+
+    fn create_temp_file(&self) -> Result<(File, TempFile), SnapshotError> {
+        let mut attempt = 0_u32;
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.subsec_nanos());
+            let path = self.directory.join(format!(
+                "{}{}-{nanos}-{attempt}",
+                self.temp_prefix,
+                std::process::id()
+            ));
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            restrict_to_owner(&mut options);
+            match options.open(&path) {
+                Ok(file) => return Ok((file, TempFile { path, armed: true })),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(error) => {
+                    return Err(SnapshotError::io("create the temp file", &path, error));
+                }
+            }
+        }
+    }
+
+    fn sync_directory(&self) -> Result<(), SnapshotError> {
+        File::open(&self.directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|error| SnapshotError::io("sync the directory", &self.directory, error))
+    }
+
+    /// Reads the snapshot, streaming it straight into a map and dropping expired entries.
+    ///
+    /// A missing file is `Ok` with an empty map (and `report.found == false`).
+    ///
+    /// # Errors
+    ///
+    /// A file that is present but unusable — invalid or truncated JSON, a value that does
+    /// not fit `V` ([`Corrupt`](SnapshotError::Corrupt)), a `version` other than 1
+    /// ([`UnsupportedVersion`](SnapshotError::UnsupportedVersion)), over a limit
+    /// ([`TooLarge`](SnapshotError::TooLarge),
+    /// [`TooManyEntries`](SnapshotError::TooManyEntries)) — is moved aside to
+    /// `cache-snapshot.json.corrupt-<epoch ms>` before the error is returned, so no later
+    /// save can overwrite it. A file that cannot be read ([`Io`](SnapshotError::Io)) is left
+    /// in place.
+    ///
+    /// ```
+    /// use snapshot::{CacheEntry, CachePersistence};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = CachePersistence::new(dir.path())
+    ///     .with_clock(|| UNIX_EPOCH + Duration::from_millis(1_000));
+    /// let cache = [
+    ///     ("fresh", CacheEntry::new(1).expiring_at(2_000)),
+    ///     ("stale", CacheEntry::new(2).expiring_at(500)),
+    /// ];
+    /// persistence.save(cache.iter().map(|(key, entry)| (key, entry)))?;
+    /// let restored = persistence.restore::<i32>()?;
+    /// assert_eq!(restored.entries.len(), 1);
+    /// assert_eq!((restored.report.loaded, restored.report.expired), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore<V: DeserializeOwned>(&self) -> Result<Restored<V>, SnapshotError> {
+        let started = Instant::now();
+        let result = self.restore_file(started);
+        match &result {
+            Ok(restored) => tracing::info!(
+                path = %self.path.display(),
+                found = restored.report.found,
+                loaded = restored.report.loaded,
+                expired = restored.report.expired,
+                rejected = restored.report.rejected,
+                bytes = restored.report.bytes,
+                duration_ms = duration_millis(restored.report.duration),
+                "cache snapshot restored"
+            ),
+            Err(error) => tracing::error!(
+                path = %self.path.display(),
+                %error,
+                "cache snapshot restore failed"
+            ),
+        }
+        result
+    }
+
+    /// Like [`restore`](Self::restore), but any error is logged (via `tracing`) and
+    /// yields an empty map — the original plan's forgiving behaviour. An unusable file is
+    /// still quarantined first, so the next save cannot destroy it.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// std::fs::write(dir.path().join("cache-snapshot.json"), "{\"version\":1,\"entries\":[")?;
+    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// let restored = persistence.restore_or_empty::<String>();
+    /// assert!(restored.entries.is_empty());
+    /// assert!(!persistence.exists(), "the truncated file was moved aside");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn restore_or_empty<V: DeserializeOwned>(&self) -> Restored<V> {
+        // `restore` has already logged the error.
+        self.restore().unwrap_or_default()
+    }
+
+    fn restore_file<V: DeserializeOwned>(
+        &self,
+        started: Instant,
+    ) -> Result<Restored<V>, SnapshotError> {
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(Restored::default());
+            }
+            Err(error) => return Err(SnapshotError::io("open", &self.path, error)),
+        };
+        let metadata = file
+            .metadata()
+            .map_err(|error| SnapshotError::io("stat", &self.path, error))?;
+        let bytes = metadata.len();
+        if bytes > self.max_file_size {
+            let error = SnapshotError::TooLarge {
+                path: self.path.clone(),
+                size: bytes,
+                limit: self.max_file_size,
+                quarantined_to: None,
+            };
+            return Err(self.quarantine(error, &metadata));
+        }
+
+        let mut restoring = Restoring::new(epoch_millis((self.clock)()), self.max_entries);
+        let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        let mut deserializer = serde_json::Deserializer::from_reader(reader);
+        let parsed = serde::de::DeserializeSeed::deserialize(
+            DocumentSeed {
+                restoring: &mut restoring,
+            },
+            &mut deserializer,
+        )
+        .and_then(|()| deserializer.end());
+        if let Err(error) = parsed {
+            let error = self.restore_error(error, restoring.failure, restoring.failed_key);
+            return Err(if error.is_bad_file() {
+                self.quarantine(error, &metadata)
+            } else {
+                error
+            });
+        }
+
+        let report = RestoreReport {
+            found: true,
+            loaded: restoring.map.len() as u64,
+            expired: restoring.expired,
+            rejected: restoring.superseded,
+            bytes,
+            snapshot_time: restoring.timestamp.map(from_epoch_millis),
+            duration: started.elapsed(),
+        };
+        Ok(Restored {
+            entries: restoring.map,
+            report,
+        })
+    }
+
+    fn restore_error(
+        &self,
+        error: serde_json::Error,
+        failure: Option<Failure>,
+        failed_key: Option<String>,
+    ) -> SnapshotError {
+        let path = self.path.clone();
+        match failure {
+            Some(Failure::UnsupportedVersion(version)) => {
+                return SnapshotError::UnsupportedVersion {
+                    path,
+                    version,
+                    quarantined_to: None,
+                };
+            }
+            Some(Failure::TooManyEntries) => {
+                return SnapshotError::TooManyEntries {
+                    path,
+                    limit: self.max_entries,
+                    quarantined_to: None,
+                };
+            }
+            Some(Failure::Unrepresentable { .. } | Failure::FailedAtKey { .. }) | None => {}
+        }
+        if error.is_io() {
+            return SnapshotError::io("read", &path, io::Error::from(error));
+        }
+        SnapshotError::Corrupt {
+            path,
+            line: error.line(),
+            column: error.column(),
+            truncated: error.is_eof(),
+            key: failed_key,
+            reason: error.to_string(),
+            quarantined_to: None,
+        }
+    }
+
+    /// Moves the unusable snapshot aside so no save can overwrite it, and records where.
+    ///
+    /// Runs under the save locks and only moves the file if it is still the one we read
+    /// (same device and inode): a save that replaced it meanwhile wrote a good snapshot,
+    /// which must not be quarantined.
+    fn quarantine(&self, mut error: SnapshotError, read: &fs::Metadata) -> SnapshotError {
+        let destination = match self.lock() {
+            Ok(_guard) => self.move_aside(read),
+            Err(lock_error) => {
+                tracing::error!(%lock_error, "cannot take the lock to quarantine the snapshot");
+                None
+            }
+        };
+        error.set_quarantined_to(destination);
+        error
+    }
+
+    fn move_aside(&self, read: &fs::Metadata) -> Option<PathBuf> {
+        let current = fs::metadata(&self.path).ok()?;
+        if !same_file(&current, read) {
+            tracing::warn!(path = %self.path.display(), "the unusable snapshot was replaced by a newer save before it could be moved aside");
+            return None;
+        }
+        let stamp = epoch_millis(SystemTime::now());
+        let mut destination = self
+            .path
+            .with_file_name(format!("{SNAPSHOT_FILE_NAME}.corrupt-{stamp}"));
+        let mut suffix = 1;
+        while fs::symlink_metadata(&destination).is_ok() {
+            destination = self
+                .path
+                .with_file_name(format!("{SNAPSHOT_FILE_NAME}.corrupt-{stamp}-{suffix}"));
+            suffix += 1;
+        }
+        match fs::rename(&self.path, &destination) {
+            Ok(()) => {
+                if let Err(error) = self.sync_directory() {
+                    tracing::warn!(%error, "cannot sync the directory after quarantining the snapshot");
+                }
+                tracing::warn!(from = %self.path.display(), to = %destination.display(), "moved an unusable cache snapshot aside");
+                Some(destination)
+            }
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "cannot move an unusable cache snapshot aside");
+                None
+            }
+        }
+    }
+}
+
+fn save_error(
+    error: serde_json::Error,
+    failure: Option<Failure>,
+    temp_path: &Path,
+) -> SnapshotError {
+    match failure {
+        Some(Failure::Unrepresentable { key, reason }) => {
+            SnapshotError::Unrepresentable { key, reason }
+        }
+        _ if error.is_io() => SnapshotError::io("write", temp_path, io::Error::from(error)),
+        Some(Failure::FailedAtKey { key }) => SnapshotError::Unrepresentable {
+            key,
+            reason: error.to_string(),
+        },
+        _ => SnapshotError::Unrepresentable {
+            key: String::new(),
+            reason: error.to_string(),
+        },
+    }
+}
+
+fn duration_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(options: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.mode(0o600);
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_: &mut OpenOptions) {}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}

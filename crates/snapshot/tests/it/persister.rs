@@ -1,0 +1,138 @@
+//! The async API (feature `tokio`): `save_async`, `restore_async`, and the `Persister`,
+//! driven with a paused clock.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use snapshot::{CacheEntry, CachePersistence, Persister};
+
+type Cache = Arc<Mutex<HashMap<String, CacheEntry<u64>>>>;
+
+/// A persister whose source counts its calls and copies `cache`.
+fn counting_persister(
+    persistence: &CachePersistence,
+    period: Duration,
+    cache: &Cache,
+) -> (Persister, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let source_calls = Arc::clone(&calls);
+    let source_cache = Arc::clone(cache);
+    let persister = Persister::spawn(persistence.clone(), period, move || {
+        // Relaxed: a counter read after the task's saves are awaited.
+        source_calls.fetch_add(1, Ordering::Relaxed);
+        source_cache.lock().unwrap().clone()
+    });
+    (persister, calls)
+}
+
+fn insert(cache: &Cache, key: &str, value: u64) {
+    cache
+        .lock()
+        .unwrap()
+        .insert(key.to_string(), CacheEntry::new(value));
+}
+
+#[tokio::test(start_paused = true)]
+async fn persister_saves_every_period_and_once_more_on_shutdown() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Cache::default();
+    insert(&cache, "a", 1);
+    let (persister, calls) = counting_persister(&persistence, Duration::from_secs(10), &cache);
+
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        0,
+        "no save before the first period"
+    );
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        3,
+        "saves at 10 s, 20 s, 30 s"
+    );
+    assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 1);
+
+    insert(&cache, "b", 2);
+    let report = persister.shutdown().await.unwrap();
+    assert_eq!(report.entries, 2);
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+    assert_eq!(persistence.restore::<u64>().unwrap().entries["b"].value, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_coalesce() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Cache::default();
+    insert(&cache, "a", 1);
+    let (persister, calls) = counting_persister(&persistence, Duration::from_secs(3600), &cache);
+
+    for _ in 0..5 {
+        persister.request_save();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "five requests, one save");
+    assert!(persistence.exists());
+
+    persister.request_save();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+
+    persister.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::Relaxed), 3, "the final save");
+}
+
+#[tokio::test]
+async fn save_async_and_restore_async_round_trip() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let entries: Vec<(String, CacheEntry<u64>)> = (0..100)
+        .map(|index| (format!("k{index}"), CacheEntry::new(index)))
+        .collect();
+    let report = persistence.save_async(entries).await.unwrap();
+    assert_eq!(report.entries, 100);
+    let restored = persistence.restore_async::<u64>().await.unwrap();
+    assert_eq!(restored.entries.len(), 100);
+    assert_eq!(restored.entries["k42"].value, 42);
+}
+
+#[tokio::test]
+async fn dropping_a_save_future_does_not_stop_the_write() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let entries = vec![("k".to_string(), CacheEntry::new(1_u64))];
+    let mut future = Box::pin(persistence.save_async(entries));
+    // Poll once, which hands the work to the blocking pool, then drop the future.
+    let _ = futures_poll_once(future.as_mut()).await;
+    drop(future);
+    for _ in 0..5000 {
+        if persistence.last_persist_time().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        persistence.last_persist_time().is_some(),
+        "the save completed anyway"
+    );
+    assert_eq!(persistence.restore::<u64>().unwrap().entries["k"].value, 1);
+}
+
+/// Polls a future exactly once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(
+    future: F,
+) -> std::task::Poll<F::Output> {
+    let mut future = future;
+    std::future::poll_fn(|context| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut future).poll(context))
+    })
+    .await
+}
