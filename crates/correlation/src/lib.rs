@@ -1,3 +1,116 @@
-//! Task-local trace context (correlation id, operation, start time) with JSON start/complete lines.
+//! Task-local trace context (correlation id, operation, start time) with JSON start/complete
+//! lines, propagation helpers, and W3C Trace Context interop.
 //!
-//! The implementation lands with issue #4; this crate is empty until then.
+//! # The `tokio::spawn` trap
+//!
+//! The context lives in a `tokio::task_local!`. **Tokio does not carry task-locals into
+//! `tokio::spawn` or `tokio::task::spawn_blocking`**: code in a task spawned that way sees no
+//! trace, and its logs lose the correlation id. Use [`spawn`], [`spawn_blocking`],
+//! [`TraceFutureExt::in_current_trace`] or, for threads and pools, [`bind`]. To make the
+//! compiler catch the bare calls, copy this into your `clippy.toml`:
+//!
+//! ```toml
+//! disallowed-methods = [
+//!     { path = "tokio::spawn", reason = "loses the trace context: use correlation::spawn" },
+//!     { path = "tokio::task::spawn", reason = "loses the trace context: use correlation::spawn" },
+//!     { path = "tokio::task::spawn_blocking", reason = "loses the trace context: use correlation::spawn_blocking" },
+//!     { path = "tokio::runtime::Handle::spawn", reason = "loses the trace context: use .in_current_trace()" },
+//!     { path = "std::thread::spawn", reason = "loses the trace context: wrap the closure in correlation::bind" },
+//! ]
+//! ```
+//!
+//! # Overview
+//!
+//! [`start_trace`] runs a future inside a new [`TraceContext`] (a correlation id, a span id,
+//! the operation name, start times), writes a JSON line when it starts and exactly one when
+//! it ends: `success`, `error` (a `Result::Err`, with its `Display` text; see
+//! [`TraceOutcome`]), `panic` (resumed after logging) or `cancelled` (dropped before it
+//! finished). Anywhere below, [`correlation_id`] and [`current`] read the context, in async
+//! and sync code. Nested traces keep the correlation id and get their own span id.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let tracer = correlation::Tracer::off(); // or `Tracer::stderr()`, `Tracer::writer(w)`
+//! let result: Result<u32, String> = tracer.start_trace("GET /orders", async {
+//!     let request_id = correlation::correlation_id().unwrap();
+//!     let nested = correlation::start_trace("load-order", async {
+//!         correlation::current().unwrap()
+//!     }).await;
+//!     assert_eq!(nested.correlation_id(), &request_id);
+//!     assert!(nested.parent_span_id().is_some());
+//!     Ok(3)
+//! }).await;
+//! assert_eq!(result, Ok(3));
+//! # }
+//! ```
+//!
+//! Where lines go is a [`Tracer`] value: stderr by default ([`global`], replaceable once with
+//! [`set_global`]), any `Write + Send`, `tracing` events, or off. A trace started through a
+//! tracer uses it, and traces nested inside inherit it. Write failures are counted
+//! ([`Tracer::write_failures`]) and never reach the traced work.
+//!
+//! Incoming requests: [`Incoming::from_headers`] picks `traceparent` > `x-correlation-id` >
+//! `x-request-id`, validates them and hands [`continue_trace`] the context to continue;
+//! [`outgoing_headers`] gives the headers for calls downstream ([`TraceParent`],
+//! [`TraceState`] implement the W3C formats).
+//!
+//! # Feature flags
+//!
+//! - `tracing-subscriber` (default): [`WithCorrelation`] and [`json_layer`], which put
+//!   `correlation_id`, `trace_id` and `span_id` at the top level of every event that
+//!   `tracing-subscriber`'s formatters write inside a trace.
+//! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4.
+//!
+//! # Log format
+//!
+//! One JSON object per line, written with a single `write_all`, fields at the top level in
+//! this order:
+//!
+//! | field | present | value |
+//! |---|---|---|
+//! | `timestamp` | always | RFC 3339 UTC with milliseconds, e.g. `2026-11-28T05:34:46.123Z`; the trace's start time on `trace.start`, the end time on `trace.end` |
+//! | `level` | always | `info`; on `trace.end`: `info` (success), `warn` (cancelled), `error` (error, panic) |
+//! | `event` | always | `trace.start` or `trace.end` |
+//! | `correlation_id` | always | the request's id: a lowercase hyphenated UUID, or a validated received id |
+//! | `trace_id` | always | W3C trace id, 32 lowercase hex digits (the UUID's bytes when the id is a UUID) |
+//! | `span_id` | always | this span, 16 lowercase hex digits |
+//! | `parent_span_id` | when nested or continued from `traceparent` | the enclosing span, 16 hex digits |
+//! | `operation` | always | the operation name, JSON-escaped |
+//! | `outcome` | `trace.end` | `success`, `error`, `panic` or `cancelled` |
+//! | `duration_ms` | `trace.end` | monotonic duration in milliseconds, microsecond resolution |
+//! | `error` | `trace.end` with `error` (and `panic` with a text message) | the `Display` text, JSON-escaped |
+//!
+//! ```text
+//! {"timestamp":"2026-11-28T05:34:46.123Z","level":"info","event":"trace.start","correlation_id":"6f1c…","trace_id":"6f1c…","span_id":"9a3e5b7c1d2f4a60","operation":"GET /orders"}
+//! {"timestamp":"2026-11-28T05:34:46.131Z","level":"error","event":"trace.end","correlation_id":"6f1c…","trace_id":"6f1c…","span_id":"9a3e5b7c1d2f4a60","operation":"GET /orders","outcome":"error","duration_ms":8.042,"error":"order 7 not found"}
+//! ```
+//!
+//! All text goes through `serde_json`, so a newline in an error message is written as `\n`
+//! and can never start a second line.
+
+mod context;
+mod headers;
+mod id;
+#[cfg(feature = "tracing-subscriber")]
+mod layer;
+mod line;
+mod propagate;
+mod tracer;
+mod w3c;
+
+pub use crate::{
+    context::{TraceContext, correlation_id, current, outgoing_headers, sync_scope, with_current},
+    headers::{IdSource, Incoming, Rejection, RejectionReason},
+    id::{
+        CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN, SpanId, TraceFlags, TraceId,
+    },
+    propagate::{InTrace, TraceFutureExt, bind, spawn, spawn_blocking},
+    tracer::{
+        Outcome, TraceOutcome, Tracer, continue_trace, global, set_global, start_trace,
+        start_trace_with_id, trace_sync,
+    },
+    w3c::{MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState, TraceStateError},
+};
+
+#[cfg(feature = "tracing-subscriber")]
+pub use crate::layer::{WithCorrelation, json_layer};

@@ -1,0 +1,259 @@
+//! Incoming request headers: choosing and validating the id to continue.
+
+use crate::{
+    id::{CorrelationId, InvalidCorrelationId, SpanId, TraceFlags, TraceId},
+    w3c::{TraceParent, TraceParentError, TraceState, TraceStateError},
+};
+
+/// The trace to continue, chosen from incoming request headers.
+///
+/// Precedence: a valid `traceparent` (its trace id becomes the correlation id, its parent-id
+/// the parent span, and a valid `tracestate` travels with it), then `x-correlation-id`, then
+/// `x-request-id`, then a fresh id. Header names are matched case-insensitively. A header
+/// sent twice (`traceparent`, `x-correlation-id`, `x-request-id`) is invalid; several
+/// `tracestate` fields are joined with `,`. An invalid `traceparent` is ignored together
+/// with its `tracestate`, as the W3C specification asks, and the next header is tried.
+/// Rejected values are never kept or logged: only the reason is, in
+/// [`rejections`](Incoming::rejections).
+///
+/// ```
+/// use correlation::{IdSource, Incoming};
+///
+/// let incoming = Incoming::from_headers([
+///     ("X-Request-Id", "req-1"),
+///     ("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), // uppercase: invalid
+///     ("tracestate", "congo=t61rcWkgMzE"),
+/// ]);
+/// assert_eq!(incoming.source(), IdSource::RequestId);
+/// assert_eq!(incoming.correlation_id().to_string(), "req-1");
+/// assert!(incoming.trace_state().is_none());
+/// assert_eq!(incoming.rejections().len(), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub(crate) correlation_id: CorrelationId,
+    pub(crate) trace_id: TraceId,
+    pub(crate) parent_span_id: Option<SpanId>,
+    pub(crate) flags: TraceFlags,
+    pub(crate) trace_state: Option<TraceState>,
+    source: IdSource,
+    rejections: Vec<Rejection>,
+}
+
+/// Which header the correlation id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdSource {
+    /// A valid `traceparent`.
+    TraceParent,
+    /// `x-correlation-id`.
+    CorrelationId,
+    /// `x-request-id`.
+    RequestId,
+    /// None usable: a fresh id.
+    Generated,
+}
+
+/// A header value that was not used, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The header name, lowercase.
+    pub header: &'static str,
+    /// What was wrong with it.
+    pub reason: RejectionReason,
+}
+
+/// Why a header value was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// An invalid `traceparent`.
+    TraceParent(TraceParentError),
+    /// An invalid `tracestate` (the `traceparent` is still used).
+    TraceState(TraceStateError),
+    /// An invalid `x-correlation-id` or `x-request-id`.
+    Id(InvalidCorrelationId),
+    /// An id header that is not valid UTF-8.
+    NotUtf8,
+    /// An id header sent more than once.
+    Repeated,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.header)?;
+        match &self.reason {
+            RejectionReason::TraceParent(error) => write!(f, "{error}"),
+            RejectionReason::TraceState(error) => write!(f, "{error}"),
+            RejectionReason::Id(error) => write!(f, "{error}"),
+            RejectionReason::NotUtf8 => f.write_str("not valid UTF-8"),
+            RejectionReason::Repeated => f.write_str("sent more than once"),
+        }
+    }
+}
+
+/// Occurrences of one header: none, one value, or repeated.
+enum Seen<'a> {
+    None,
+    Once(&'a [u8]),
+    Repeated,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        *self = match self {
+            Seen::None => Seen::Once(value),
+            Seen::Once(_) | Seen::Repeated => Seen::Repeated,
+        };
+    }
+}
+
+impl Incoming {
+    /// Chooses the trace to continue from `(name, value)` header pairs, e.g.
+    /// `headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()))` for an
+    /// `http::HeaderMap`. Other headers are ignored.
+    pub fn from_headers<I, K, V>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let headers: Vec<(K, V)> = headers.into_iter().collect();
+        let mut traceparent = Seen::None;
+        let mut correlation = Seen::None;
+        let mut request = Seen::None;
+        let mut trace_state_fields: Vec<&[u8]> = Vec::new();
+        for (name, value) in &headers {
+            let name = name.as_ref();
+            let value = value.as_ref();
+            if name.eq_ignore_ascii_case("traceparent") {
+                traceparent.add(value);
+            } else if name.eq_ignore_ascii_case("tracestate") {
+                trace_state_fields.push(value);
+            } else if name.eq_ignore_ascii_case("x-correlation-id") {
+                correlation.add(value);
+            } else if name.eq_ignore_ascii_case("x-request-id") {
+                request.add(value);
+            }
+        }
+        let mut rejections = Vec::new();
+        if let Some(parent) = parse_traceparent(&traceparent, &mut rejections) {
+            // The tracestate is only read when the traceparent is valid.
+            let trace_state = match parse_trace_state(&trace_state_fields) {
+                Ok(state) => state,
+                Err(error) => {
+                    rejections.push(Rejection {
+                        header: "tracestate",
+                        reason: RejectionReason::TraceState(error),
+                    });
+                    None
+                }
+            };
+            return Self {
+                correlation_id: CorrelationId::from_uuid(uuid::Uuid::from_u128(
+                    parent.trace_id.to_u128(),
+                )),
+                trace_id: parent.trace_id,
+                parent_span_id: Some(parent.parent_id),
+                flags: parent.flags,
+                trace_state,
+                source: IdSource::TraceParent,
+                rejections,
+            };
+        }
+        let id = parse_id("x-correlation-id", &correlation, &mut rejections)
+            .map(|id| (id, IdSource::CorrelationId))
+            .or_else(|| {
+                parse_id("x-request-id", &request, &mut rejections)
+                    .map(|id| (id, IdSource::RequestId))
+            });
+        let (correlation_id, source) =
+            id.unwrap_or_else(|| (CorrelationId::new(), IdSource::Generated));
+        for rejection in &rejections {
+            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
+        }
+        Self {
+            trace_id: correlation_id.trace_id().unwrap_or_else(TraceId::random),
+            correlation_id,
+            parent_span_id: None,
+            flags: TraceFlags::SAMPLED,
+            trace_state: None,
+            source,
+            rejections,
+        }
+    }
+
+    /// The correlation id the trace will carry.
+    pub fn correlation_id(&self) -> &CorrelationId {
+        &self.correlation_id
+    }
+
+    /// Which header it came from.
+    pub fn source(&self) -> IdSource {
+        self.source
+    }
+
+    /// The caller's span, from a valid `traceparent`.
+    pub fn parent_span_id(&self) -> Option<SpanId> {
+        self.parent_span_id
+    }
+
+    /// The `tracestate` to pass on, when the `traceparent` and the `tracestate` were valid.
+    pub fn trace_state(&self) -> Option<&TraceState> {
+        self.trace_state.as_ref()
+    }
+
+    /// The header values that were present but not used, with the reason.
+    pub fn rejections(&self) -> &[Rejection] {
+        &self.rejections
+    }
+}
+
+fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option<TraceParent> {
+    let result = match seen {
+        Seen::None => return None,
+        Seen::Repeated => Err(TraceParentError::Repeated),
+        Seen::Once(value) => std::str::from_utf8(value)
+            .map_err(|_| TraceParentError::NotUtf8)
+            .and_then(TraceParent::parse),
+    };
+    result
+        .map_err(|error| {
+            rejections.push(Rejection {
+                header: "traceparent",
+                reason: RejectionReason::TraceParent(error),
+            });
+        })
+        .ok()
+}
+
+fn parse_trace_state(fields: &[&[u8]]) -> Result<Option<TraceState>, TraceStateError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let mut combined = String::new();
+    for (index, field) in fields.iter().enumerate() {
+        if index > 0 {
+            combined.push(',');
+        }
+        combined.push_str(std::str::from_utf8(field).map_err(|_| TraceStateError::NotUtf8)?);
+    }
+    TraceState::parse(&combined).map(Some)
+}
+
+fn parse_id(
+    header: &'static str,
+    seen: &Seen<'_>,
+    rejections: &mut Vec<Rejection>,
+) -> Option<CorrelationId> {
+    let result = match seen {
+        Seen::None => return None,
+        Seen::Repeated => Err(RejectionReason::Repeated),
+        Seen::Once(value) => std::str::from_utf8(value)
+            .map_err(|_| RejectionReason::NotUtf8)
+            .and_then(|text| {
+                CorrelationId::parse(text.trim_matches([' ', '\t'])).map_err(RejectionReason::Id)
+            }),
+    };
+    result
+        .map_err(|reason| rejections.push(Rejection { header, reason }))
+        .ok()
+}

@@ -1,0 +1,349 @@
+//! Identifiers: the correlation id, the W3C trace id and span id, and the trace flags.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+/// The longest correlation id accepted from outside (`x-correlation-id`, `x-request-id`).
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// The id that ties every log line of one request together.
+///
+/// Either a UUID (v4 by default, v7 with the `v7` feature) that this crate generated or
+/// received in canonical form, or a validated id received from a caller: at most
+/// [`MAX_CORRELATION_ID_LEN`] bytes of ASCII letters, digits and `-_.:+/=@`. Because of that
+/// character set, an id never needs escaping in a log line or a header.
+///
+/// Cloning is a copy for UUIDs and a reference-count increment for received text; it never
+/// allocates.
+///
+/// ```
+/// use correlation::CorrelationId;
+///
+/// let id: CorrelationId = "req-42".parse().unwrap();
+/// assert_eq!(id.to_string(), "req-42");
+/// assert!("has space".parse::<CorrelationId>().is_err());
+/// assert!(CorrelationId::new().as_uuid().is_some());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CorrelationId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Uuid(Uuid),
+    Text(Arc<str>),
+}
+
+/// Why a received correlation id was rejected. The rejected text itself is never kept, so
+/// it cannot reach a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidCorrelationId {
+    /// The id was empty.
+    Empty,
+    /// The id was longer than [`MAX_CORRELATION_ID_LEN`] bytes.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The byte at `position` is outside the safe character set.
+    BadCharacter {
+        /// Byte offset of the first offending byte.
+        position: usize,
+    },
+}
+
+impl fmt::Display for InvalidCorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("correlation id is empty"),
+            Self::TooLong { len } => write!(
+                f,
+                "correlation id is {len} bytes long, more than the {MAX_CORRELATION_ID_LEN} allowed"
+            ),
+            Self::BadCharacter { position } => write!(
+                f,
+                "correlation id has a character outside [A-Za-z0-9-_.:+/=@] at byte {position}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for InvalidCorrelationId {}
+
+impl CorrelationId {
+    /// A fresh id: UUID v4 (or v7 with the `v7` feature), from a thread-local generator, so no
+    /// system call per id.
+    ///
+    /// ```
+    /// assert_ne!(correlation::CorrelationId::new(), correlation::CorrelationId::new());
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        #[cfg(feature = "v7")]
+        let uuid = Uuid::now_v7();
+        #[cfg(not(feature = "v7"))]
+        let uuid = Uuid::new_v4();
+        Self(Repr::Uuid(uuid))
+    }
+
+    /// Wraps a UUID.
+    ///
+    /// ```
+    /// let uuid = uuid::Uuid::from_u128(7);
+    /// assert_eq!(correlation::CorrelationId::from_uuid(uuid).as_uuid(), Some(uuid));
+    /// ```
+    #[must_use]
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(Repr::Uuid(uuid))
+    }
+
+    /// The UUID, when this id is one.
+    ///
+    /// ```
+    /// let id: correlation::CorrelationId = "order-7".parse().unwrap();
+    /// assert_eq!(id.as_uuid(), None);
+    /// ```
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        match &self.0 {
+            Repr::Uuid(uuid) => Some(*uuid),
+            Repr::Text(_) => None,
+        }
+    }
+
+    /// Validates a received id. A canonical lowercase hyphenated UUID becomes a UUID id (and
+    /// doubles as the W3C trace id); any other safe text is kept exactly as received.
+    ///
+    /// # Errors
+    /// [`InvalidCorrelationId`] says what was wrong and where; the text is not kept.
+    ///
+    /// ```
+    /// use correlation::{CorrelationId, InvalidCorrelationId};
+    ///
+    /// assert_eq!(
+    ///     CorrelationId::parse("a\nb"),
+    ///     Err(InvalidCorrelationId::BadCharacter { position: 1 })
+    /// );
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, InvalidCorrelationId> {
+        if text.is_empty() {
+            return Err(InvalidCorrelationId::Empty);
+        }
+        if text.len() > MAX_CORRELATION_ID_LEN {
+            return Err(InvalidCorrelationId::TooLong { len: text.len() });
+        }
+        if let Some(position) = text.bytes().position(|byte| !is_safe_id_byte(byte)) {
+            return Err(InvalidCorrelationId::BadCharacter { position });
+        }
+        if text.len() == 36
+            && let Ok(uuid) = Uuid::try_parse(text)
+            && !text.bytes().any(|byte| byte.is_ascii_uppercase())
+        {
+            return Ok(Self(Repr::Uuid(uuid)));
+        }
+        Ok(Self(Repr::Text(Arc::from(text))))
+    }
+
+    /// The W3C trace id this id doubles as, when it is a UUID.
+    pub(crate) fn trace_id(&self) -> Option<TraceId> {
+        self.as_uuid()
+            .and_then(|uuid| TraceId::from_u128(uuid.as_u128()))
+    }
+}
+
+impl Default for CorrelationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn is_safe_id_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&byte)
+}
+
+impl FromStr for CorrelationId {
+    type Err = InvalidCorrelationId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+impl From<Uuid> for CorrelationId {
+    fn from(uuid: Uuid) -> Self {
+        Self::from_uuid(uuid)
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Uuid(uuid) => fmt::Display::fmt(&uuid.hyphenated(), f),
+            Repr::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl fmt::Debug for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CorrelationId({self})")
+    }
+}
+
+impl Serialize for CorrelationId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Uuid(uuid) => {
+                let mut buffer = Uuid::encode_buffer();
+                serializer.serialize_str(uuid.hyphenated().encode_lower(&mut buffer))
+            }
+            Repr::Text(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+/// The W3C trace id: 16 bytes, never all zero.
+///
+/// ```
+/// let id = correlation::TraceId::from_u128(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736).unwrap();
+/// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert!(correlation::TraceId::from_u128(0).is_none());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(u128);
+
+impl TraceId {
+    /// A trace id from its value; `None` for zero, which the W3C forbids.
+    pub fn from_u128(value: u128) -> Option<Self> {
+        (value != 0).then_some(Self(value))
+    }
+
+    /// A fresh random trace id.
+    pub(crate) fn random() -> Self {
+        // The variant bits of a v4 UUID are never zero, so neither is the value.
+        Self(Uuid::new_v4().as_u128())
+    }
+
+    /// The value.
+    pub fn to_u128(self) -> u128 {
+        self.0
+    }
+}
+
+/// The W3C span id (`parent-id` in `traceparent`): 8 bytes, never all zero.
+///
+/// ```
+/// let id = correlation::SpanId::from_u64(0x00f0_67aa_0ba9_02b7).unwrap();
+/// assert_eq!(id.to_string(), "00f067aa0ba902b7");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(u64);
+
+impl SpanId {
+    /// A span id from its value; `None` for zero, which the W3C forbids.
+    pub fn from_u64(value: u64) -> Option<Self> {
+        (value != 0).then_some(Self(value))
+    }
+
+    /// A fresh random span id.
+    pub(crate) fn random() -> Self {
+        // The low half of a v4 UUID holds the variant bits `10`, so it is never zero; the
+        // other 62 bits are random.
+        Self(Uuid::new_v4().as_u64_pair().1)
+    }
+
+    /// The value.
+    pub fn to_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// The W3C `trace-flags` byte. Only [`TraceFlags::SAMPLED`] has a meaning today.
+///
+/// ```
+/// assert!(correlation::TraceFlags::SAMPLED.is_sampled());
+/// assert_eq!(correlation::TraceFlags::new(0x09).to_string(), "09");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceFlags(u8);
+
+impl TraceFlags {
+    /// The caller may have recorded trace data.
+    pub const SAMPLED: Self = Self(0x01);
+
+    /// Flags from their byte.
+    pub const fn new(bits: u8) -> Self {
+        Self(bits)
+    }
+
+    /// The byte.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Whether the `sampled` bit is set (masked, as the specification asks).
+    pub const fn is_sampled(self) -> bool {
+        self.0 & Self::SAMPLED.0 == Self::SAMPLED.0
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `value` as `N` lowercase hex digits into a stack buffer.
+fn hex<const N: usize>(value: u128) -> [u8; N] {
+    let mut out = [b'0'; N];
+    for (index, slot) in out.iter_mut().enumerate() {
+        let shift = 4 * (N - 1 - index);
+        *slot = HEX_DIGITS[usize::try_from((value >> shift) & 0xf).unwrap_or(0)];
+    }
+    out
+}
+
+fn write_hex<const N: usize>(value: u128, sink: impl FnOnce(&str) -> fmt::Result) -> fmt::Result {
+    let digits = hex::<N>(value);
+    sink(std::str::from_utf8(&digits).unwrap_or_default())
+}
+
+macro_rules! hex_display {
+    ($type:ty, $digits:literal, $name:literal) => {
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex::<$digits>(u128::from(self.0), |text| f.pad(text))
+            }
+        }
+
+        impl fmt::Debug for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($name, "({})"), self)
+            }
+        }
+
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let digits = hex::<$digits>(u128::from(self.0));
+                serializer.serialize_str(std::str::from_utf8(&digits).unwrap_or_default())
+            }
+        }
+    };
+}
+
+hex_display!(TraceId, 32, "TraceId");
+hex_display!(SpanId, 16, "SpanId");
+hex_display!(TraceFlags, 2, "TraceFlags");
+
+/// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.
+pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for &digit in digits {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u128::from(nibble);
+    }
+    Some(value)
+}

@@ -1,0 +1,98 @@
+//! Carrying the current trace into spawned tasks, blocking tasks, threads and pools.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::task::{JoinHandle, futures::TaskLocalFuture};
+
+use crate::context::{CURRENT, TraceContext, current};
+
+/// A future that runs with a given trace (or explicitly none) as current.
+pub type InTrace<F> = TaskLocalFuture<Option<Arc<TraceContext>>, F>;
+
+/// Carries a trace into a future that will run elsewhere (a spawned task, a queue).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use correlation::TraceFutureExt as _;
+///
+/// correlation::Tracer::off().start_trace("request", async {
+///     let id = correlation::correlation_id();
+///     let carried = tokio::spawn(async { correlation::correlation_id() }.in_current_trace());
+///     assert_eq!(carried.await.unwrap(), id);
+/// }).await;
+/// # }
+/// ```
+pub trait TraceFutureExt: Future + Sized {
+    /// Runs `self` with the trace that is current now (where this is called), or with none.
+    fn in_current_trace(self) -> InTrace<Self> {
+        self.in_trace(current())
+    }
+
+    /// Runs `self` with `context` as the current trace.
+    fn in_trace(self, context: Option<Arc<TraceContext>>) -> InTrace<Self> {
+        CURRENT.scope(context, self)
+    }
+}
+
+impl<F: Future> TraceFutureExt for F {}
+
+/// `tokio::spawn` that carries the current trace into the task. Bare `tokio::spawn` loses it:
+/// task-locals do not cross task boundaries.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// correlation::Tracer::off().start_trace("request", async {
+///     let id = correlation::correlation_id();
+///     assert_eq!(correlation::spawn(async { correlation::correlation_id() }).await.unwrap(), id);
+///     assert_eq!(tokio::spawn(async { correlation::correlation_id() }).await.unwrap(), None);
+/// }).await;
+/// # }
+/// ```
+#[allow(clippy::disallowed_methods)] // The one sanctioned use of `tokio::spawn`.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_trace())
+}
+
+/// `tokio::task::spawn_blocking` that carries the current trace into the closure.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// correlation::Tracer::off().start_trace("request", async {
+///     let id = correlation::correlation_id();
+///     let seen = correlation::spawn_blocking(correlation::correlation_id).await.unwrap();
+///     assert_eq!(seen, id);
+/// }).await;
+/// # }
+/// ```
+#[allow(clippy::disallowed_methods)] // The one sanctioned use of `spawn_blocking`.
+pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(bind(f))
+}
+
+/// Binds the current trace to a closure, for threads and pools: the closure runs with the
+/// trace that was current when `bind` was called.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// correlation::Tracer::off().start_trace("request", async {
+///     let id = correlation::correlation_id();
+///     let seen = std::thread::spawn(correlation::bind(correlation::correlation_id)).join().unwrap();
+///     assert_eq!(seen, id);
+/// }).await;
+/// # }
+/// ```
+pub fn bind<F, R>(f: F) -> impl FnOnce() -> R
+where
+    F: FnOnce() -> R,
+{
+    let context = current();
+    move || CURRENT.sync_scope(context, f)
+}

@@ -1,0 +1,678 @@
+//! The tracer: where lines go, and the machinery that runs a future or closure as a trace.
+
+use std::{
+    any::Any,
+    borrow::Cow,
+    fmt,
+    future::{Future, poll_fn},
+    io::Write,
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
+    pin::pin,
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::{Instant, SystemTime},
+};
+
+use crate::{
+    context::{CURRENT, TraceContext},
+    headers::Incoming,
+    id::{CorrelationId, SpanId, TraceFlags, TraceId},
+    line::{End, duration_ms, with_line},
+    w3c::TraceState,
+};
+
+/// Where a tracer sends its start and end events, and the counters about doing so.
+///
+/// A `Tracer` is a cheap handle (an `Arc`); clones share the sink and counters. Traces
+/// started with [`Tracer::start_trace`] use that tracer, and so do all traces nested in them
+/// through the free functions ([`start_trace`] and friends), which use the enclosing trace's
+/// tracer, or the global one ([`set_global`], stderr unless set) outside any trace. Tests can
+/// therefore give every test its own tracer and never interfere.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::{Arc, Mutex};
+///
+/// #[derive(Clone, Default)]
+/// struct Shared(Arc<Mutex<Vec<u8>>>);
+/// impl std::io::Write for Shared {
+///     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+///         self.0.lock().unwrap().write(bytes)
+///     }
+///     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
+/// }
+///
+/// let output = Shared::default();
+/// let tracer = correlation::Tracer::writer(output.clone());
+/// let value = tracer.start_trace("answer", async { 42 }).await;
+/// assert_eq!(value, 42);
+/// let text = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();
+/// assert_eq!(text.lines().count(), 2);
+/// assert_eq!(tracer.write_failures(), 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Tracer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    output: Output,
+    /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
+    write_failures: AtomicU64,
+}
+
+enum Output {
+    Stderr,
+    Writer(Mutex<Box<dyn Write + Send>>),
+    Tracing,
+    Off,
+}
+
+impl fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let output = match self.inner.output {
+            Output::Stderr => "stderr",
+            Output::Writer(_) => "writer",
+            Output::Tracing => "tracing",
+            Output::Off => "off",
+        };
+        f.debug_struct("Tracer")
+            .field("output", &output)
+            .field("write_failures", &self.write_failures())
+            .finish()
+    }
+}
+
+impl Default for Tracer {
+    /// [`Tracer::stderr`].
+    fn default() -> Self {
+        Self::stderr()
+    }
+}
+
+/// How a traced operation ended, as written in the end line's `outcome` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The future or closure returned a value that is not an error.
+    Success,
+    /// It returned an error (see [`TraceOutcome`]).
+    Error,
+    /// It panicked; the panic continues after the line is written.
+    Panic,
+    /// The future was dropped before it finished.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The lowercase name used in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::Panic => "panic",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn level(self) -> &'static str {
+        match self {
+            Self::Success => "info",
+            Self::Cancelled => "warn",
+            Self::Error | Self::Panic => "error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a traced operation's output says about its outcome.
+///
+/// `Result<T, E: Display>` reports [`Outcome::Error`] with the error's `Display` text for
+/// `Err`; `Box<T>` delegates; plain values report success: `()`, numbers, strings, `bool`,
+/// references, `Arc`, `Rc`, `Option`, `Vec`, arrays, maps, sets, tuples up to 8, and this
+/// crate's own types. Rust has no specialisation, so a blanket "everything else is a
+/// success" is impossible next to the `Result` impl. For your own type, the default method reports success, so one line does it:
+///
+/// ```
+/// struct Reply;
+/// impl correlation::TraceOutcome for Reply {}
+/// ```
+pub trait TraceOutcome {
+    /// The error to report, or `None` for success.
+    fn trace_error(&self) -> Option<&dyn fmt::Display> {
+        None
+    }
+}
+
+impl<T, E: fmt::Display> TraceOutcome for Result<T, E> {
+    fn trace_error(&self) -> Option<&dyn fmt::Display> {
+        self.as_ref().err().map(|error| error as &dyn fmt::Display)
+    }
+}
+
+impl<T: TraceOutcome + ?Sized> TraceOutcome for Box<T> {
+    fn trace_error(&self) -> Option<&dyn fmt::Display> {
+        (**self).trace_error()
+    }
+}
+
+macro_rules! always_success {
+    ($($type:ty),* $(,)?) => { $(impl TraceOutcome for $type {})* };
+}
+
+always_success!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    String,
+    std::path::PathBuf,
+    std::time::Duration,
+    SystemTime,
+    Instant,
+    std::convert::Infallible,
+    CorrelationId,
+    TraceId,
+    SpanId,
+    TraceContext,
+    Incoming,
+);
+
+impl<T: ?Sized> TraceOutcome for &T {}
+impl<T: ?Sized> TraceOutcome for &mut T {}
+impl<T: ?Sized + ToOwned> TraceOutcome for Cow<'_, T> {}
+impl<T: ?Sized> TraceOutcome for Arc<T> {}
+impl<T: ?Sized> TraceOutcome for std::rc::Rc<T> {}
+impl<T> TraceOutcome for Option<T> {}
+impl<T> TraceOutcome for Vec<T> {}
+impl<T, const N: usize> TraceOutcome for [T; N] {}
+impl<K, V, S> TraceOutcome for std::collections::HashMap<K, V, S> {}
+impl<K, V> TraceOutcome for std::collections::BTreeMap<K, V> {}
+impl<T, S> TraceOutcome for std::collections::HashSet<T, S> {}
+impl<T> TraceOutcome for std::collections::BTreeSet<T> {}
+impl<T> TraceOutcome for std::collections::VecDeque<T> {}
+
+/// Tuples report success (a tuple holding a `Result` is treated as a plain value).
+macro_rules! tuple_success {
+    ($(($($name:ident),+))*) => { $(impl<$($name),+> TraceOutcome for ($($name,)+) {})* };
+}
+
+tuple_success! {
+    (A) (A, B) (A, B, C) (A, B, C, D) (A, B, C, D, E) (A, B, C, D, E, G) (A, B, C, D, E, G, H)
+    (A, B, C, D, E, G, H, I)
+}
+
+static GLOBAL: OnceLock<Tracer> = OnceLock::new();
+
+/// Installs the tracer used by traces started outside any other trace through the free
+/// functions. It can be set once, before the first such trace; afterwards (or on a second
+/// call) the tracer is handed back in `Err`.
+///
+/// ```
+/// // In `main`, before serving requests:
+/// let _ = correlation::set_global(correlation::Tracer::stderr());
+/// ```
+///
+/// # Errors
+/// The global tracer was already set or already used.
+pub fn set_global(tracer: Tracer) -> Result<(), Tracer> {
+    GLOBAL.set(tracer)
+}
+
+/// The global tracer (stderr unless [`set_global`] ran first).
+pub fn global() -> &'static Tracer {
+    GLOBAL.get_or_init(Tracer::stderr)
+}
+
+impl Tracer {
+    /// Writes lines to standard error (the default).
+    pub fn stderr() -> Self {
+        Self::with_output(Output::Stderr)
+    }
+
+    /// Writes lines to `writer`, one `write_all` per line under a lock. Nothing is flushed
+    /// per line: pass an unbuffered writer (or one that flushes on drop) for durability.
+    pub fn writer(writer: impl Write + Send + 'static) -> Self {
+        Self::with_output(Output::Writer(Mutex::new(Box::new(writer))))
+    }
+
+    /// Emits start and end as `tracing` events (target `correlation`, fields as in the
+    /// lines) instead of writing lines.
+    pub fn tracing() -> Self {
+        Self::with_output(Output::Tracing)
+    }
+
+    /// Writes nothing; contexts, ids and propagation still work.
+    pub fn off() -> Self {
+        Self::with_output(Output::Off)
+    }
+
+    fn with_output(output: Output) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                output,
+                write_failures: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// How many lines the sink refused (an I/O error or a panicking writer). The traced
+    /// work is never affected by a failing sink.
+    pub fn write_failures(&self) -> u64 {
+        self.inner.write_failures.load(Ordering::Relaxed)
+    }
+
+    /// Runs `future` as a trace: a new correlation id, or the enclosing trace's id with this
+    /// span as a child when called inside one. Writes the start line before the first poll
+    /// and exactly one end line however it ends (see [`Outcome`]). A trace that is never
+    /// polled writes nothing. The enclosing trace is the one current where `start_trace` is
+    /// called.
+    pub fn start_trace<F, O>(
+        &self,
+        operation: O,
+        future: F,
+    ) -> impl Future<Output = F::Output> + use<F, O>
+    where
+        O: Into<Cow<'static, str>>,
+        F: Future,
+        F::Output: TraceOutcome,
+    {
+        run(
+            Seed::child_of_current(self.clone(), operation.into()),
+            future,
+        )
+    }
+
+    /// Like [`Tracer::start_trace`], but continuing `id` received from elsewhere.
+    pub fn start_trace_with_id<F, O>(
+        &self,
+        id: CorrelationId,
+        operation: O,
+        future: F,
+    ) -> impl Future<Output = F::Output> + use<F, O>
+    where
+        O: Into<Cow<'static, str>>,
+        F: Future,
+        F::Output: TraceOutcome,
+    {
+        run(Seed::with_id(self.clone(), id, operation.into()), future)
+    }
+
+    /// Like [`Tracer::start_trace`], but continuing the trace described by incoming headers
+    /// (see [`Incoming`]).
+    pub fn continue_trace<F, O>(
+        &self,
+        incoming: Incoming,
+        operation: O,
+        future: F,
+    ) -> impl Future<Output = F::Output> + use<F, O>
+    where
+        O: Into<Cow<'static, str>>,
+        F: Future,
+        F::Output: TraceOutcome,
+    {
+        run(
+            Seed::from_incoming(self.clone(), incoming, operation.into()),
+            future,
+        )
+    }
+
+    /// Runs synchronous `f` as a trace: start line, `f` with the context current (so
+    /// [`correlation_id`](crate::correlation_id) works inside), end line. A panic is logged
+    /// and resumed.
+    ///
+    /// ```
+    /// let tracer = correlation::Tracer::off();
+    /// let id = tracer.trace_sync("resize", || correlation::correlation_id());
+    /// assert!(id.is_some());
+    /// ```
+    pub fn trace_sync<R: TraceOutcome>(
+        &self,
+        operation: impl Into<Cow<'static, str>>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let context = Arc::new(Seed::child_of_current(self.clone(), operation.into()).start());
+        let guard = EndGuard::start(&context);
+        match catch_unwind(AssertUnwindSafe(|| {
+            CURRENT.sync_scope(Some(Arc::clone(&context)), f)
+        })) {
+            Ok(output) => {
+                guard.finish_with(&output);
+                output
+            }
+            Err(payload) => guard.finish_panic(payload),
+        }
+    }
+
+    fn emit(&self, context: &TraceContext, end: Option<&End<'_>>) {
+        match &self.inner.output {
+            Output::Off => {}
+            Output::Stderr => with_line(context, end, |line| {
+                let written = std::io::stderr().lock().write_all(line);
+                self.count(written.is_ok());
+            }),
+            Output::Writer(writer) => with_line(context, end, |line| {
+                let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                // A panicking writer is a failed write, not a reason to take the traced work
+                // (or, during unwinding, the process) down.
+                let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
+                self.count(matches!(written, Ok(Ok(()))));
+            }),
+            Output::Tracing => emit_tracing_event(context, end),
+        }
+    }
+
+    fn count(&self, written: bool) {
+        if !written {
+            self.inner.write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
+    let parent = context.parent_span_id.as_ref().map(tracing::field::display);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                target: "correlation",
+                $level,
+                event = if end.is_some() { "trace.end" } else { "trace.start" },
+                correlation_id = %context.correlation_id,
+                trace_id = %context.trace_id,
+                span_id = %context.span_id,
+                parent_span_id = parent,
+                operation = &*context.operation,
+                outcome = end.map(|end| end.outcome),
+                duration_ms = end.map(|end| duration_ms(end.duration)),
+                error = end.and_then(|end| end.error).map(tracing::field::display),
+            )
+        };
+    }
+    match end.map_or("info", |end| end.level) {
+        "error" => event!(tracing::Level::ERROR),
+        "warn" => event!(tracing::Level::WARN),
+        _ => event!(tracing::Level::INFO),
+    }
+}
+
+/// What is decided where `start_trace` is called; the rest is decided at the first poll.
+struct Seed {
+    tracer: Tracer,
+    correlation_id: Option<CorrelationId>,
+    trace_id: Option<TraceId>,
+    parent_span_id: Option<SpanId>,
+    flags: TraceFlags,
+    trace_state: Option<TraceState>,
+    operation: Cow<'static, str>,
+}
+
+impl Seed {
+    fn child_of_current(tracer: Tracer, operation: Cow<'static, str>) -> Self {
+        crate::with_current(|parent| match parent {
+            Some(parent) => Self {
+                tracer,
+                correlation_id: Some(parent.correlation_id.clone()),
+                trace_id: Some(parent.trace_id),
+                parent_span_id: Some(parent.span_id),
+                flags: parent.flags,
+                trace_state: parent.trace_state.clone(),
+                operation,
+            },
+            None => Self::root(tracer, None, operation),
+        })
+    }
+
+    fn root(
+        tracer: Tracer,
+        correlation_id: Option<CorrelationId>,
+        operation: Cow<'static, str>,
+    ) -> Self {
+        Self {
+            tracer,
+            correlation_id,
+            trace_id: None,
+            parent_span_id: None,
+            flags: TraceFlags::SAMPLED,
+            trace_state: None,
+            operation,
+        }
+    }
+
+    fn with_id(tracer: Tracer, id: CorrelationId, operation: Cow<'static, str>) -> Self {
+        Self::root(tracer, Some(id), operation)
+    }
+
+    fn from_incoming(tracer: Tracer, incoming: Incoming, operation: Cow<'static, str>) -> Self {
+        Self {
+            tracer,
+            correlation_id: Some(incoming.correlation_id),
+            trace_id: Some(incoming.trace_id),
+            parent_span_id: incoming.parent_span_id,
+            flags: incoming.flags,
+            trace_state: incoming.trace_state,
+            operation,
+        }
+    }
+
+    fn start(self) -> TraceContext {
+        let correlation_id = self.correlation_id.unwrap_or_default();
+        let trace_id = self
+            .trace_id
+            .or_else(|| correlation_id.trace_id())
+            .unwrap_or_else(TraceId::random);
+        TraceContext {
+            correlation_id,
+            trace_id,
+            span_id: SpanId::random(),
+            parent_span_id: self.parent_span_id,
+            flags: self.flags,
+            trace_state: self.trace_state,
+            operation: self.operation,
+            start_time: SystemTime::now(),
+            started: Instant::now(),
+            tracer: self.tracer,
+        }
+    }
+}
+
+/// Writes the end line exactly once: through `finish_*`, or as `cancelled` when dropped
+/// unfinished (the traced future was dropped).
+struct EndGuard<'a> {
+    context: &'a TraceContext,
+    finished: bool,
+}
+
+impl<'a> EndGuard<'a> {
+    fn start(context: &'a TraceContext) -> Self {
+        context.tracer.emit(context, None);
+        Self {
+            context,
+            finished: false,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome, error: Option<&dyn fmt::Display>) {
+        self.finished = true;
+        self.write(outcome, error);
+    }
+
+    fn finish_with(self, output: &impl TraceOutcome) {
+        match output.trace_error() {
+            Some(error) => self.finish(Outcome::Error, Some(error)),
+            None => self.finish(Outcome::Success, None),
+        }
+    }
+
+    fn finish_panic(self, payload: Box<dyn Any + Send>) -> ! {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        self.finish(
+            Outcome::Panic,
+            message.as_ref().map(|message| message as &dyn fmt::Display),
+        );
+        resume_unwind(payload)
+    }
+
+    fn write(&self, outcome: Outcome, error: Option<&dyn fmt::Display>) {
+        let end = End {
+            level: outcome.level(),
+            outcome: outcome.as_str(),
+            duration: self.context.elapsed(),
+            error,
+        };
+        self.context.tracer.emit(self.context, Some(&end));
+    }
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.write(Outcome::Cancelled, None);
+        }
+    }
+}
+
+/// The traced future. Locals of an `async fn` are dropped when its future is dropped, so
+/// the guard sees cancellation; the inner future is pinned in the future's own state, so no
+/// allocation beyond the context's `Arc` is needed.
+async fn run<F>(seed: Seed, future: F) -> F::Output
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    let context = Arc::new(seed.start());
+    let guard = EndGuard::start(&context);
+    // Declared after the guard, so it is dropped first: the inner future's destructors run
+    // inside the trace and before the end line.
+    let mut scoped = pin!(CURRENT.scope(Some(Arc::clone(&context)), future));
+    let polled = poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| scoped.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        },
+    )
+    .await;
+    match polled {
+        Ok(output) => {
+            guard.finish_with(&output);
+            output
+        }
+        Err(payload) => guard.finish_panic(payload),
+    }
+}
+
+/// Runs `future` as a trace with the enclosing trace's tracer, or the [`global`] one (see
+/// [`Tracer::start_trace`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let result: Result<u32, String> = correlation::start_trace("load-user", async {
+///     assert!(correlation::correlation_id().is_some());
+///     Ok(7)
+/// }).await;
+/// assert_eq!(result, Ok(7));
+/// # }
+/// ```
+pub fn start_trace<F>(
+    operation: impl Into<Cow<'static, str>>,
+    future: F,
+) -> impl Future<Output = F::Output>
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    current_tracer().start_trace(operation, future)
+}
+
+/// [`start_trace`] continuing `id` received from elsewhere.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let id: correlation::CorrelationId = "job-17".parse().unwrap();
+/// let seen = correlation::start_trace_with_id(id.clone(), "job", async { correlation::correlation_id() }).await;
+/// assert_eq!(seen, Some(id));
+/// # }
+/// ```
+pub fn start_trace_with_id<F>(
+    id: CorrelationId,
+    operation: impl Into<Cow<'static, str>>,
+    future: F,
+) -> impl Future<Output = F::Output>
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    current_tracer().start_trace_with_id(id, operation, future)
+}
+
+/// [`start_trace`] continuing the trace described by incoming headers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let incoming = correlation::Incoming::from_headers([
+///     ("TraceParent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+/// ]);
+/// let trace_id = correlation::continue_trace(incoming, "GET /orders", async {
+///     correlation::current().unwrap().trace_id().to_string()
+/// }).await;
+/// assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+/// # }
+/// ```
+pub fn continue_trace<F>(
+    incoming: Incoming,
+    operation: impl Into<Cow<'static, str>>,
+    future: F,
+) -> impl Future<Output = F::Output>
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    current_tracer().continue_trace(incoming, operation, future)
+}
+
+/// [`Tracer::trace_sync`] with the enclosing trace's tracer, or the [`global`] one.
+///
+/// ```
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let n = correlation::trace_sync("count", || 3);
+/// assert_eq!(n, 3);
+/// ```
+pub fn trace_sync<R: TraceOutcome>(
+    operation: impl Into<Cow<'static, str>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    current_tracer().trace_sync(operation, f)
+}
+
+fn current_tracer() -> Tracer {
+    crate::with_current(|context| {
+        context.map_or_else(|| global().clone(), |context| context.tracer.clone())
+    })
+}

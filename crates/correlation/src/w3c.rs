@@ -1,0 +1,420 @@
+//! W3C Trace Context: parsing and formatting of the `traceparent` and `tracestate` values.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use crate::id::{SpanId, TraceFlags, TraceId, parse_lower_hex};
+
+/// The length of a version `00` `traceparent` value, and the minimum for higher versions.
+const TRACEPARENT_LEN: usize = 55;
+
+/// The most list members a `tracestate` may hold.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// A parsed `traceparent` value.
+///
+/// Parsing follows the W3C Trace Context specification: lowercase hex only, exact field
+/// lengths, version `ff` and all-zero ids invalid, version `00` must be exactly 55
+/// characters, and a higher version is read for its known fields (anything after a `-`
+/// following the flags is ignored). Optional whitespace around the whole value, which HTTP
+/// allows around any field value, is ignored. Formatting always writes version `00`, the
+/// highest version this crate knows, as the specification requires.
+///
+/// ```
+/// use correlation::TraceParent;
+///
+/// let parent: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?;
+/// assert!(parent.flags.is_sampled());
+/// assert_eq!(parent.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+///
+/// // A future version with extra fields: the known fields are used, the rest ignored.
+/// let future: TraceParent = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds".parse()?;
+/// assert_eq!(future, parent);
+/// # Ok::<(), correlation::TraceParentError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    /// The trace id.
+    pub trace_id: TraceId,
+    /// The caller's span id (`parent-id`).
+    pub parent_id: SpanId,
+    /// The trace flags.
+    pub flags: TraceFlags,
+}
+
+/// Why a `traceparent` value was rejected; positions are byte offsets into the value after
+/// surrounding whitespace was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceParentError {
+    /// The version is not two lowercase hex digits followed by `-`.
+    BadVersion,
+    /// Version `ff`, which the specification forbids.
+    ForbiddenVersion,
+    /// The value is shorter than the 55 characters every version needs.
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// Version `00` with more than its 55 characters.
+    TrailingData {
+        /// Its length.
+        len: usize,
+    },
+    /// A field is not made of lowercase hex digits of the exact length.
+    BadField {
+        /// `trace-id`, `parent-id` or `trace-flags`.
+        field: &'static str,
+        /// Where the field starts.
+        position: usize,
+    },
+    /// A `-` delimiter is missing.
+    MissingDash {
+        /// Where it should be.
+        position: usize,
+    },
+    /// The trace id is all zeros.
+    ZeroTraceId,
+    /// The parent id is all zeros.
+    ZeroParentId,
+    /// The `traceparent` header was sent more than once.
+    Repeated,
+    /// The header value is not valid UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for TraceParentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadVersion => {
+                f.write_str("traceparent version is not two lowercase hex digits and a dash")
+            }
+            Self::ForbiddenVersion => f.write_str("traceparent version ff is forbidden"),
+            Self::TooShort { len } => {
+                write!(f, "traceparent is {len} characters long, shorter than 55")
+            }
+            Self::TrailingData { len } => {
+                write!(
+                    f,
+                    "traceparent version 00 is {len} characters long instead of 55"
+                )
+            }
+            Self::BadField { field, position } => {
+                write!(
+                    f,
+                    "traceparent {field} at byte {position} is not lowercase hex of the right length"
+                )
+            }
+            Self::MissingDash { position } => {
+                write!(f, "traceparent lacks a `-` at byte {position}")
+            }
+            Self::ZeroTraceId => f.write_str("traceparent trace-id is all zeros"),
+            Self::ZeroParentId => f.write_str("traceparent parent-id is all zeros"),
+            Self::Repeated => f.write_str("traceparent header was sent more than once"),
+            Self::NotUtf8 => f.write_str("traceparent is not valid UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for TraceParentError {}
+
+impl TraceParent {
+    /// Parses a `traceparent` value.
+    ///
+    /// # Errors
+    /// [`TraceParentError`] names the rule the value breaks and where.
+    pub fn parse(value: &str) -> Result<Self, TraceParentError> {
+        let bytes = trim_ows(value).as_bytes();
+        let version = bytes
+            .get(0..2)
+            .and_then(parse_lower_hex)
+            .ok_or(TraceParentError::BadVersion)?;
+        if bytes.get(2) != Some(&b'-') {
+            return Err(TraceParentError::BadVersion);
+        }
+        if version == 0xff {
+            return Err(TraceParentError::ForbiddenVersion);
+        }
+        if bytes.len() < TRACEPARENT_LEN {
+            return Err(TraceParentError::TooShort { len: bytes.len() });
+        }
+        if version == 0 && bytes.len() > TRACEPARENT_LEN {
+            return Err(TraceParentError::TrailingData { len: bytes.len() });
+        }
+        let trace_id = field(bytes, 3, 32, "trace-id")?;
+        let parent_id = field(bytes, 36, 16, "parent-id")?;
+        let flags = field(bytes, 53, 2, "trace-flags")?;
+        if bytes.len() > TRACEPARENT_LEN && bytes[TRACEPARENT_LEN] != b'-' {
+            return Err(TraceParentError::MissingDash {
+                position: TRACEPARENT_LEN,
+            });
+        }
+        Ok(Self {
+            trace_id: TraceId::from_u128(trace_id).ok_or(TraceParentError::ZeroTraceId)?,
+            parent_id: u64::try_from(parent_id)
+                .ok()
+                .and_then(SpanId::from_u64)
+                .ok_or(TraceParentError::ZeroParentId)?,
+            flags: TraceFlags::new(u8::try_from(flags).unwrap_or(0)),
+        })
+    }
+}
+
+/// Reads `len` lowercase hex digits at `start`, checking the `-` before them.
+fn field(
+    bytes: &[u8],
+    start: usize,
+    len: usize,
+    name: &'static str,
+) -> Result<u128, TraceParentError> {
+    if bytes[start - 1] != b'-' {
+        return Err(TraceParentError::MissingDash {
+            position: start - 1,
+        });
+    }
+    bytes
+        .get(start..start + len)
+        .and_then(parse_lower_hex)
+        .ok_or(TraceParentError::BadField {
+            field: name,
+            position: start,
+        })
+}
+
+/// Removes HTTP optional whitespace (spaces and horizontal tabs) from both ends.
+fn trim_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
+}
+
+impl FromStr for TraceParent {
+    type Err = TraceParentError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value)
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
+    }
+}
+
+/// A parsed `tracestate`: vendor key/value pairs, in order, passed on downstream.
+///
+/// The grammar is the W3C Trace Context Recommendation's: a key is a simple key
+/// (`lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`) or a multi-tenant key
+/// `tenant@system` (tenant: `(lcalpha / DIGIT) 0*240(...)`, system: `lcalpha 0*13(...)`); a
+/// value is 1 to 256 printable ASCII characters other than `,` and `=`, not ending in a space.
+/// Optional whitespace around members is ignored, empty members are allowed (and dropped),
+/// at most 32 non-empty members, each key at most once.
+///
+/// ```
+/// use correlation::TraceState;
+///
+/// let state: TraceState = " rojo=00f067aa0ba902b7 ,, congo=t61rcWkgMzE,tenant@vendor=x".parse()?;
+/// assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
+/// assert_eq!(state.to_string(), "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,tenant@vendor=x");
+/// assert!("rojo=1,rojo=2".parse::<TraceState>().is_err());
+/// # Ok::<(), correlation::TraceStateError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceState {
+    members: Arc<[(Box<str>, Box<str>)]>,
+}
+
+/// Why a `tracestate` value was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceStateError {
+    /// A member has no `=`.
+    MissingEquals {
+        /// Index of the member (counting empty members).
+        member: usize,
+    },
+    /// A member's key breaks the key grammar.
+    BadKey {
+        /// Index of the member.
+        member: usize,
+    },
+    /// A member's value breaks the value grammar.
+    BadValue {
+        /// Index of the member.
+        member: usize,
+    },
+    /// A key appears twice.
+    DuplicateKey {
+        /// Index of the second occurrence.
+        member: usize,
+    },
+    /// More than 32 non-empty members.
+    TooManyMembers,
+    /// The header value is not valid UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for TraceStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingEquals { member } => write!(f, "tracestate member {member} has no `=`"),
+            Self::BadKey { member } => write!(f, "tracestate member {member} has an invalid key"),
+            Self::BadValue { member } => {
+                write!(f, "tracestate member {member} has an invalid value")
+            }
+            Self::DuplicateKey { member } => write!(f, "tracestate member {member} repeats a key"),
+            Self::TooManyMembers => {
+                write!(
+                    f,
+                    "tracestate has more than {MAX_TRACESTATE_MEMBERS} members"
+                )
+            }
+            Self::NotUtf8 => f.write_str("tracestate is not valid UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for TraceStateError {}
+
+impl TraceState {
+    /// Parses one `tracestate` value. Several header fields are combined first by joining
+    /// them with `,` (RFC 7230), which [`Incoming`](crate::Incoming) does for you.
+    ///
+    /// # Errors
+    /// [`TraceStateError`] names the rule broken and the member index.
+    pub fn parse(value: &str) -> Result<Self, TraceStateError> {
+        let mut members: Vec<(Box<str>, Box<str>)> = Vec::new();
+        for (index, member) in value.split(',').enumerate() {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                continue;
+            }
+            let (key, member_value) = member
+                .split_once('=')
+                .ok_or(TraceStateError::MissingEquals { member: index })?;
+            if !is_valid_key(key) {
+                return Err(TraceStateError::BadKey { member: index });
+            }
+            if !is_valid_value(member_value) {
+                return Err(TraceStateError::BadValue { member: index });
+            }
+            if members.iter().any(|(existing, _)| **existing == *key) {
+                return Err(TraceStateError::DuplicateKey { member: index });
+            }
+            if members.len() == MAX_TRACESTATE_MEMBERS {
+                return Err(TraceStateError::TooManyMembers);
+            }
+            members.push((key.into(), member_value.into()));
+        }
+        Ok(Self {
+            members: members.into(),
+        })
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter()
+            .find(|(existing, _)| *existing == key)
+            .map(|(_, value)| value)
+    }
+
+    /// The members, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members.iter().map(|(key, value)| (&**key, &**value))
+    }
+
+    /// The number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Sets `key` to `value` and moves it to the front, as the specification asks of a
+    /// vendor updating its entry; the last member is dropped if the list would exceed 32.
+    ///
+    /// # Errors
+    /// [`TraceStateError::BadKey`] or [`TraceStateError::BadValue`] (member 0).
+    ///
+    /// ```
+    /// let mut state: correlation::TraceState = "congo=1,rojo=2".parse()?;
+    /// state.insert("rojo", "3")?;
+    /// assert_eq!(state.to_string(), "rojo=3,congo=1");
+    /// # Ok::<(), correlation::TraceStateError>(())
+    /// ```
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<(), TraceStateError> {
+        if !is_valid_key(key) {
+            return Err(TraceStateError::BadKey { member: 0 });
+        }
+        if !is_valid_value(value) {
+            return Err(TraceStateError::BadValue { member: 0 });
+        }
+        let mut members = vec![(Box::from(key), Box::from(value))];
+        members.extend(
+            self.members
+                .iter()
+                .filter(|(existing, _)| **existing != *key)
+                .cloned(),
+        );
+        members.truncate(MAX_TRACESTATE_MEMBERS);
+        self.members = members.into();
+        Ok(())
+    }
+}
+
+impl FromStr for TraceState {
+    type Err = TraceStateError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value)
+    }
+}
+
+impl fmt::Display for TraceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, (key, value)) in self.iter().enumerate() {
+            if index > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_key_char(byte: u8) -> bool {
+    byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"_-*/".contains(&byte)
+}
+
+/// `first` then up to `max_rest` key characters.
+fn is_key_part(part: &[u8], first: fn(u8) -> bool, max_rest: usize) -> bool {
+    match part.split_first() {
+        Some((&head, rest)) => {
+            first(head) && rest.len() <= max_rest && rest.iter().all(|&byte| is_key_char(byte))
+        }
+        None => false,
+    }
+}
+
+fn is_valid_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    match key.split_once('@') {
+        None => is_key_part(bytes, |byte| byte.is_ascii_lowercase(), 255),
+        Some((tenant, system)) => {
+            is_key_part(
+                tenant.as_bytes(),
+                |byte| byte.is_ascii_lowercase() || byte.is_ascii_digit(),
+                240,
+            ) && is_key_part(system.as_bytes(), |byte| byte.is_ascii_lowercase(), 13)
+        }
+    }
+}
+
+fn is_valid_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 256
+        && bytes.last() != Some(&b' ')
+        && bytes
+            .iter()
+            .all(|&byte| (0x20..=0x7e).contains(&byte) && byte != b',' && byte != b'=')
+}
