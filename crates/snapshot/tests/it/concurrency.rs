@@ -17,12 +17,12 @@ use crate::support::{
     temp_files,
 };
 
-const TEST_NAME: &str = "concurrency::threads_and_processes_save_while_a_reader_restore_count";
+const TEST_NAME: &str = "concurrency::threads_and_processes_save_while_a_reader_restores";
 const SIZE: u64 = 200;
 const SAVES_PER_SAVER: u64 = 25;
 
 #[test]
-fn threads_and_processes_save_while_a_reader_restore_count() {
+fn threads_and_processes_save_while_a_reader_restores() {
     if child_mode().as_deref() == Some("saver") {
         let persistence = CachePersistence::new(child_dir());
         for number in child_start()..child_start() + SAVES_PER_SAVER {
