@@ -41,7 +41,6 @@ pub struct TraceContext {
     pub(crate) flags: TraceFlags,
     pub(crate) trace_state: Option<TraceState>,
     pub(crate) operation: Cow<'static, str>,
-    pub(crate) start_time: SystemTime,
     pub(crate) started: Instant,
     pub(crate) tracer: Tracer,
 }
@@ -82,9 +81,10 @@ impl TraceContext {
         &self.operation
     }
 
-    /// Wall-clock start (what the start line's `timestamp` shows).
+    /// Wall-clock start (what the start line's `timestamp` shows), derived from the
+    /// monotonic start so a trace reads only one clock.
     pub fn start_time(&self) -> SystemTime {
-        self.start_time
+        crate::clock::wall_clock(self.started)
     }
 
     /// Monotonic time since the trace started.

@@ -144,6 +144,14 @@ impl CorrelationId {
         Ok(Self(Repr::Text(Arc::from(text))))
     }
 
+    /// The received text, when this id is not a UUID.
+    pub(crate) fn as_text(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Uuid(_) => None,
+            Repr::Text(text) => Some(text),
+        }
+    }
+
     /// The W3C trace id this id doubles as, when it is a UUID.
     pub(crate) fn trace_id(&self) -> Option<TraceId> {
         self.as_uuid()
@@ -220,7 +228,7 @@ impl TraceId {
 
     /// A fresh random trace id.
     pub(crate) fn random() -> Self {
-        // The variant bits of a v4 UUID are never zero, so neither is the value.
+        // The version and variant bits of a v4 UUID are never zero, so neither is the value.
         Self(Uuid::new_v4().as_u128())
     }
 
@@ -247,9 +255,7 @@ impl SpanId {
 
     /// A fresh random span id.
     pub(crate) fn random() -> Self {
-        // The low half of a v4 UUID holds the variant bits `10`, so it is never zero; the
-        // other 62 bits are random.
-        Self(Uuid::new_v4().as_u64_pair().1)
+        Self(crate::random::span_bits())
     }
 
     /// The value.
@@ -290,7 +296,7 @@ impl TraceFlags {
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `value` as `N` lowercase hex digits into a stack buffer.
-fn hex<const N: usize>(value: u128) -> [u8; N] {
+pub(crate) fn hex<const N: usize>(value: u128) -> [u8; N] {
     let mut out = [b'0'; N];
     for (index, slot) in out.iter_mut().enumerate() {
         let shift = 4 * (N - 1 - index);

@@ -88,6 +88,7 @@
 //! All text goes through `serde_json`, so a newline in an error message is written as `\n`
 //! and can never start a second line.
 
+mod clock;
 mod context;
 mod headers;
 mod id;
@@ -95,6 +96,7 @@ mod id;
 mod layer;
 mod line;
 mod propagate;
+mod random;
 mod tracer;
 mod w3c;
 

@@ -1,45 +1,35 @@
-//! The JSON lines: one serialised object per event, written with a single `write_all`.
+//! The JSON lines: one object per event, built in a reused per-thread buffer and handed to
+//! the sink with a single `write_all`.
+//!
+//! Fields whose characters are fixed by construction (timestamp, ids, hex, level, event,
+//! outcome) are copied verbatim: they never need escaping (a received correlation id is
+//! limited to `[A-Za-z0-9-_.:+/=@]` by `CorrelationId::parse`). Free text (the operation
+//! and the error) and the duration are written by `serde_json`, so escaping is always right
+//! and a newline in an error can never start a second line.
 
 use std::{
     cell::RefCell,
     fmt,
     panic::{AssertUnwindSafe, catch_unwind},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde::{Serialize, Serializer};
+use uuid::Uuid;
 
-use crate::{
-    context::TraceContext,
-    id::{CorrelationId, SpanId, TraceId},
-};
-
-/// One start or end line. Field order here is the order in the output.
-#[derive(Serialize)]
-struct Line<'a> {
-    timestamp: Timestamp,
-    level: &'static str,
-    event: &'static str,
-    correlation_id: &'a CorrelationId,
-    trace_id: TraceId,
-    span_id: SpanId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parent_span_id: Option<SpanId>,
-    operation: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
+use crate::{clock::wall_clock, context::TraceContext, id::SpanId};
 
 /// What the end line reports.
 pub(crate) struct End<'a> {
     pub(crate) level: &'static str,
     pub(crate) outcome: &'static str,
-    pub(crate) duration: Duration,
+    pub(crate) ended: Instant,
     pub(crate) error: Option<&'a dyn fmt::Display>,
+}
+
+impl End<'_> {
+    pub(crate) fn duration(&self, context: &TraceContext) -> Duration {
+        self.ended.saturating_duration_since(context.started)
+    }
 }
 
 /// What the line says when the error's `Display` fails or panics.
@@ -67,26 +57,9 @@ pub(crate) fn with_line<R>(
     write: impl FnOnce(&[u8]) -> R,
 ) -> R {
     let error = end.and_then(|end| end.error).map(error_text);
-    let line = Line {
-        timestamp: Timestamp(if end.is_some() {
-            SystemTime::now()
-        } else {
-            context.start_time
-        }),
-        level: end.map_or("info", |end| end.level),
-        event: if end.is_some() {
-            "trace.end"
-        } else {
-            "trace.start"
-        },
-        correlation_id: &context.correlation_id,
-        trace_id: context.trace_id,
-        span_id: context.span_id,
-        parent_span_id: context.parent_span_id,
-        operation: &context.operation,
-        outcome: end.map(|end| end.outcome),
-        duration_ms: end.map(|end| duration_ms(end.duration)),
-        error: error.as_deref(),
+    let build = |buffer: &mut Vec<u8>| {
+        buffer.clear();
+        build_line(buffer, context, end, error.as_deref());
     };
     thread_local! {
         // Reused so a line costs no allocation once the buffer has grown.
@@ -94,30 +67,94 @@ pub(crate) fn with_line<R>(
     }
     let mut write = Some(write);
     let reused = BUFFER.try_with(|buffer| {
-        // A writer that itself starts a trace would re-enter: it gets a fresh buffer below.
+        // A writer that itself writes a line would re-enter: it gets a fresh buffer below.
         let mut buffer = buffer.try_borrow_mut().ok()?;
         let write = write.take()?;
-        Some(serialize_into(&line, &mut buffer, write))
+        build(&mut buffer);
+        let result = write(&buffer);
+        // Do not let one huge line pin memory for the thread's lifetime.
+        if buffer.capacity() > 64 * 1024 {
+            *buffer = Vec::new();
+        }
+        Some(result)
     });
     match (reused, write) {
         (Ok(Some(result)), _) => result,
-        (_, Some(write)) => serialize_into(&line, &mut Vec::new(), write),
+        (_, Some(write)) => {
+            let mut buffer = Vec::new();
+            build(&mut buffer);
+            write(&buffer)
+        }
         // `write` was consumed, which only happens together with a result.
         (_, None) => unreachable!("line writer consumed without a result"),
     }
 }
 
-fn serialize_into<R>(line: &Line<'_>, buffer: &mut Vec<u8>, write: impl FnOnce(&[u8]) -> R) -> R {
-    buffer.clear();
-    // Writing into a `Vec` cannot fail, and every field is plain data by now.
-    let _ = serde_json::to_writer(&mut *buffer, line);
-    buffer.push(b'\n');
-    let result = write(buffer);
-    // Do not let one huge line pin memory for the thread's lifetime.
-    if buffer.capacity() > 64 * 1024 {
-        *buffer = Vec::new();
+fn build_line(
+    out: &mut Vec<u8>,
+    context: &TraceContext,
+    end: Option<&End<'_>>,
+    error: Option<&str>,
+) {
+    let time = match end {
+        Some(end) => wall_clock(end.ended),
+        None => context.start_time(),
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    out.extend_from_slice(&timestamp(time));
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(end.map_or("info", |end| end.level).as_bytes());
+    out.extend_from_slice(b"\",\"event\":\"");
+    out.extend_from_slice(if end.is_some() {
+        b"trace.end"
+    } else {
+        b"trace.start"
+    });
+    out.extend_from_slice(b"\",\"correlation_id\":\"");
+    match (
+        context.correlation_id.as_uuid(),
+        context.correlation_id.as_text(),
+    ) {
+        (Some(uuid), _) => out.extend_from_slice(
+            uuid.hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        ),
+        // Validated to the safe character set when it was parsed.
+        (None, text) => out.extend_from_slice(text.unwrap_or_default().as_bytes()),
     }
-    result
+    out.extend_from_slice(b"\",\"trace_id\":\"");
+    out.extend_from_slice(&crate::id::hex::<32>(context.trace_id.to_u128()));
+    out.extend_from_slice(b"\",\"span_id\":\"");
+    push_span(out, context.span_id);
+    if let Some(parent) = context.parent_span_id {
+        out.extend_from_slice(b"\",\"parent_span_id\":\"");
+        push_span(out, parent);
+    }
+    out.extend_from_slice(b"\",\"operation\":");
+    push_json(out, &*context.operation);
+    if let Some(end) = end {
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(end.outcome.as_bytes());
+        out.extend_from_slice(b"\",\"duration_ms\":");
+        push_json(out, &duration_ms(end.duration(context)));
+        if let Some(error) = error {
+            out.extend_from_slice(b",\"error\":");
+            push_json(out, error);
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn push_span(out: &mut Vec<u8>, span: SpanId) {
+    out.extend_from_slice(&crate::id::hex::<16>(u128::from(span.to_u64())));
+}
+
+/// Appends `value` as JSON (a quoted, escaped string or a number).
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serialising a `str` or an `f64` into a `Vec` cannot fail (a non-finite float, which a
+    // duration never is, would be written as `null`).
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// Milliseconds with microsecond resolution, so the number prints short.
@@ -128,48 +165,42 @@ pub(crate) fn duration_ms(duration: Duration) -> f64 {
     micros / 1000.0
 }
 
-/// RFC 3339 UTC with milliseconds: `2026-11-28T05:34:46.123Z`.
-#[derive(Clone, Copy)]
-pub(crate) struct Timestamp(pub(crate) SystemTime);
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (seconds, millis) = match self.0.duration_since(UNIX_EPOCH) {
-            Ok(after) => (
-                i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-                after.subsec_millis(),
-            ),
-            Err(before) => {
-                let before = before.duration();
-                let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-                match before.subsec_millis() {
-                    0 => (-whole, 0),
-                    millis => (-whole - 1, 1000 - millis),
-                }
-            }
-        };
-        let days = seconds.div_euclid(86_400);
-        let second_of_day = seconds.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-            second_of_day / 3600,
-            second_of_day / 60 % 60,
-            second_of_day % 60
-        )
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
+/// RFC 3339 UTC with milliseconds: `2026-11-28T05:34:46.123Z`, clamped to years 0000-9999.
+pub(crate) fn timestamp(time: SystemTime) -> [u8; 24] {
+    let millis: i64 = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => {
+            i64::try_from(before.duration().as_nanos().div_ceil(1_000_000)).map_or(i64::MIN, |m| -m)
+        }
+    };
+    // 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z.
+    let millis = millis.clamp(-62_167_219_200_000, 253_402_300_799_999);
+    let seconds = millis.div_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, value: i64| {
+        let mut value = value;
+        for index in (at..at + width).rev() {
+            // `value` is in 0..=9999 here, so every digit fits a `u8`.
+            out[index] = b'0' + u8::try_from(value % 10).unwrap_or(0);
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second_of_day / 3600);
+    put(14, 2, second_of_day / 60 % 60);
+    put(17, 2, second_of_day % 60);
+    put(20, 3, millis.rem_euclid(1000));
+    out
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days.saturating_add(719_468);
+    let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
     let year_of_era =
@@ -190,7 +221,11 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use super::Timestamp;
+    use super::timestamp;
+
+    fn text(bytes: [u8; 24]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
@@ -199,16 +234,27 @@ mod tests {
             (951_782_400_123, "2000-02-29T00:00:00.123Z"),
             (1_795_844_086_007, "2026-11-28T05:34:46.007Z"),
             (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+            (u64::MAX / 2, "9999-12-31T23:59:59.999Z"),
         ];
         for (millis, expected) in cases {
             let time = UNIX_EPOCH + Duration::from_millis(millis);
             assert_eq!(
-                Timestamp(time).to_string(),
+                text(timestamp(time)),
                 expected,
                 "{millis} ms after the epoch"
             );
         }
-        let before = UNIX_EPOCH - Duration::from_millis(1);
-        assert_eq!(Timestamp(before).to_string(), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            text(timestamp(UNIX_EPOCH - Duration::from_millis(1))),
+            "1969-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            text(timestamp(UNIX_EPOCH - Duration::from_micros(1))),
+            "1969-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            text(timestamp(UNIX_EPOCH - Duration::from_secs(70_000_000_000))),
+            "0000-01-01T00:00:00.000Z"
+        );
     }
 }

@@ -286,8 +286,11 @@ impl Tracer {
     /// Runs `future` as a trace: a new correlation id, or the enclosing trace's id with this
     /// span as a child when called inside one. Writes the start line before the first poll
     /// and exactly one end line however it ends (see [`Outcome`]). A trace that is never
-    /// polled writes nothing. The enclosing trace is the one current where `start_trace` is
-    /// called.
+    /// polled writes nothing.
+    ///
+    /// The trace begins where `start_trace` is called: that is where the enclosing trace is
+    /// looked up, the ids are made and the clock starts (so the duration includes time spent
+    /// waiting for the first poll, e.g. in a spawn queue).
     pub fn start_trace<F, O>(
         &self,
         operation: O,
@@ -299,7 +302,7 @@ impl Tracer {
         F::Output: TraceOutcome,
     {
         run(
-            Seed::child_of_current(self.clone(), operation.into()),
+            Arc::new(Seed::child_of_current(self.clone(), operation.into()).start()),
             future,
         )
     }
@@ -316,7 +319,10 @@ impl Tracer {
         F: Future,
         F::Output: TraceOutcome,
     {
-        run(Seed::with_id(self.clone(), id, operation.into()), future)
+        run(
+            Arc::new(Seed::with_id(self.clone(), id, operation.into()).start()),
+            future,
+        )
     }
 
     /// Like [`Tracer::start_trace`], but continuing the trace described by incoming headers
@@ -333,7 +339,7 @@ impl Tracer {
         F::Output: TraceOutcome,
     {
         run(
-            Seed::from_incoming(self.clone(), incoming, operation.into()),
+            Arc::new(Seed::from_incoming(self.clone(), incoming, operation.into()).start()),
             future,
         )
     }
@@ -404,7 +410,7 @@ fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
                 parent_span_id = parent,
                 operation = &*context.operation,
                 outcome = end.map(|end| end.outcome),
-                duration_ms = end.map(|end| duration_ms(end.duration)),
+                duration_ms = end.map(|end| duration_ms(end.duration(context))),
                 error = end.and_then(|end| end.error).map(tracing::field::display),
             )
         };
@@ -416,7 +422,7 @@ fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
     }
 }
 
-/// What is decided where `start_trace` is called; the rest is decided at the first poll.
+/// Where the ids of a new trace come from.
 struct Seed {
     tracer: Tracer,
     correlation_id: Option<CorrelationId>,
@@ -489,7 +495,6 @@ impl Seed {
             flags: self.flags,
             trace_state: self.trace_state,
             operation: self.operation,
-            start_time: SystemTime::now(),
             started: Instant::now(),
             tracer: self.tracer,
         }
@@ -537,10 +542,14 @@ impl<'a> EndGuard<'a> {
     }
 
     fn write(&self, outcome: Outcome, error: Option<&dyn fmt::Display>) {
+        if matches!(self.context.tracer.inner.output, Output::Off) {
+            // Skip the clock read too: nothing will show the duration.
+            return;
+        }
         let end = End {
             level: outcome.level(),
             outcome: outcome.as_str(),
-            duration: self.context.elapsed(),
+            ended: Instant::now(),
             error,
         };
         self.context.tracer.emit(self.context, Some(&end));
@@ -558,12 +567,11 @@ impl Drop for EndGuard<'_> {
 /// The traced future. Locals of an `async fn` are dropped when its future is dropped, so
 /// the guard sees cancellation; the inner future is pinned in the future's own state, so no
 /// allocation beyond the context's `Arc` is needed.
-async fn run<F>(seed: Seed, future: F) -> F::Output
+async fn run<F>(context: Arc<TraceContext>, future: F) -> F::Output
 where
     F: Future,
     F::Output: TraceOutcome,
 {
-    let context = Arc::new(seed.start());
     let guard = EndGuard::start(&context);
     // Declared after the guard, so it is dropped first: the inner future's destructors run
     // inside the trace and before the end line.
