@@ -31,8 +31,18 @@ pub struct CorrelationId(Repr);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Repr {
-    Uuid(Uuid),
+    /// The UUID's two halves (high, low). Stored as `u64`s, not `Uuid` (a byte array), so
+    /// they sit aligned after the tag: an unaligned copy at offset 1 costs a store-forwarding
+    /// stall on every read, which more than doubled the cost of `correlation_id()`.
+    Uuid(u64, u64),
     Text(Arc<str>),
+}
+
+impl Repr {
+    fn uuid(uuid: Uuid) -> Self {
+        let (high, low) = uuid.as_u64_pair();
+        Self::Uuid(high, low)
+    }
 }
 
 /// Why a received correlation id was rejected. The rejected text itself is never kept, so
@@ -84,7 +94,7 @@ impl CorrelationId {
         let uuid = Uuid::now_v7();
         #[cfg(not(feature = "v7"))]
         let uuid = Uuid::new_v4();
-        Self(Repr::Uuid(uuid))
+        Self(Repr::uuid(uuid))
     }
 
     /// Wraps a UUID.
@@ -95,7 +105,7 @@ impl CorrelationId {
     /// ```
     #[must_use]
     pub fn from_uuid(uuid: Uuid) -> Self {
-        Self(Repr::Uuid(uuid))
+        Self(Repr::uuid(uuid))
     }
 
     /// The UUID, when this id is one.
@@ -106,7 +116,7 @@ impl CorrelationId {
     /// ```
     pub fn as_uuid(&self) -> Option<Uuid> {
         match &self.0 {
-            Repr::Uuid(uuid) => Some(*uuid),
+            Repr::Uuid(high, low) => Some(Uuid::from_u64_pair(*high, *low)),
             Repr::Text(_) => None,
         }
     }
@@ -139,7 +149,7 @@ impl CorrelationId {
             && let Ok(uuid) = Uuid::try_parse(text)
             && !text.bytes().any(|byte| byte.is_ascii_uppercase())
         {
-            return Ok(Self(Repr::Uuid(uuid)));
+            return Ok(Self(Repr::uuid(uuid)));
         }
         Ok(Self(Repr::Text(Arc::from(text))))
     }
@@ -147,7 +157,7 @@ impl CorrelationId {
     /// The received text, when this id is not a UUID.
     pub(crate) fn as_text(&self) -> Option<&str> {
         match &self.0 {
-            Repr::Uuid(_) => None,
+            Repr::Uuid(..) => None,
             Repr::Text(text) => Some(text),
         }
     }
@@ -186,7 +196,9 @@ impl From<Uuid> for CorrelationId {
 impl fmt::Display for CorrelationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Repr::Uuid(uuid) => fmt::Display::fmt(&uuid.hyphenated(), f),
+            Repr::Uuid(high, low) => {
+                fmt::Display::fmt(&Uuid::from_u64_pair(*high, *low).hyphenated(), f)
+            }
             Repr::Text(text) => f.write_str(text),
         }
     }
@@ -201,9 +213,13 @@ impl fmt::Debug for CorrelationId {
 impl Serialize for CorrelationId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match &self.0 {
-            Repr::Uuid(uuid) => {
+            Repr::Uuid(high, low) => {
                 let mut buffer = Uuid::encode_buffer();
-                serializer.serialize_str(uuid.hyphenated().encode_lower(&mut buffer))
+                serializer.serialize_str(
+                    Uuid::from_u64_pair(*high, *low)
+                        .hyphenated()
+                        .encode_lower(&mut buffer),
+                )
             }
             Repr::Text(text) => serializer.serialize_str(text),
         }
