@@ -116,6 +116,20 @@ impl Incoming {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
+        let incoming = Self::choose(headers);
+        for rejection in &incoming.rejections {
+            // Only the reason: the rejected value itself must never reach a log.
+            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
+        }
+        incoming
+    }
+
+    fn choose<I, K, V>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
         let headers: Vec<(K, V)> = headers.into_iter().collect();
         let mut traceparent = Seen::None;
         let mut correlation = Seen::None;
@@ -167,9 +181,6 @@ impl Incoming {
             });
         let (correlation_id, source) =
             id.unwrap_or_else(|| (CorrelationId::new(), IdSource::Generated));
-        for rejection in &rejections {
-            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
-        }
         Self {
             trace_id: correlation_id.trace_id().unwrap_or_else(TraceId::random),
             correlation_id,

@@ -369,3 +369,24 @@ pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
     }
     Some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CorrelationId, SpanId};
+
+    #[test]
+    fn fresh_ids_have_the_configured_uuid_version() {
+        let version = CorrelationId::new()
+            .as_uuid()
+            .map(|uuid| uuid.get_version_num());
+        assert_eq!(version, Some(if cfg!(feature = "v7") { 7 } else { 4 }));
+    }
+
+    #[test]
+    fn span_ids_are_non_zero_and_vary() {
+        let ids: std::collections::HashSet<u64> =
+            (0..1000).map(|_| SpanId::random().to_u64()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&0));
+    }
+}

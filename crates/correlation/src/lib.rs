@@ -4,10 +4,13 @@
 //! # The `tokio::spawn` trap
 //!
 //! The context lives in a `tokio::task_local!`. **Tokio does not carry task-locals into
-//! `tokio::spawn` or `tokio::task::spawn_blocking`**: code in a task spawned that way sees no
-//! trace, and its logs lose the correlation id. Use [`spawn`], [`spawn_blocking`],
-//! [`TraceFutureExt::in_current_trace`] or, for threads and pools, [`bind`]. To make the
-//! compiler catch the bare calls, copy this into your `clippy.toml`:
+//! `tokio::spawn` or `tokio::task::spawn_blocking`**, nor does a new thread inherit them:
+//! code in a task spawned that way sees no trace, and its logs lose the correlation id. Use
+//! [`spawn`], [`spawn_blocking`], [`TraceFutureExt::in_current_trace`] or, for threads and
+//! pools, [`bind`] (or [`sync_scope`] with a context from [`current`]).
+//!
+//! To make the compiler catch the bare calls, copy this into the `clippy.toml` next to your
+//! `Cargo.toml` (this crate uses it on itself):
 //!
 //! ```toml
 //! disallowed-methods = [
@@ -15,9 +18,12 @@
 //!     { path = "tokio::task::spawn", reason = "loses the trace context: use correlation::spawn" },
 //!     { path = "tokio::task::spawn_blocking", reason = "loses the trace context: use correlation::spawn_blocking" },
 //!     { path = "tokio::runtime::Handle::spawn", reason = "loses the trace context: use .in_current_trace()" },
-//!     { path = "std::thread::spawn", reason = "loses the trace context: wrap the closure in correlation::bind" },
 //! ]
 //! ```
+//!
+//! Where a bare spawn is right (the future already carries its trace, e.g. it is a
+//! `start_trace` future or ends in `.in_current_trace()`), allow the lint at that spot with
+//! `#[allow(clippy::disallowed_methods)]` and say why.
 //!
 //! # Overview
 //!
@@ -116,3 +122,8 @@ pub use crate::{
 
 #[cfg(feature = "tracing-subscriber")]
 pub use crate::layer::{WithCorrelation, json_layer};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

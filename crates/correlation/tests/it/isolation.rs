@@ -7,6 +7,7 @@ use crate::Capture;
 const TRACES: usize = 10_000;
 
 #[test]
+#[allow(clippy::disallowed_methods)] // Each task makes its own trace; there is none to carry in.
 fn ten_thousand_concurrent_traces_see_only_their_own_id() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

@@ -82,6 +82,7 @@ fn ok_result_logs_success() {
 }
 
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // The trace is made here and moved in whole.
 async fn panic_is_logged_then_resumed() {
     let capture = Capture::default();
     let tracer = capture.tracer();

@@ -53,6 +53,7 @@ async fn bind_carries_the_trace_to_a_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // Bare spawn made safe by `.in_current_trace()`.
 async fn in_current_trace_carries_the_trace() {
     let (id, seen) = traced(|| async {
         tokio::spawn(
@@ -82,6 +83,7 @@ async fn sync_scope_carries_a_context_to_a_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // Demonstrates the trap the lint exists for.
 async fn bare_tokio_spawn_loses_the_trace() {
     let (_, seen) = traced(|| async {
         tokio::spawn(async { correlation::correlation_id() })
