@@ -1,3 +1,477 @@
-//! Benchmark of `snapshot` against its peers (issue #5); filled in by a later commit.
+//! Benchmark of `snapshot` against its peers (issue #5): save and restore time against the
+//! bare `serde_json` floor and the original plan, and peak memory, each memory case in its
+//! own process.
+//!
+//! Run: `cargo bench -p snapshot --bench vs_peers` (1 000 000 entries, about 140 MB of
+//! JSON); `BENCH_QUICK=1` uses 50 000 entries. `BENCH_REPORT=<path>` appends the rows as
+//! JSON lines (see `xtask/src/bench.rs`). Files go to a temp dir under `target/`.
+//!
+//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `floor-loop`) with
+//! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
 
-fn main() {}
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    hint::black_box,
+    io::{BufReader, BufWriter, Write as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use snapshot::{CacheEntry, CachePersistence};
+
+/// A realistic cached value: a small record with strings, numbers and a flag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    score: f64,
+    active: bool,
+}
+
+/// The floor's view of an entry: the same JSON, derived by serde.
+#[derive(Serialize, Deserialize)]
+struct FloorEntry {
+    key: String,
+    value: Profile,
+    #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct FloorDocument<'a> {
+    version: u32,
+    timestamp: u64,
+    entries: &'a [FloorEntry],
+}
+
+#[derive(Deserialize)]
+struct FloorDocumentOwned {
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    version: u32,
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    timestamp: u64,
+    entries: Vec<FloorEntry>,
+}
+
+const NOW_MILLIS: u64 = 1_700_000_000_000;
+const CHILD_CASE: &str = "SNAPSHOT_BENCH_CASE";
+const CHILD_DIR: &str = "SNAPSHOT_BENCH_DIR";
+const CHILD_COUNT: &str = "SNAPSHOT_BENCH_COUNT";
+
+fn entry(index: u64) -> (String, CacheEntry<Profile>) {
+    let profile = Profile {
+        id: index,
+        name: format!("user-{index:08}"),
+        #[allow(clippy::cast_precision_loss, reason = "a synthetic score")]
+        score: (index % 1000) as f64 / 7.0,
+        active: !index.is_multiple_of(3),
+    };
+    let mut entry = CacheEntry::new(profile).expiring_at(NOW_MILLIS + 3_600_000 + index);
+    if index.is_multiple_of(2) {
+        entry = entry.tagged(["sessions"]);
+    }
+    (format!("session:{index:010}"), entry)
+}
+
+fn entries(count: u64) -> Vec<(String, CacheEntry<Profile>)> {
+    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap());
+    entries.extend((0..count).map(entry));
+    entries
+}
+
+fn floor_entries(entries: &[(String, CacheEntry<Profile>)]) -> Vec<FloorEntry> {
+    entries
+        .iter()
+        .map(|(key, entry)| FloorEntry {
+            key: key.clone(),
+            value: entry.value.clone(),
+            expires_at: entry.expires_at,
+            tags: entry.tags.clone(),
+        })
+        .collect()
+}
+
+fn persistence(directory: &Path) -> CachePersistence {
+    CachePersistence::new(directory).with_clock(|| UNIX_EPOCH + Duration::from_millis(NOW_MILLIS))
+}
+
+/// The floor for saving: `serde_json::to_writer` into a `BufWriter<File>`, fsync, rename.
+fn save_floor(directory: &Path, entries: &[FloorEntry]) {
+    let temp = directory.join("floor.json.tmp");
+    let mut writer = BufWriter::new(File::create(&temp).unwrap());
+    let document = FloorDocument {
+        version: 1,
+        timestamp: NOW_MILLIS,
+        entries,
+    };
+    serde_json::to_writer(&mut writer, &document).unwrap();
+    writer.flush().unwrap();
+    writer.into_inner().unwrap().sync_all().unwrap();
+    fs::rename(&temp, directory.join("floor.json")).unwrap();
+}
+
+/// The original plan: `to_string_pretty`, write `.tmp`, rename, no fsync.
+fn save_original_plan(directory: &Path, entries: &[FloorEntry]) {
+    let document = FloorDocument {
+        version: 1,
+        timestamp: NOW_MILLIS,
+        entries,
+    };
+    let text = serde_json::to_string_pretty(&document).unwrap();
+    let temp = directory.join("plan.json.tmp");
+    fs::write(&temp, text).unwrap();
+    fs::rename(&temp, directory.join("plan.json")).unwrap();
+}
+
+fn save_ours(persistence: &CachePersistence, entries: &[(String, CacheEntry<Profile>)]) {
+    persistence
+        .save(entries.iter().map(|(key, entry)| (key, entry)))
+        .unwrap();
+}
+
+/// The floor for restoring: `serde_json::from_reader` on a `BufReader` into a typed `Vec`.
+fn restore_floor(path: &Path) -> Vec<FloorEntry> {
+    let reader = BufReader::new(File::open(path).unwrap());
+    let document: FloorDocumentOwned = serde_json::from_reader(reader).unwrap();
+    document.entries
+}
+
+/// The original plan's restore: read the whole file, parse into `serde_json::Value`.
+fn restore_value(path: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn restore_ours(persistence: &CachePersistence) -> HashMap<String, CacheEntry<Profile>> {
+    persistence.restore::<Profile>().unwrap().entries
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Times `ours` and `baseline` alternately, `repetitions` times each; medians in seconds.
+///
+/// What each returns is dropped after the clock stops: freeing the result is the
+/// caller's business, not part of a save or restore.
+fn side_by_side<A, B>(
+    repetitions: usize,
+    mut ours: impl FnMut() -> A,
+    mut baseline: impl FnMut() -> B,
+) -> (f64, f64) {
+    let mut ours_samples = Vec::new();
+    let mut baseline_samples = Vec::new();
+    for repetition in 0..repetitions {
+        // Alternate which goes first, so neither always inherits the other's cache state.
+        let ours_first = repetition % 2 == 0;
+        for first in [ours_first, !ours_first] {
+            let started = Instant::now();
+            if first {
+                let result = black_box(ours());
+                ours_samples.push(started.elapsed().as_secs_f64());
+                drop(result);
+            } else {
+                let result = black_box(baseline());
+                baseline_samples.push(started.elapsed().as_secs_f64());
+                drop(result);
+            }
+        }
+    }
+    (median(&mut ours_samples), median(&mut baseline_samples))
+}
+
+struct Row {
+    bench: String,
+    unit: &'static str,
+    ours: f64,
+    baseline: &'static str,
+    baseline_value: f64,
+    goal: Option<f64>,
+}
+
+fn report(rows: &[Row]) {
+    println!(
+        "\n| bench | unit | ours | baseline | baseline value | ratio (baseline / ours) | goal |"
+    );
+    println!("|---|---|---:|---|---:|---:|---|");
+    let mut lines = String::new();
+    for row in rows {
+        let ratio = row.baseline_value / row.ours;
+        let goal = row.goal.map_or(String::new(), |goal| {
+            format!(
+                "≥ {goal:.3} {}",
+                if ratio >= goal { "met" } else { "**missed**" }
+            )
+        });
+        println!(
+            "| {} | {} | {:.4} | {} | {:.4} | {ratio:.2}× | {goal} |",
+            row.bench, row.unit, row.ours, row.baseline, row.baseline_value
+        );
+        let mut object = serde_json::json!({
+            "bench": row.bench,
+            "unit": row.unit,
+            "ours": row.ours,
+            "baseline": row.baseline,
+            "baseline_value": row.baseline_value,
+        });
+        if let Some(goal) = row.goal {
+            object["goal"] = serde_json::json!(goal);
+        }
+        lines.push_str(&object.to_string());
+        lines.push('\n');
+    }
+    if let Some(path) = std::env::var_os("BENCH_REPORT") {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(lines.as_bytes()).unwrap();
+    }
+}
+
+/// `VmHWM` or `VmRSS` from `/proc/self/status`, in MiB.
+fn proc_status_mib(field: &str) -> f64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .unwrap_or_else(|| panic!("/proc/self/status has no {field}"));
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|number| number.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Resets `VmHWM` to the current RSS (Linux ≥ 4.0), so the next peak is this phase's own.
+fn reset_peak() {
+    fs::write("/proc/self/clear_refs", "5").expect("Linux can reset VmHWM");
+}
+
+/// Runs one memory case in this process and prints `peak_mib=<x>`: how far the peak rose
+/// above the RSS at the start of the measured phase.
+fn child(case: &str) {
+    let directory = PathBuf::from(std::env::var_os(CHILD_DIR).unwrap());
+    let count: u64 = std::env::var(CHILD_COUNT).unwrap().parse().unwrap();
+    let persistence = persistence(&directory);
+    let measure = |work: &mut dyn FnMut()| {
+        reset_peak();
+        let start = proc_status_mib("VmRSS:");
+        work();
+        proc_status_mib("VmHWM:") - start
+    };
+    let peak = match case {
+        "save" => {
+            let entries = entries(count);
+            measure(&mut || save_ours(&persistence, &entries))
+        }
+        "save-original-plan" => {
+            let entries = floor_entries(&entries(count));
+            measure(&mut || save_original_plan(&directory, &entries))
+        }
+        "restore" => measure(&mut || {
+            black_box(restore_ours(&persistence));
+        }),
+        "map" => measure(&mut || {
+            let mut map = HashMap::new();
+            for index in 0..count {
+                let (key, entry) = entry(index);
+                map.insert(key, entry);
+            }
+            black_box(&map);
+        }),
+        "restore-loop" => {
+            let mut kept = Vec::new();
+            for _ in 0..20 {
+                kept.push(restore_ours(&persistence));
+            }
+            0.0
+        }
+        "floor-loop" => {
+            let mut kept = Vec::new();
+            for _ in 0..20 {
+                kept.push(restore_floor(&directory.join("floor.json")));
+            }
+            0.0
+        }
+        other => panic!("unknown case {other}"),
+    };
+    println!("peak_mib={peak}");
+}
+
+fn peak_in_child(case: &str, directory: &Path, count: u64) -> f64 {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_CASE, case)
+        .env(CHILD_DIR, directory)
+        .env(CHILD_COUNT, count.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{case} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("peak_mib="))
+        .and_then(|number| number.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{case} printed no peak: {stdout}"))
+        // The runner needs positive numbers; a page is the resolution anyway.
+        .max(4.0 / 1024.0)
+}
+
+fn target_dir() -> PathBuf {
+    // The bench binary lives in `target/<profile>/deps/`.
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+fn main() {
+    if let Ok(case) = std::env::var(CHILD_CASE) {
+        child(&case);
+        return;
+    }
+    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|value| value != "0");
+    let (count, repetitions) = if quick { (50_000, 5) } else { (1_000_000, 5) };
+    let scratch = tempfile::Builder::new()
+        .prefix("snapshot-bench-")
+        .tempdir_in(target_dir())
+        .unwrap();
+    let directory = scratch.path();
+    println!(
+        "snapshot vs_peers: {count} entries in {} ({} repetitions{})",
+        directory.display(),
+        repetitions,
+        if quick { ", BENCH_QUICK" } else { "" }
+    );
+
+    let entries = entries(count);
+    let persistence = persistence(directory);
+    save_ours(&persistence, &entries);
+    #[allow(clippy::cast_precision_loss, reason = "a printed size")]
+    let size_mb = fs::metadata(persistence.path()).unwrap().len() as f64 / 1e6;
+    println!("snapshot file: {size_mb:.1} MB");
+    let label = if count >= 1_000_000 {
+        format!("{}M entries", count / 1_000_000)
+    } else {
+        format!("{}k entries", count / 1000)
+    };
+    let mut rows = timing_rows(&label, repetitions, directory, &persistence, &entries);
+    drop(entries);
+    rows.extend(memory_rows(&label, directory, count));
+    report(&rows);
+    println!(
+        "\nratio = baseline / ours: above 1 means ours is faster or smaller; goal is the smallest acceptable ratio"
+    );
+}
+
+/// Save and restore times, each against its baseline, interleaved.
+fn timing_rows(
+    label: &str,
+    repetitions: usize,
+    directory: &Path,
+    persistence: &CachePersistence,
+    entries: &[(String, CacheEntry<Profile>)],
+) -> Vec<Row> {
+    let floor = floor_entries(entries);
+    let mut rows = Vec::new();
+    let (ours, baseline) = side_by_side(
+        repetitions,
+        || save_ours(persistence, entries),
+        || save_floor(directory, &floor),
+    );
+    rows.push(Row {
+        bench: format!("save {label}"),
+        unit: "s",
+        ours,
+        baseline: "serde_json::to_writer + BufWriter + fsync + rename (floor)",
+        baseline_value: baseline,
+        goal: Some(1.0 / 1.15),
+    });
+    let (ours, baseline) = side_by_side(
+        repetitions,
+        || save_ours(persistence, entries),
+        || save_original_plan(directory, &floor),
+    );
+    rows.push(Row {
+        bench: format!("save {label}"),
+        unit: "s",
+        ours,
+        baseline: "original plan: to_string_pretty + write .tmp + rename, no fsync",
+        baseline_value: baseline,
+        goal: Some(2.5),
+    });
+    save_floor(directory, &floor);
+    drop(floor);
+    let floor_path = directory.join("floor.json");
+    let (ours, baseline) = side_by_side(
+        repetitions,
+        || restore_ours(persistence),
+        || restore_floor(&floor_path),
+    );
+    rows.push(Row {
+        bench: format!("restore {label} into a HashMap"),
+        unit: "s",
+        ours,
+        baseline: "serde_json::from_reader(BufReader) into a typed Vec (floor)",
+        baseline_value: baseline,
+        goal: Some(1.0 / 1.3),
+    });
+    let (ours, baseline) = side_by_side(
+        repetitions,
+        || restore_ours(persistence),
+        || restore_value(persistence.path()),
+    );
+    rows.push(Row {
+        bench: format!("restore {label} into a HashMap"),
+        unit: "s",
+        ours,
+        baseline: "read_to_string + serde_json::Value",
+        baseline_value: baseline,
+        goal: Some(3.0),
+    });
+    rows
+}
+
+/// Peak memory, each case in its own process.
+fn memory_rows(label: &str, directory: &Path, count: u64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let save_peak = peak_in_child("save", directory, count);
+    rows.push(Row {
+        bench: format!("save {label}: peak memory above the entries"),
+        unit: "MiB",
+        ours: save_peak,
+        baseline: "budget from issue #5 (32 MiB)",
+        baseline_value: 32.0,
+        goal: Some(1.0),
+    });
+    let plan_peak = peak_in_child("save-original-plan", directory, count);
+    rows.push(Row {
+        bench: format!("save {label}: peak memory above the entries"),
+        unit: "MiB",
+        ours: save_peak,
+        baseline: "original plan (to_string_pretty)",
+        baseline_value: plan_peak,
+        goal: None,
+    });
+    let restore_peak = peak_in_child("restore", directory, count);
+    let map_peak = peak_in_child("map", directory, count);
+    rows.push(Row {
+        bench: format!("restore {label}: peak memory"),
+        unit: "MiB",
+        ours: restore_peak,
+        baseline: "building the same HashMap directly (the map's own size)",
+        baseline_value: map_peak,
+        goal: Some(1.0 / 1.2),
+    });
+    rows
+}

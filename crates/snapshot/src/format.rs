@@ -3,23 +3,28 @@
 //! `{ "version": 1, "timestamp": <epoch ms>, "entries": [ { "key", "value", "expiresAt"?,
 //! "tags"? } ] }`. Saving serializes straight from the caller's iterator; restoring
 //! deserializes straight into the result map. Neither side holds all entries in any
-//! intermediate collection.
+//! intermediate collection: entries are framed one at a time by [`Scanner`] and
+//! parsed from its buffer.
 
 use std::{
     borrow::Borrow,
     cell::{Cell, RefCell},
     collections::HashMap,
     fmt,
+    io::Read,
     marker::PhantomData,
 };
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
-    de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor},
     ser::{Error as _, SerializeSeq, SerializeStruct},
 };
 
-use crate::{CacheEntry, check};
+use crate::{
+    CacheEntry, check,
+    scan::{ScanError, Scanner},
+};
 
 /// The only file version this crate writes and reads.
 pub(crate) const VERSION: u64 = 1;
@@ -164,22 +169,146 @@ impl<V> Restoring<V> {
     }
 }
 
-/// Deserializes the top-level object into a [`Restoring`].
+/// Reads the whole document from `scanner` into `restoring`.
 ///
 /// `version` may come before or after `entries` (files written by other tools may order
 /// keys differently). If it comes first, an unsupported version fails before any entry is
 /// read. If it comes after, the entries are read into the map (they must parse as version
 /// 1 entries) and the version is checked at the end, before the map is returned: the map is
 /// the result we would return anyway, so this costs no extra memory.
-pub(crate) struct DocumentSeed<'a, V> {
-    pub(crate) restoring: &'a mut Restoring<V>,
+pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
+    scanner: &mut Scanner<R>,
+    restoring: &mut Restoring<V>,
+    file_size: u64,
+) -> Result<(), ScanError> {
+    let mut version_seen = false;
+    let mut entries_seen = false;
+    scanner.expect(b"{", "`{` opening the snapshot object")?;
+    if scanner.peek()? == Some(b'}') {
+        scanner.expect(b"}", "`}`")?;
+    } else {
+        loop {
+            let field =
+                scanner.next_value(|bytes| serde_json::from_slice::<DocumentField>(bytes))?;
+            scanner.expect(b":", "`:` after a field name")?;
+            match field {
+                DocumentField::Version => {
+                    if version_seen {
+                        return Err(scanner.error_here("duplicate field `version`"));
+                    }
+                    let found = scanner
+                        .next_value(|bytes| serde_json::from_slice::<serde_json::Value>(bytes))?;
+                    if found != VERSION {
+                        let text = found.to_string();
+                        let error =
+                            scanner.error_here(&format!("unsupported snapshot version {text}"));
+                        restoring.failure = Some(Failure::UnsupportedVersion(text));
+                        return Err(error);
+                    }
+                    version_seen = true;
+                }
+                DocumentField::Timestamp => {
+                    let found = scanner
+                        .next_value(|bytes| serde_json::from_slice::<serde_json::Value>(bytes))?;
+                    restoring.timestamp = found.as_u64();
+                }
+                DocumentField::Entries => {
+                    if entries_seen {
+                        return Err(scanner.error_here("duplicate field `entries`"));
+                    }
+                    read_entries(scanner, restoring, file_size)?;
+                    entries_seen = true;
+                }
+                DocumentField::Other => {
+                    scanner.next_value(|bytes| serde_json::from_slice::<IgnoredAny>(bytes))?;
+                }
+            }
+            if scanner.expect(b",}", "`,` or `}` after a field")? == b'}' {
+                break;
+            }
+        }
+    }
+    if scanner.peek()?.is_some() {
+        return Err(scanner.error_here("trailing characters after the snapshot object"));
+    }
+    if !version_seen {
+        return Err(scanner.error_here("missing field `version`"));
+    }
+    if !entries_seen {
+        return Err(scanner.error_here("missing field `entries`"));
+    }
+    Ok(())
 }
 
-impl<'de, V: DeserializeOwned> DeserializeSeed<'de> for DocumentSeed<'_, V> {
-    type Value = ();
+/// After this many entries, the map is sized for the rest of the file, estimated from the
+/// bytes those entries took: one allocation instead of a chain of rehashing doublings.
+const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
+fn read_entries<R: Read, V: DeserializeOwned>(
+    scanner: &mut Scanner<R>,
+    restoring: &mut Restoring<V>,
+    file_size: u64,
+) -> Result<(), ScanError> {
+    scanner.expect(b"[", "`[` opening the entries")?;
+    if scanner.peek()? == Some(b']') {
+        scanner.expect(b"]", "`]`")?;
+        return Ok(());
+    }
+    let entries_start = scanner.offset();
+    let mut read_here = 0_u64;
+    loop {
+        // Fast path: parse the entry straight from the buffer. If that fails for any
+        // reason but "the buffer ends here", frame it and parse again, which reports the
+        // error with its key and position.
+        let (key, entry) = match scanner.next_streamed::<Framed<V>>()? {
+            Some(Framed(key, entry)) => (key, entry),
+            None => scanner.next_value(|bytes| {
+                let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+                let entry = EntrySeed {
+                    failed_key: &mut restoring.failed_key,
+                    value: PhantomData,
+                }
+                .deserialize(&mut deserializer)?;
+                deserializer.end()?;
+                Ok(entry)
+            })?,
+        };
+        restoring.read += 1;
+        read_here += 1;
+        if restoring.read > restoring.max_entries {
+            restoring.failure = Some(Failure::TooManyEntries);
+            return Err(scanner.error_here(&format!("more than {} entries", restoring.max_entries)));
+        }
+        if read_here == ENTRIES_BEFORE_ESTIMATE {
+            let used = scanner.offset() - entries_start;
+            let remaining = file_size.saturating_sub(scanner.offset());
+            let estimate = remaining.saturating_mul(read_here) / used.max(1);
+            let allowed = restoring.max_entries.saturating_sub(restoring.read);
+            restoring
+                .map
+                .reserve(usize::try_from(estimate.min(allowed)).unwrap_or(0));
+        }
+        restoring.accept(key, entry);
+        if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {
+            return Ok(());
+        }
+    }
+}
+
+impl<V> Restoring<V> {
+    /// Keeps an entry unless it has expired; a repeated key replaces the earlier entry.
+    fn accept(&mut self, key: String, entry: CacheEntry<V>) {
+        if entry.is_expired_at(self.now_millis) {
+            // Dropped as read, so expired entries never occupy memory.
+            self.expired += 1;
+            // A later expired duplicate still removes the earlier value: the file's last
+            // word on a key is what counts.
+            if self.map.remove(&key).is_some() {
+                self.superseded += 1;
+            }
+        } else if self.map.insert(key, entry).is_some() {
+            self.superseded += 1;
+        }
     }
 }
 
@@ -212,118 +341,27 @@ impl<'de> Deserialize<'de> for DocumentField {
     }
 }
 
-impl<'de, V: DeserializeOwned> Visitor<'de> for DocumentSeed<'_, V> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a cache snapshot object with `version` and `entries`")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut version: Option<serde_json::Value> = None;
-        let mut seen_entries = false;
-        while let Some(field) = map.next_key::<DocumentField>()? {
-            match field {
-                DocumentField::Version => {
-                    if version.is_some() {
-                        return Err(de::Error::duplicate_field("version"));
-                    }
-                    let found: serde_json::Value = map.next_value()?;
-                    if found != VERSION {
-                        return Err(unsupported_version(self.restoring, &found));
-                    }
-                    version = Some(found);
-                }
-                DocumentField::Timestamp => {
-                    let timestamp: serde_json::Value = map.next_value()?;
-                    self.restoring.timestamp = timestamp.as_u64();
-                }
-                DocumentField::Entries => {
-                    if seen_entries {
-                        return Err(de::Error::duplicate_field("entries"));
-                    }
-                    map.next_value_seed(EntriesSeed {
-                        restoring: &mut *self.restoring,
-                    })?;
-                    seen_entries = true;
-                }
-                DocumentField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        if version.is_none() {
-            return Err(de::Error::missing_field("version"));
-        }
-        if !seen_entries {
-            return Err(de::Error::missing_field("entries"));
-        }
-        Ok(())
-    }
-}
-
-fn unsupported_version<V, E: de::Error>(
-    restoring: &mut Restoring<V>,
-    found: &serde_json::Value,
-) -> E {
-    let text = found.to_string();
-    let error = E::custom(format_args!("unsupported snapshot version {text}"));
-    restoring.failure = Some(Failure::UnsupportedVersion(text));
-    error
-}
-
-struct EntriesSeed<'a, V> {
-    restoring: &'a mut Restoring<V>,
-}
-
-impl<'de, V: DeserializeOwned> DeserializeSeed<'de> for EntriesSeed<'_, V> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de, V: DeserializeOwned> Visitor<'de> for EntriesSeed<'_, V> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of entries")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<(), A::Error> {
-        while let Some((key, entry)) = sequence.next_element_seed(EntrySeed {
-            restoring: &mut *self.restoring,
-            value: PhantomData,
-        })? {
-            let restoring = &mut *self.restoring;
-            restoring.read += 1;
-            if restoring.read > restoring.max_entries {
-                restoring.failure = Some(Failure::TooManyEntries);
-                return Err(de::Error::custom(format_args!(
-                    "more than {} entries",
-                    restoring.max_entries
-                )));
-            }
-            if entry.is_expired_at(restoring.now_millis) {
-                // Dropped as read, so expired entries never occupy memory.
-                restoring.expired += 1;
-                // A later expired duplicate still removes the earlier value: the file's
-                // last word on a key is what counts.
-                if restoring.map.remove(&key).is_some() {
-                    restoring.superseded += 1;
-                }
-            } else if restoring.map.insert(key, entry).is_some() {
-                restoring.superseded += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
+/// Reads one entry; on failure, stores the entry's key (if already read) in `failed_key`.
 struct EntrySeed<'a, V> {
-    restoring: &'a mut Restoring<V>,
+    failed_key: &'a mut Option<String>,
     value: PhantomData<V>,
+}
+
+/// An entry as a plain `Deserialize` type, for `serde_json`'s stream deserializer (which
+/// takes no seed). Its errors do not name the key; the caller re-reads a failed entry
+/// through [`EntrySeed`] to report it properly.
+struct Framed<V>(String, CacheEntry<V>);
+
+impl<'de, V: DeserializeOwned> Deserialize<'de> for Framed<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut ignored = None;
+        let (key, entry) = EntrySeed {
+            failed_key: &mut ignored,
+            value: PhantomData,
+        }
+        .deserialize(deserializer)?;
+        Ok(Self(key, entry))
+    }
 }
 
 enum EntryField {
@@ -377,7 +415,7 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
         let mut expires_at: Option<u64> = None;
         let mut tags: Option<Vec<String>> = None;
         // Remembers which entry failed, so the error can name it.
-        let mut blame = |key: &Option<String>| self.restoring.failed_key.clone_from(key);
+        let mut blame = |key: &Option<String>| self.failed_key.clone_from(key);
         loop {
             let field = match map.next_key::<EntryField>() {
                 Ok(Some(field)) => field,
@@ -416,5 +454,101 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
                 tags,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Read};
+
+    use super::{Restoring, read_document};
+    use crate::scan::{ScanError, Scanner};
+
+    /// Returns at most a few bytes per read, so every framing step crosses a refill.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            self.step = self.step % 7 + 1;
+            let count = self.step.min(buffer.len()).min(self.bytes.len());
+            buffer[..count].copy_from_slice(&self.bytes[..count]);
+            self.bytes = &self.bytes[count..];
+            Ok(count)
+        }
+    }
+
+    fn pretty_document() -> String {
+        let entries: Vec<serde_json::Value> = (0..50)
+            .map(|index| {
+                serde_json::json!({
+                    "key": format!("k\"{index}\\\n{}", "é".repeat(index % 5)),
+                    "value": {"nested": [index, {"s": "]}[{\""}], "text": "x".repeat(index)},
+                    "tags": ["a", "b"],
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "entries": entries,
+            "unknown": {"deep": [[[]]], "tricky": "\\\"}]\\\\"},
+            "version": 1,
+            "timestamp": 12,
+        }))
+        .unwrap()
+    }
+
+    fn read(bytes: &[u8]) -> (Result<(), ScanError>, Restoring<serde_json::Value>) {
+        let mut restoring = Restoring::new(0, u64::MAX);
+        let mut scanner = Scanner::new(Trickle { bytes, step: 0 });
+        let result = read_document(&mut scanner, &mut restoring, bytes.len() as u64);
+        (result, restoring)
+    }
+
+    #[test]
+    fn framing_survives_refills_inside_strings_escapes_and_brackets() {
+        let text = pretty_document();
+        let (result, restoring) = read(text.as_bytes());
+        result.unwrap();
+        assert_eq!(restoring.map.len(), 50);
+        assert_eq!(restoring.timestamp, Some(12));
+        let key = format!("k\"7\\\n{}", "é".repeat(2));
+        assert_eq!(restoring.map[&key].value["text"], "x".repeat(7));
+        assert_eq!(restoring.map[&key].value["nested"][1]["s"], "]}[{\"");
+    }
+
+    #[test]
+    fn error_positions_match_serde_json_on_the_whole_file() {
+        let text = pretty_document();
+        // Damage a byte deep inside, on a later line, in a value and in the structure.
+        for needle in ["\"tags\": [", "\"nested\": [", "],\n  \"timestamp\""] {
+            let at = text.rfind(needle).expect("the needle is in the document") + needle.len() - 1;
+            let mut damaged = text.clone().into_bytes();
+            damaged[at] = b'#';
+            let expected = serde_json::from_slice::<serde_json::Value>(&damaged).unwrap_err();
+            let (result, _) = read(&damaged);
+            match result {
+                Err(ScanError::Syntax { line, column, .. }) => {
+                    assert_eq!(
+                        (line, column),
+                        (expected.line(), expected.column()),
+                        "{needle}"
+                    );
+                }
+                other => panic!("{needle}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_is_reported_as_truncated() {
+        let text = pretty_document();
+        for cut in [1, text.len() / 3, text.len() / 2, text.len() - 2] {
+            match read(&text.as_bytes()[..cut]).0 {
+                Err(ScanError::Syntax { truncated, .. }) => assert!(truncated, "cut {cut}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
     }
 }

@@ -74,7 +74,11 @@
 //!
 //! # Restore details
 //!
-//! Restore keeps only the map it returns: no string of the file, no list of entries.
+//! Restore keeps only the map it returns plus a 256 KiB read buffer: no string of the
+//! file, no list of entries. The file is read in chunks and each entry is parsed by
+//! `serde_json` straight out of the buffer into the map (an entry larger than the buffer
+//! grows it). After the first 1024 entries the map is sized once for the rest of the file,
+//! estimated from the bytes those entries took, instead of rehashing as it doubles.
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
 //! is still an error (if its entries do not even parse as version 1 entries, the error
@@ -95,6 +99,7 @@ mod entry;
 mod error;
 mod format;
 mod persistence;
+mod scan;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;

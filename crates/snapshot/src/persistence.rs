@@ -5,7 +5,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufReader, BufWriter, Write as _},
+    io::{self, BufWriter, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant, SystemTime},
@@ -16,7 +16,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     CacheEntry, SnapshotError,
     entry::{epoch_millis, from_epoch_millis},
-    format::{Document, DocumentSeed, Failure, Restoring},
+    format::{Document, Failure, Restoring, read_document},
+    scan::{ScanError, Scanner},
 };
 
 /// The snapshot file's name inside the cache directory.
@@ -34,7 +35,6 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 100_000_000;
 /// Large enough that a save makes few `write` calls, small enough to be irrelevant next
 /// to a cache worth persisting.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
-const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -632,16 +632,8 @@ impl CachePersistence {
         }
 
         let mut restoring = Restoring::new(epoch_millis((self.clock)()), self.max_entries);
-        let reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-        let mut deserializer = serde_json::Deserializer::from_reader(reader);
-        let parsed = serde::de::DeserializeSeed::deserialize(
-            DocumentSeed {
-                restoring: &mut restoring,
-            },
-            &mut deserializer,
-        )
-        .and_then(|()| deserializer.end());
-        if let Err(error) = parsed {
+        let mut scanner = Scanner::new(file);
+        if let Err(error) = read_document(&mut scanner, &mut restoring, bytes) {
             let error = self.restore_error(error, restoring.failure, restoring.failed_key);
             return Err(if error.is_bad_file() {
                 self.quarantine(error, &metadata)
@@ -667,7 +659,7 @@ impl CachePersistence {
 
     fn restore_error(
         &self,
-        error: serde_json::Error,
+        error: ScanError,
         failure: Option<Failure>,
         failed_key: Option<String>,
     ) -> SnapshotError {
@@ -689,17 +681,22 @@ impl CachePersistence {
             }
             Some(Failure::Unrepresentable { .. } | Failure::FailedAtKey { .. }) | None => {}
         }
-        if error.is_io() {
-            return SnapshotError::io("read", &path, io::Error::from(error));
-        }
-        SnapshotError::Corrupt {
-            path,
-            line: error.line(),
-            column: error.column(),
-            truncated: error.is_eof(),
-            key: failed_key,
-            reason: error.to_string(),
-            quarantined_to: None,
+        match error {
+            ScanError::Io(source) => SnapshotError::io("read", &path, source),
+            ScanError::Syntax {
+                reason,
+                line,
+                column,
+                truncated,
+            } => SnapshotError::Corrupt {
+                path,
+                line,
+                column,
+                truncated,
+                key: failed_key,
+                reason,
+                quarantined_to: None,
+            },
         }
     }
 

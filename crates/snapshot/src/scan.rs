@@ -1,0 +1,303 @@
+//! Reads a snapshot file in chunks and frames one JSON value at a time, so each entry is
+//! parsed by `serde_json` from a byte slice (much faster than its per-byte reader) while
+//! memory stays bounded by one chunk plus the largest entry.
+//!
+//! The framer only finds where a value ends (brackets and strings); `serde_json` then
+//! validates every byte of it. A value whose brackets the framer mismatched is therefore
+//! still rejected, because `serde_json` sees it as invalid.
+
+use std::io::{self, Read};
+
+use serde::de::DeserializeOwned;
+
+/// Bytes read from the file per refill.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A problem found while reading, with its absolute position.
+#[derive(Debug)]
+pub(crate) enum ScanError {
+    Io(io::Error),
+    Syntax {
+        reason: String,
+        line: usize,
+        column: usize,
+        truncated: bool,
+    },
+}
+
+/// A chunked window over the file.
+pub(crate) struct Scanner<R> {
+    reader: R,
+    /// Always fully initialised; `buffer[..filled]` holds file bytes.
+    buffer: Vec<u8>,
+    filled: usize,
+    /// Index in `buffer` of the next unread byte.
+    position: usize,
+    /// Absolute file offset of `buffer[0]`.
+    buffer_offset: u64,
+    /// Line number (1-based) of `buffer[0]`, and the absolute offset where that line starts.
+    buffer_line: usize,
+    line_start: u64,
+    at_eof: bool,
+}
+
+impl<R: Read> Scanner<R> {
+    pub(crate) fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buffer: vec![0; CHUNK_BYTES],
+            filled: 0,
+            position: 0,
+            buffer_offset: 0,
+            buffer_line: 1,
+            line_start: 0,
+            at_eof: false,
+        }
+    }
+
+    /// Absolute offset of the next unread byte.
+    pub(crate) fn offset(&self) -> u64 {
+        self.buffer_offset + self.position as u64
+    }
+
+    /// Drops consumed bytes and reads another chunk; `Ok(false)` at end of file.
+    fn refill(&mut self) -> Result<bool, ScanError> {
+        if self.at_eof {
+            return Ok(false);
+        }
+        if self.position > 0 {
+            let dropped = &self.buffer[..self.position];
+            // Counting first is a fast vectorised loop; compact files have no newlines, so
+            // the slower search for the last one rarely runs.
+            #[allow(
+                clippy::naive_bytecount,
+                reason = "LLVM vectorises this; not worth a dependency"
+            )]
+            let newlines = dropped.iter().filter(|&&byte| byte == b'\n').count();
+            if newlines > 0 {
+                self.buffer_line += newlines;
+                let last = dropped.iter().rposition(|&byte| byte == b'\n').unwrap_or(0);
+                self.line_start = self.buffer_offset + last as u64 + 1;
+            }
+            self.buffer_offset += self.position as u64;
+            self.buffer.copy_within(self.position..self.filled, 0);
+            self.filled -= self.position;
+            self.position = 0;
+        }
+        if self.filled == self.buffer.len() {
+            // One value is larger than the buffer: grow it (bounded by the file size limit).
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        let read = loop {
+            match self.reader.read(&mut self.buffer[self.filled..]) {
+                Ok(read) => break read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(ScanError::Io(error)),
+            }
+        };
+        self.filled += read;
+        if read == 0 {
+            self.at_eof = true;
+        }
+        Ok(read > 0)
+    }
+
+    /// Line and column (1-based, columns in bytes) of buffer index `index`.
+    fn line_column(&self, index: usize) -> (usize, usize) {
+        let mut line = self.buffer_line;
+        let mut line_start = self.line_start;
+        for (at, byte) in self.buffer[..index].iter().enumerate() {
+            if *byte == b'\n' {
+                line += 1;
+                line_start = self.buffer_offset + at as u64 + 1;
+            }
+        }
+        let offset = self.buffer_offset + index as u64;
+        let column = usize::try_from(offset - line_start).unwrap_or(usize::MAX);
+        (line, column.saturating_add(1))
+    }
+
+    /// A syntax error at buffer index `index`.
+    fn error_at(&self, index: usize, reason: &str, truncated: bool) -> ScanError {
+        let (line, column) = self.line_column(index);
+        ScanError::Syntax {
+            reason: format!("{reason} at line {line} column {column}"),
+            line,
+            column,
+            truncated,
+        }
+    }
+
+    /// A syntax error at the next unread byte.
+    pub(crate) fn error_here(&self, reason: &str) -> ScanError {
+        self.error_at(self.position, reason, false)
+    }
+
+    /// The error for a file that ends where `expected` was due.
+    pub(crate) fn eof_error(&self, expected: &str) -> ScanError {
+        self.error_at(
+            self.filled,
+            &format!("EOF while expecting {expected}"),
+            true,
+        )
+    }
+
+    /// Skips whitespace and returns the next byte without consuming it (`None` at EOF).
+    pub(crate) fn peek(&mut self) -> Result<Option<u8>, ScanError> {
+        loop {
+            while let Some(&byte) = self.buffer[..self.filled].get(self.position) {
+                if matches!(byte, b' ' | b'\n' | b'\t' | b'\r') {
+                    self.position += 1;
+                } else {
+                    return Ok(Some(byte));
+                }
+            }
+            if !self.refill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Consumes the next non-whitespace byte, which must be one of `expected`.
+    pub(crate) fn expect(&mut self, expected: &[u8], description: &str) -> Result<u8, ScanError> {
+        match self.peek()? {
+            Some(byte) if expected.contains(&byte) => {
+                self.position += 1;
+                Ok(byte)
+            }
+            Some(_) => Err(self.error_at(self.position, &format!("expected {description}"), false)),
+            None => Err(self.eof_error(description)),
+        }
+    }
+
+    /// Frames the next JSON value (after whitespace) and hands its bytes to `parse`, with
+    /// a function that converts a `serde_json` error in those bytes to an absolute one.
+    pub(crate) fn next_value<T>(
+        &mut self,
+        parse: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<T, ScanError> {
+        if self.peek()?.is_none() {
+            return Err(self.eof_error("a value"));
+        }
+        let length = self.value_length()?;
+        let start = self.position;
+        let bytes = &self.buffer[start..start + length];
+        match parse(bytes) {
+            Ok(value) => {
+                self.position += length;
+                Ok(value)
+            }
+            Err(error) => Err(self.relocate(start, &error)),
+        }
+    }
+
+    /// Parses the next value straight from the buffer with `serde_json`'s stream
+    /// deserializer, refilling when the value runs past the buffer's end.
+    ///
+    /// `Ok(None)` means it did not parse for another reason (or the file ended): the caller
+    /// then uses [`next_value`](Self::next_value), which reports the error precisely.
+    pub(crate) fn next_streamed<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ScanError> {
+        loop {
+            if self.peek()?.is_none() {
+                return Ok(None);
+            }
+            let outcome = {
+                let mut stream =
+                    serde_json::Deserializer::from_slice(&self.buffer[self.position..self.filled])
+                        .into_iter::<T>();
+                match stream.next() {
+                    Some(Ok(value)) => Ok((value, stream.byte_offset())),
+                    Some(Err(error)) => Err(error.is_eof()),
+                    None => Err(true),
+                }
+            };
+            match outcome {
+                Ok((value, length)) => {
+                    self.position += length;
+                    return Ok(Some(value));
+                }
+                Err(true) if !self.at_eof => {
+                    self.refill()?;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Converts an error `serde_json` reported inside the value at `start` to one that
+    /// names the position in the file.
+    fn relocate(&self, start: usize, error: &serde_json::Error) -> ScanError {
+        let (start_line, start_column) = self.line_column(start);
+        let (line, column) = if error.line() <= 1 {
+            (start_line, start_column + error.column().saturating_sub(1))
+        } else {
+            (start_line + error.line() - 1, error.column())
+        };
+        // serde_json's message ends with its own (relative) position; replace it.
+        let message = error.to_string();
+        let reason = match message.rfind(" at line ") {
+            Some(cut) => &message[..cut],
+            None => &message,
+        };
+        ScanError::Syntax {
+            reason: format!("{reason} at line {line} column {column}"),
+            line,
+            column,
+            truncated: error.is_eof(),
+        }
+    }
+
+    /// The length of the JSON value starting at `position`, reading more of the file as
+    /// needed. Only brackets and string boundaries are tracked.
+    fn value_length(&mut self) -> Result<usize, ScanError> {
+        let first = self.buffer[self.position];
+        let mut scanned = 1;
+        let mut depth: usize = usize::from(matches!(first, b'{' | b'['));
+        let mut in_string = first == b'"';
+        let mut escaped = false;
+        let scalar = depth == 0 && !in_string;
+        loop {
+            let window = &self.buffer[self.position + scanned..self.filled];
+            for (index, &byte) in window.iter().enumerate() {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if byte == b'\\' {
+                        escaped = true;
+                    } else if byte == b'"' {
+                        in_string = false;
+                        if depth == 0 {
+                            return Ok(scanned + index + 1);
+                        }
+                    }
+                } else if scalar {
+                    if matches!(byte, b',' | b'}' | b']' | b' ' | b'\n' | b'\t' | b'\r') {
+                        return Ok(scanned + index);
+                    }
+                } else {
+                    match byte {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Ok(scanned + index + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            scanned += window.len();
+            let position_before = self.position;
+            if !self.refill()? {
+                if scalar {
+                    // A scalar may end at EOF; what follows decides if the file is whole.
+                    return Ok(scanned);
+                }
+                return Err(self.eof_error("the end of a value"));
+            }
+            debug_assert!(self.position <= position_before);
+        }
+    }
+}
