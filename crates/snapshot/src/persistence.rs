@@ -405,24 +405,21 @@ impl CachePersistence {
         let timestamp = (self.clock)();
         let written = Cell::new(0);
         let failure = RefCell::new(None);
+        let failure = &failure;
         let document = Document {
             timestamp: epoch_millis(timestamp),
             value_type: std::marker::PhantomData,
             entries: Cell::new(Some(entries)),
             written: &written,
-            failure: &failure,
+            failure,
         };
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        if let Err(error) = serde_json::to_writer(&mut writer, &document) {
-            return Err(save_error(error, failure.into_inner(), &temp.path));
-        }
-        writer
-            .write_all(b"\n")
-            .and_then(|()| writer.flush())
-            .map_err(|error| SnapshotError::io("write", &temp.path, error))?;
-        let file = writer
-            .into_inner()
-            .map_err(|error| SnapshotError::io("write", &temp.path, error.into_error()))?;
+        let file = write_ahead_synced(file, &temp.path, |writer| {
+            serde_json::to_writer(&mut *writer, &document)
+                .map_err(|error| save_error(error, failure.take(), &temp.path))?;
+            writer
+                .write_all(b"\n")
+                .map_err(|error| SnapshotError::io("write", &temp.path, error))
+        })?;
         file.sync_all()
             .map_err(|error| SnapshotError::io("sync", &temp.path, error))?;
         let bytes = file
@@ -747,6 +744,99 @@ impl CachePersistence {
                 None
             }
         }
+    }
+}
+
+/// Bytes written between background `fdatasync`s.
+const SYNC_AHEAD_BYTES: u64 = 16 << 20;
+
+/// Runs `write` on a buffered writer over `file` while a helper thread `fdatasync`s what
+/// has been written so far every [`SYNC_AHEAD_BYTES`], so the disk works while
+/// serialization continues and the caller's final `fsync` has little left to do.
+///
+/// A background sync error fails the save: on Linux an fsync error is reported once per
+/// open file, so the final `sync_all` on the same file might not see it again.
+fn write_ahead_synced(
+    file: File,
+    temp_path: &Path,
+    write: impl FnOnce(&mut BufWriter<SyncAhead>) -> Result<(), SnapshotError>,
+) -> Result<File, SnapshotError> {
+    let helper_file = file
+        .try_clone()
+        .map_err(|error| SnapshotError::io("open", temp_path, error))?;
+    let (requests, wakeups) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("snapshot-sync".into())
+            .spawn_scoped(scope, move || {
+                for () in wakeups {
+                    helper_file.sync_data()?;
+                }
+                Ok::<(), io::Error>(())
+            });
+        // Without a helper thread the save still works; it just syncs at the end.
+        let requests = helper.is_ok().then_some(requests);
+        let mut writer = BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            SyncAhead {
+                file,
+                requests,
+                unsynced: 0,
+            },
+        );
+        let written = write(&mut writer).and_then(|()| {
+            writer
+                .flush()
+                .map_err(|error| SnapshotError::io("write", temp_path, error))
+        });
+        // Dropping the writer (or its sender) ends the helper's loop.
+        let finished = written.and_then(|()| {
+            writer
+                .into_inner()
+                .map_err(|error| SnapshotError::io("write", temp_path, error.into_error()))
+        });
+        match helper {
+            Ok(helper) => {
+                let file = finished.map(|mut sync_ahead| {
+                    sync_ahead.requests = None;
+                    sync_ahead.file
+                });
+                match helper.join() {
+                    Ok(result) => {
+                        result.map_err(|error| SnapshotError::io("sync", temp_path, error))
+                    }
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                .and(file)
+            }
+            Err(_) => finished.map(|sync_ahead| sync_ahead.file),
+        }
+    })
+}
+
+/// The file under the save's `BufWriter`: counts bytes and wakes the sync helper.
+struct SyncAhead {
+    file: File,
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+    unsynced: u64,
+}
+
+impl io::Write for SyncAhead {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_AHEAD_BYTES {
+            self.unsynced = 0;
+            if let Some(requests) = &self.requests {
+                // Full means a sync is already pending, which will cover these bytes too.
+                let _ = requests.try_send(());
+            }
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
