@@ -48,7 +48,9 @@
 //! - **`Ok` means durable.** `save` returns `Ok` (and updates
 //!   [`last_persist_time`](CachePersistence::last_persist_time)) only after the directory
 //!   `fsync`, so an acknowledged snapshot survives a power cut (given a disk that honours
-//!   `fsync`).
+//!   `fsync`). While the temp file is written, a short-lived helper thread `fdatasync`s it
+//!   every 16 MiB, so the disk works in parallel with serialization; an error from that
+//!   helper fails the save like any other write error.
 //! - **Failure changes nothing.** On any error (disk full, file too large, a value that JSON
 //!   cannot represent) the temp file is removed and the previous snapshot is untouched.
 //!   Temp files orphaned by a killed process are swept by the next save.

@@ -67,14 +67,14 @@ impl<R: Read> Scanner<R> {
         }
         if self.position > 0 {
             let dropped = &self.buffer[..self.position];
-            // Counting first is a fast vectorised loop; compact files have no newlines, so
-            // the slower search for the last one rarely runs.
-            #[allow(
-                clippy::naive_bytecount,
-                reason = "LLVM vectorises this; not worth a dependency"
-            )]
-            let newlines = dropped.iter().filter(|&&byte| byte == b'\n').count();
-            if newlines > 0 {
+            // `contains` is a fast `memchr`; compact files have no newlines, so the slower
+            // counting rarely runs.
+            if dropped.contains(&b'\n') {
+                #[allow(
+                    clippy::naive_bytecount,
+                    reason = "only for files with newlines; not worth a dependency"
+                )]
+                let newlines = dropped.iter().filter(|&&byte| byte == b'\n').count();
                 self.buffer_line += newlines;
                 let last = dropped.iter().rposition(|&byte| byte == b'\n').unwrap_or(0);
                 self.line_start = self.buffer_offset + last as u64 + 1;
