@@ -11,6 +11,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     fmt,
+    hash::BuildHasher,
     io::Read,
     marker::PhantomData,
 };
@@ -147,6 +148,13 @@ pub(crate) struct Restoring<V> {
     pub(crate) read: u64,
     pub(crate) expired: u64,
     pub(crate) superseded: u64,
+    /// Entries waiting to be inserted in table order (`None`: an expired entry, which
+    /// removes its key); see [`Restoring::flush`].
+    pending: Vec<(u64, String, Option<CacheEntry<V>>)>,
+    /// Batches start once the map can hold this many entries, and hold this many.
+    /// Constants in production; tests lower them to exercise batching on small files.
+    batch_from_capacity: usize,
+    batch_entries: usize,
     pub(crate) timestamp: Option<u64>,
     /// The key of the entry being read when an error struck.
     pub(crate) failed_key: Option<String>,
@@ -162,6 +170,9 @@ impl<V> Restoring<V> {
             read: 0,
             expired: 0,
             superseded: 0,
+            pending: Vec::new(),
+            batch_from_capacity: 4 * BATCH_ENTRIES,
+            batch_entries: BATCH_ENTRIES,
             timestamp: None,
             failed_key: None,
             failure: None,
@@ -290,23 +301,64 @@ fn read_entries<R: Read, V: DeserializeOwned>(
         }
         restoring.accept(key, entry);
         if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {
+            restoring.flush();
             return Ok(());
         }
     }
 }
 
+/// Entries inserted per sorted batch: large enough that consecutive inserts land close
+/// together in a million-entry table, small next to the map itself (about 8 MiB).
+const BATCH_ENTRIES: usize = 64 * 1024;
+
 impl<V> Restoring<V> {
     /// Keeps an entry unless it has expired; a repeated key replaces the earlier entry.
+    ///
+    /// Once the map has been sized for a large file, entries are queued and inserted in
+    /// batches sorted by the bucket they hash to: inserting in file order touches a random
+    /// page of a large table each time, which costs more than parsing the entry.
     fn accept(&mut self, key: String, entry: CacheEntry<V>) {
-        if entry.is_expired_at(self.now_millis) {
+        let entry = if entry.is_expired_at(self.now_millis) {
             // Dropped as read, so expired entries never occupy memory.
             self.expired += 1;
+            None
+        } else {
+            Some(entry)
+        };
+        if self.map.capacity() < self.batch_from_capacity {
+            self.apply(key, entry);
+            return;
+        }
+        let hash = self.map.hasher().hash_one(&key);
+        self.pending.push((hash, key, entry));
+        if self.pending.len() >= self.batch_entries {
+            self.flush();
+        }
+    }
+
+    /// Inserts the queued entries. The sort is stable, so for a repeated key the file's
+    /// order, and therefore "the last one wins", is kept.
+    pub(crate) fn flush(&mut self) {
+        // hashbrown's table index is `hash & (buckets - 1)`; sorting on those bits makes
+        // successive inserts walk the table forwards. A wrong guess only costs speed.
+        let buckets = (self.map.capacity() / 7 * 8).next_power_of_two() as u64;
+        let mask = buckets - 1;
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_by_key(|(hash, _, _)| hash & mask);
+        for (_, key, entry) in pending.drain(..) {
+            self.apply(key, entry);
+        }
+        self.pending = pending;
+    }
+
+    fn apply(&mut self, key: String, entry: Option<CacheEntry<V>>) {
+        let replaced = match entry {
+            Some(entry) => self.map.insert(key, entry).is_some(),
             // A later expired duplicate still removes the earlier value: the file's last
             // word on a key is what counts.
-            if self.map.remove(&key).is_some() {
-                self.superseded += 1;
-            }
-        } else if self.map.insert(key, entry).is_some() {
+            None => self.map.remove(&key).is_some(),
+        };
+        if replaced {
             self.superseded += 1;
         }
     }
@@ -539,6 +591,41 @@ mod tests {
                 other => panic!("{needle}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn batched_inserts_keep_file_order_for_repeated_and_expired_keys() {
+        // Keys repeat across and within batches; some repeats are expired (at now = 100).
+        let mut entries = Vec::new();
+        for index in 0..400_u64 {
+            let key = format!("k{}", index % 37);
+            let expires = if index % 5 == 0 { 50 } else { 1000 };
+            entries.push(serde_json::json!({"key": key, "value": index, "expiresAt": expires}));
+        }
+        let text = serde_json::json!({"version": 1, "entries": entries}).to_string();
+        let restore = |batched: bool| {
+            let mut restoring = Restoring::<u64>::new(100, u64::MAX);
+            if batched {
+                restoring.batch_from_capacity = 0;
+                restoring.batch_entries = 100;
+            }
+            let bytes = text.as_bytes();
+            let mut scanner = Scanner::new(Trickle { bytes, step: 0 });
+            read_document(&mut scanner, &mut restoring, bytes.len() as u64).unwrap();
+            restoring
+        };
+        let direct = restore(false);
+        let batched = restore(true);
+        assert!(batched.pending.is_empty());
+        assert_eq!(batched.map, direct.map);
+        assert_eq!(
+            (batched.expired, batched.superseded),
+            (direct.expired, direct.superseded)
+        );
+        // The last word on each key wins: `k1` was last written by index 371 (not
+        // expired), `k5` by index 375 (expired: removed, though earlier `k5`s were not).
+        assert_eq!(direct.map["k1"].value, 371);
+        assert!(!direct.map.contains_key("k5"));
     }
 
     #[test]
