@@ -93,7 +93,7 @@ impl CorrelationId {
         #[cfg(feature = "v7")]
         let uuid = Uuid::now_v7();
         #[cfg(not(feature = "v7"))]
-        let uuid = Uuid::new_v4();
+        let uuid = crate::random::uuid_v4();
         Self(Repr::uuid(uuid))
     }
 
@@ -152,6 +152,24 @@ impl CorrelationId {
             return Ok(Self(Repr::uuid(uuid)));
         }
         Ok(Self(Repr::Text(Arc::from(text))))
+    }
+
+    /// The UUID's bits, when this id is one; for the register-sized fast path of
+    /// [`correlation_id`](crate::correlation_id).
+    #[inline]
+    pub(crate) fn uuid_bits(&self) -> Option<u128> {
+        match self.0 {
+            Repr::Uuid(high, low) => Some((u128::from(high) << 64) | u128::from(low)),
+            Repr::Text(_) => None,
+        }
+    }
+
+    /// The id of UUID bits from [`CorrelationId::uuid_bits`].
+    #[inline]
+    pub(crate) fn from_uuid_bits(bits: u128) -> Self {
+        // Splitting the value into its halves, truncation intended.
+        #[allow(clippy::cast_possible_truncation)]
+        Self(Repr::Uuid((bits >> 64) as u64, bits as u64))
     }
 
     /// The received text, when this id is not a UUID.
@@ -245,7 +263,7 @@ impl TraceId {
     /// A fresh random trace id.
     pub(crate) fn random() -> Self {
         // The version and variant bits of a v4 UUID are never zero, so neither is the value.
-        Self(Uuid::new_v4().as_u128())
+        Self(crate::random::uuid_v4().as_u128())
     }
 
     /// The value.

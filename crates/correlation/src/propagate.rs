@@ -4,10 +4,10 @@ use std::{future::Future, sync::Arc};
 
 use tokio::task::{JoinHandle, futures::TaskLocalFuture};
 
-use crate::context::{CURRENT, TraceContext, current};
+use crate::context::{CURRENT, TraceContext, TraceScope, current};
 
 /// A future that runs with a given trace (or explicitly none) as current.
-pub type InTrace<F> = TaskLocalFuture<Option<Arc<TraceContext>>, F>;
+pub type InTrace<F> = TaskLocalFuture<TraceScope, F>;
 
 /// Carries a trace into a future that will run elsewhere (a spawned task, a queue).
 ///
@@ -30,7 +30,7 @@ pub trait TraceFutureExt: Future + Sized {
 
     /// Runs `self` with `context` as the current trace.
     fn in_trace(self, context: Option<Arc<TraceContext>>) -> InTrace<Self> {
-        CURRENT.scope(context, self)
+        CURRENT.scope(TraceScope::from(context), self)
     }
 }
 
@@ -94,5 +94,5 @@ where
     F: FnOnce() -> R,
 {
     let context = current();
-    move || CURRENT.sync_scope(context, f)
+    move || CURRENT.sync_scope(TraceScope::from(context), f)
 }

@@ -240,3 +240,57 @@ fn tracer_off_writes_nothing_but_keeps_context() {
     let seen = ready(Tracer::off().start_trace("quiet", async { correlation::correlation_id() }));
     assert!(seen.is_some());
 }
+
+#[test]
+fn tracer_off_keeps_the_whole_context() {
+    let tracer = Tracer::off();
+    assert_eq!(tracer.write_failures(), 0);
+    assert!(format!("{tracer:?}").contains("off"));
+    let (outer, inner, elapsed) = ready(tracer.start_trace("outer", async {
+        let outer = correlation::current().expect("inside a trace");
+        let first = outer.elapsed();
+        let inner = correlation::start_trace("inner", async { correlation::current() })
+            .await
+            .expect("inside a nested trace");
+        (outer.clone(), inner, (first, outer.elapsed()))
+    }));
+    // The monotonic start is taken even with logging off, so `elapsed()` keeps counting.
+    assert!(elapsed.0 <= elapsed.1);
+    assert_eq!(outer.operation(), "outer");
+    assert_eq!(inner.correlation_id(), outer.correlation_id());
+    assert_eq!(inner.parent_span_id(), Some(outer.span_id()));
+    assert!(inner.tracer().write_failures() == 0);
+    assert_eq!(correlation::correlation_id(), None);
+}
+
+#[test]
+fn correlation_id_reads_every_kind_of_id() {
+    // The nil UUID and text ids take `correlation_id()`'s slow path, fresh ids the fast one.
+    let nil = CorrelationId::from_uuid(uuid::Uuid::nil());
+    let text: CorrelationId = "order-7".parse().expect("a safe id");
+    let fresh = CorrelationId::new();
+    for id in [nil, text, fresh] {
+        for tracer in [Tracer::off(), Capture::default().tracer()] {
+            let seen =
+                ready(tracer.start_trace_with_id(id.clone(), "read", async {
+                    correlation::correlation_id()
+                }));
+            assert_eq!(seen, Some(id.clone()));
+        }
+    }
+}
+
+#[test]
+fn a_panic_in_a_quiet_trace_leaves_no_context_behind() {
+    fn boom() -> u32 {
+        panic!("quiet boom")
+    }
+    let result = std::panic::catch_unwind(|| {
+        ready(Tracer::off().start_trace("boom", async { boom() }));
+    });
+    assert!(result.is_err());
+    assert_eq!(correlation::correlation_id(), None);
+    let result = std::panic::catch_unwind(|| Tracer::off().trace_sync("boom", boom));
+    assert!(result.is_err());
+    assert_eq!(correlation::correlation_id(), None);
+}
