@@ -90,6 +90,33 @@ async fn requests_coalesce() {
     assert_eq!(calls.load(Ordering::Relaxed), 3, "the final save");
 }
 
+#[tokio::test(start_paused = true)]
+async fn requests_during_a_save_coalesce_into_one_more_save() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Cache::default();
+    insert(&cache, "a", 1);
+    let (persister, calls) = counting_persister(&persistence, Duration::from_secs(3600), &cache);
+
+    persister.request_save();
+    // Let the task take the source and start writing (on the blocking pool).
+    while calls.load(Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    insert(&cache, "b", 2);
+    for _ in 0..5 {
+        persister.request_save();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "five requests during a save, one more save"
+    );
+    assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 2);
+    persister.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn save_async_and_restore_async_round_trip() {
     let directory = tempfile::tempdir().unwrap();
