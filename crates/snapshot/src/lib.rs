@@ -71,19 +71,20 @@
 //!   snapshot's permission bits are carried over to its replacement (its owner is not).
 //!
 //! Not covered: a disk that lies about `fsync`, and a file edited by hand while a save is
-//! in progress. Dropping a `save_async` future does not
-//! cancel the write: it completes on the blocking pool.
+//! in progress. Dropping a `save_async` future does not cancel the write: it completes on
+//! the blocking pool.
 //!
 //! # Restore details
 //!
-//! Restore keeps only the map it returns plus a 256 KiB read buffer: no string of the
-//! file, no list of entries. The file is read in chunks and each entry is parsed by
+//! Restore keeps only the map it returns, a 256 KiB read buffer, and (for a large map) one
+//! batch of entries about to be inserted: no string of the file, no list of all entries. The file is read in chunks and each entry is parsed by
 //! `serde_json` straight out of the buffer into the map (an entry larger than the buffer
 //! grows it). After the first 1024 entries the map is sized once for the rest of the file,
 //! estimated from the bytes those entries took, instead of rehashing as it doubles. In a
 //! large map, entries are then inserted in batches of 64 Ki sorted by the bucket they hash
 //! to (about 8 MiB queued at a time), because inserting in file order touches a random
 //! page of the table each time.
+//!
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
 //! is still an error (if its entries do not even parse as version 1 entries, the error
