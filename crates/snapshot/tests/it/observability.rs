@@ -1,62 +1,47 @@
 //! Observability: saves and restores emit `tracing` events with counts, bytes and
 //! durations; quarantine and failures are logged too.
+//!
+//! The events are captured in a child process with a global subscriber: `tracing` caches
+//! per-callsite interest globally, so a thread-local subscriber in a test binary whose
+//! other tests hit the same callsites concurrently can miss events.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, fs, io::Read};
 
 use snapshot::{CacheEntry, CachePersistence};
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::support::{NOW_MILLIS, fixed_clock};
+use crate::support::{NOW_MILLIS, child_dir, child_mode, fixed_clock, spawn_child};
 
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl MakeWriter<'_> for Captured {
-    type Writer = Self;
-
-    fn make_writer(&self) -> Self {
-        self.clone()
-    }
-}
+const TEST_NAME: &str = "observability::save_and_restore_events_carry_counts_bytes_and_durations";
 
 #[test]
 fn save_and_restore_events_carry_counts_bytes_and_durations() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .finish();
-    let directory = tempfile::tempdir().unwrap();
-    let persistence = fixed_clock(CachePersistence::new(directory.path()));
-    let cache = BTreeMap::from([
-        ("a", CacheEntry::new(1)),
-        ("b", CacheEntry::new(2)),
-        ("old", CacheEntry::new(3).expiring_at(NOW_MILLIS - 1)),
-    ]);
-    tracing::subscriber::with_default(subscriber, || {
+    if child_mode().as_deref() == Some("observe") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stdout)
+            .init();
+        let persistence = fixed_clock(CachePersistence::new(child_dir()));
+        let cache = BTreeMap::from([
+            ("a", CacheEntry::new(1)),
+            ("b", CacheEntry::new(2)),
+            ("old", CacheEntry::new(3).expiring_at(NOW_MILLIS - 1)),
+        ]);
         persistence.save(&cache).unwrap();
-        let restored = persistence.restore::<i32>().unwrap();
-        assert_eq!(restored.report.loaded, 2);
+        assert_eq!(persistence.restore::<i32>().unwrap().report.loaded, 2);
         fs::write(persistence.path(), "{").unwrap();
         let _ = persistence.restore_or_empty::<i32>();
-    });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(TEST_NAME, "observe", directory.path(), 0, None);
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{text}");
+
     let line = |needle: &str| {
         text.lines()
             .find(|line| line.contains(needle))
