@@ -1,0 +1,330 @@
+//! When to open: the failure policies, their validation, and the lock-free windows behind them.
+
+use std::time::Duration;
+
+use crate::{
+    ConfigError,
+    sync::{AtomicI64, AtomicU8, AtomicU64, Ordering},
+};
+
+/// When a closed breaker opens.
+///
+/// | policy | opens when | cost of a successful closed call |
+/// |---|---|---|
+/// | [`consecutive_failures(n)`](Policy::consecutive_failures) (default, n = 5) | the n-th failure in a row | two loads; one store after a failure streak |
+/// | [`count_window`](Policy::count_window) | failure ratio over the last `size` calls ≥ `ratio`, after `min_calls` calls | three read-modify-writes (slot cursor, slot swap, counters) |
+/// | [`time_window`](Policy::time_window) | failure ratio over the last `window` ≥ `ratio`, after `min_throughput` calls | one clock read, one compare-and-swap, one `fetch_max` |
+///
+/// # Examples
+///
+/// ```
+/// use breaker::{CircuitBreaker, Policy};
+/// use std::time::Duration;
+///
+/// let breaker = CircuitBreaker::builder("search")
+///     .policy(Policy::time_window(Duration::from_secs(10), 10, 0.5, 20))
+///     .build()?;
+/// # let _ = breaker;
+/// # Ok::<(), breaker::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    kind: PolicyKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PolicyKind {
+    Consecutive {
+        threshold: u32,
+    },
+    CountWindow {
+        size: u32,
+        failure_ratio: f64,
+        min_calls: u32,
+    },
+    TimeWindow {
+        window: Duration,
+        buckets: u32,
+        failure_ratio: f64,
+        min_throughput: u32,
+    },
+}
+
+impl Policy {
+    /// Opens on the `n`-th consecutive failure; a success resets the count.
+    pub fn consecutive_failures(n: u32) -> Policy {
+        Policy {
+            kind: PolicyKind::Consecutive { threshold: n },
+        }
+    }
+
+    /// Opens when at least `min_calls` of the last `size` calls are recorded and the
+    /// share of failures among them is at least `failure_ratio`.
+    pub fn count_window(size: u32, failure_ratio: f64, min_calls: u32) -> Policy {
+        Policy {
+            kind: PolicyKind::CountWindow {
+                size,
+                failure_ratio,
+                min_calls,
+            },
+        }
+    }
+
+    /// Opens when at least `min_throughput` calls happened within the last `window`
+    /// (split into `buckets` slices) and the share of failures among them is at least
+    /// `failure_ratio`. Slices older than `window` never count, however long the breaker
+    /// sat idle.
+    pub fn time_window(
+        window: Duration,
+        buckets: u32,
+        failure_ratio: f64,
+        min_throughput: u32,
+    ) -> Policy {
+        Policy {
+            kind: PolicyKind::TimeWindow {
+                window,
+                buckets,
+                failure_ratio,
+                min_throughput,
+            },
+        }
+    }
+
+    pub(crate) fn build(self) -> Result<Tracker, ConfigError> {
+        match self.kind {
+            PolicyKind::Consecutive { threshold } => {
+                nonzero("consecutive_failures", threshold)?;
+                Ok(Tracker::Consecutive { threshold })
+            }
+            PolicyKind::CountWindow {
+                size,
+                failure_ratio,
+                min_calls,
+            } => {
+                nonzero("count_window.size", size)?;
+                ratio("count_window.failure_ratio", failure_ratio)?;
+                Ok(Tracker::Count(CountWindow {
+                    failure_ratio,
+                    min_calls: i64::from(min_calls.max(1)),
+                    cursor: AtomicU64::new(0),
+                    slots: (0..size).map(|_| AtomicU8::new(EMPTY)).collect(),
+                    calls: AtomicI64::new(0),
+                    failures: AtomicI64::new(0),
+                }))
+            }
+            PolicyKind::TimeWindow {
+                window,
+                buckets,
+                failure_ratio,
+                min_throughput,
+            } => {
+                nonzero("time_window.buckets", buckets)?;
+                ratio("time_window.failure_ratio", failure_ratio)?;
+                let bucket_nanos = window.as_nanos() / u128::from(buckets);
+                if bucket_nanos == 0 {
+                    return Err(ConfigError::Duration {
+                        setting: "time_window.window",
+                        value: window,
+                        reason: "must be at least one nanosecond per bucket",
+                    });
+                }
+                Ok(Tracker::Time(TimeWindow {
+                    bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
+                    failure_ratio,
+                    min_throughput: u64::from(min_throughput.max(1)),
+                    last_bucket: AtomicU64::new(0),
+                    buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                }))
+            }
+        }
+    }
+}
+
+impl Default for Policy {
+    /// Five consecutive failures, like Cockatiel's `ConsecutiveBreaker(5)`.
+    fn default() -> Policy {
+        Policy::consecutive_failures(5)
+    }
+}
+
+fn nonzero(setting: &'static str, value: u32) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Zero { setting });
+    }
+    Ok(())
+}
+
+fn ratio(setting: &'static str, value: f64) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(ConfigError::RatioOutOfRange { setting, value });
+    }
+    Ok(())
+}
+
+/// A policy's runtime state.
+#[derive(Debug)]
+pub(crate) enum Tracker {
+    /// The count itself lives in the breaker's `failures` word, tagged with the generation.
+    Consecutive {
+        threshold: u32,
+    },
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Tracker {
+    /// Forgets every recorded outcome (the breaker is closing).
+    pub(crate) fn clear(&self) {
+        match self {
+            Tracker::Consecutive { .. } => {}
+            Tracker::Count(window) => window.clear(),
+            Tracker::Time(window) => window.clear(),
+        }
+    }
+}
+
+const EMPTY: u8 = 0;
+const SUCCESS: u8 = 1;
+const FAILURE: u8 = 2;
+
+/// The last `slots.len()` outcomes, as a ring written without locks.
+///
+/// Each record claims a slot with `fetch_add` on `cursor`, swaps its outcome in, and adds
+/// the difference between the old and the new outcome to `calls` and `failures`. Because
+/// every change to a slot goes through `swap` and its exact difference is applied, the
+/// counters equal the ring's contents once concurrent records finish; in between they may
+/// briefly lag (hence signed counters, clamped when read).
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    failure_ratio: f64,
+    min_calls: i64,
+    cursor: AtomicU64,
+    slots: Box<[AtomicU8]>,
+    calls: AtomicI64,
+    failures: AtomicI64,
+}
+
+impl CountWindow {
+    /// Records one outcome; returns whether the window now asks to open.
+    pub(crate) fn record(&self, failed: bool) -> bool {
+        // Relaxed everywhere: the window is statistics. No other memory is published
+        // through it, and the decision to open is made by the state word's CAS.
+        let len = self.slots.len() as u64;
+        let index =
+            usize::try_from(self.cursor.fetch_add(1, Ordering::Relaxed) % len).unwrap_or_default();
+        let new = if failed { FAILURE } else { SUCCESS };
+        let old = self.slots[index].swap(new, Ordering::Relaxed);
+        self.apply(old, new);
+        failed && self.over_threshold()
+    }
+
+    fn apply(&self, old: u8, new: u8) {
+        let calls_delta = i64::from(new != EMPTY) - i64::from(old != EMPTY);
+        let failures_delta = i64::from(new == FAILURE) - i64::from(old == FAILURE);
+        if calls_delta != 0 {
+            self.calls.fetch_add(calls_delta, Ordering::Relaxed);
+        }
+        if failures_delta != 0 {
+            self.failures.fetch_add(failures_delta, Ordering::Relaxed);
+        }
+    }
+
+    fn over_threshold(&self) -> bool {
+        let calls = self.calls.load(Ordering::Relaxed).max(0);
+        let failures = self.failures.load(Ordering::Relaxed).clamp(0, calls);
+        calls >= self.min_calls && ratio_reached(failures, calls, self.failure_ratio)
+    }
+
+    fn clear(&self) {
+        for slot in &self.slots {
+            let old = slot.swap(EMPTY, Ordering::Relaxed);
+            self.apply(old, EMPTY);
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // Ratios of call counts need no more than f64's 53 bits.
+fn ratio_reached(failures: i64, calls: i64, failure_ratio: f64) -> bool {
+    calls > 0 && failures > 0 && failures as f64 >= failure_ratio * calls as f64
+}
+
+/// Outcomes of the last `window`, in `buckets` slices of `bucket_nanos`.
+///
+/// A bucket is one `u64`: `[index: 32 | calls: 16 | failures: 16]`, where `index` is the
+/// low 32 bits of `now / bucket_nanos` it counts for. A bucket whose index is not within
+/// the last `buckets` slices is expired and reads as empty, so expiry needs no sweeper and
+/// survives any idle gap. `last_bucket` (the newest slice ever recorded) detects gaps
+/// longer than the whole window: they clear every bucket. (A 32-bit index could only alias
+/// if one bucket went unwritten for 2^32 slices while calls kept arriving in the others.)
+/// Per-bucket counts saturate at 65,535 calls (further calls
+/// in that slice are not sampled).
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    bucket_nanos: u64,
+    failure_ratio: f64,
+    min_throughput: u64,
+    last_bucket: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+}
+
+const COUNT_MAX: u64 = 0xFFFF;
+
+impl TimeWindow {
+    /// Records one outcome at `now_nanos`; returns whether the window now asks to open.
+    pub(crate) fn record(&self, now_nanos: u64, failed: bool) -> bool {
+        let slice = now_nanos / self.bucket_nanos;
+        let len = self.buckets.len() as u64;
+        // Relaxed: statistics only (see `CountWindow::record`).
+        let previous = self.last_bucket.fetch_max(slice, Ordering::Relaxed);
+        if slice.saturating_sub(previous) >= len {
+            // Idle for longer than the whole window: everything recorded is expired.
+            self.clear();
+        }
+        let bucket = &self.buckets[usize::try_from(slice % len).unwrap_or_default()];
+        let tag = slice & 0xFFFF_FFFF;
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let (calls, failures) = if current >> 32 == tag {
+                ((current >> 16) & COUNT_MAX, current & COUNT_MAX)
+            } else {
+                (0, 0)
+            };
+            if calls == COUNT_MAX {
+                break;
+            }
+            let next = (tag << 32) | ((calls + 1) << 16) | (failures + u64::from(failed));
+            match bucket.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        failed && self.over_threshold(slice)
+    }
+
+    fn over_threshold(&self, slice: u64) -> bool {
+        let len = self.buckets.len() as u64;
+        let (mut calls, mut failures) = (0u64, 0u64);
+        for bucket in &self.buckets {
+            let word = bucket.load(Ordering::Relaxed);
+            let age = (slice & 0xFFFF_FFFF).wrapping_sub(word >> 32) & 0xFFFF_FFFF;
+            if age < len {
+                calls += (word >> 16) & COUNT_MAX;
+                failures += word & COUNT_MAX;
+            }
+        }
+        calls >= self.min_throughput
+            && ratio_reached(
+                i64::try_from(failures).unwrap_or(i64::MAX),
+                i64::try_from(calls).unwrap_or(i64::MAX),
+                self.failure_ratio,
+            )
+    }
+
+    fn clear(&self) {
+        for bucket in &self.buckets {
+            // An all-zero word has index 0 and no calls: empty whatever its age.
+            bucket.store(0, Ordering::Relaxed);
+        }
+    }
+}

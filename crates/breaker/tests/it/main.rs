@@ -1,0 +1,8 @@
+//! Integration tests: behaviour, the named regressions of peer libraries, the model-based
+//! property suite, a multi-thread stress test, logging and state export.
+
+mod behaviour;
+mod model;
+mod pitfalls;
+mod stress;
+mod support;

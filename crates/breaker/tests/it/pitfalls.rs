@@ -1,0 +1,254 @@
+//! One regression test per known pitfall of peer circuit breakers (issue #3).
+
+use std::{
+    future::pending,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use breaker::{CircuitBreaker, Event, ManualClock, Policy, Rejected, State};
+
+use crate::support::{Recorder, builder, fail, poll_once, quiet_panics, succeed};
+
+#[test]
+fn half_open_never_over_admits() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).half_open_trials(2).build().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let first = breaker.try_acquire().unwrap();
+    let second = breaker.try_acquire().unwrap();
+    assert!(first.is_probe() && second.is_probe());
+    for _ in 0..100 {
+        assert!(matches!(breaker.try_acquire(), Err(Rejected::Open { .. })));
+    }
+    // A finished probe frees its slot for exactly one more.
+    drop(first);
+    let third = breaker.try_acquire().unwrap();
+    assert!(breaker.try_acquire().is_err());
+    drop((second, third));
+}
+
+#[test]
+fn stale_success_does_not_close() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 2).build().unwrap();
+    let slow = breaker.try_acquire().unwrap(); // admitted while closed
+    fail(&breaker);
+    fail(&breaker);
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(Duration::from_secs(10));
+    let probe = breaker.try_acquire().unwrap();
+    slow.success(); // from the old closed generation: must not close the half-open breaker
+    assert_eq!(breaker.state(), State::HalfOpen);
+    probe.failure();
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn stale_failure_does_not_reopen() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).build().unwrap();
+    let slow = breaker.try_acquire().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    succeed(&breaker); // probe closes
+    assert_eq!(breaker.state(), State::Closed);
+    slow.failure(); // from before the breaker opened: must not reopen it
+    assert_eq!(breaker.state(), State::Closed);
+    fail(&breaker);
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "a current failure still counts"
+    );
+}
+
+#[test]
+fn duration_max_open_time_does_not_panic() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .half_open_after(Duration::MAX)
+        .probe_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    assert_eq!(
+        breaker.try_acquire().unwrap_err(),
+        Rejected::Open {
+            retry_after: Duration::MAX
+        }
+    );
+    clock.advance(Duration::MAX); // saturates the clock itself
+    assert!(breaker.try_acquire().is_err());
+    assert_eq!(breaker.snapshot().state, State::Open);
+    let restored = CircuitBreaker::builder("restored")
+        .half_open_after(Duration::MAX)
+        .initial_state(breaker.snapshot())
+        .build()
+        .unwrap();
+    assert!(restored.try_acquire().is_err());
+
+    let exponential = builder(&clock, 1)
+        .half_open_after(breaker::Backoff::exponential(
+            Duration::from_secs(1),
+            Duration::MAX,
+        ))
+        .build()
+        .unwrap();
+    fail(&exponential);
+    assert!(exponential.try_acquire().is_err());
+}
+
+#[test]
+fn dropped_probe_releases_its_slot() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).build().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    {
+        let mut probe = pin!(breaker.execute(pending::<Result<(), ()>>));
+        assert!(poll_once(probe.as_mut()).is_pending()); // holds the only slot
+        assert!(breaker.try_acquire().is_err());
+    } // the probe's future is dropped: cancelled
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let next = breaker.try_acquire().expect("the slot was released");
+    assert!(next.is_probe());
+    next.success();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[test]
+fn hung_probe_is_superseded() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .probe_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let hung = breaker.try_acquire().unwrap();
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(
+        breaker.try_acquire().unwrap_err(),
+        Rejected::Open {
+            retry_after: Duration::from_secs(1)
+        }
+    );
+    clock.advance(Duration::from_secs(1));
+    let fresh = breaker.try_acquire().expect("the hung probe is superseded");
+    assert!(fresh.is_probe());
+    hung.failure(); // superseded: its late result is stale
+    assert_eq!(breaker.state(), State::HalfOpen);
+    fresh.success();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[test]
+fn panicking_probe_counts_as_failure_and_resumes() {
+    quiet_panics();
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).build().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        let _ = breaker.call(|| -> Result<(), ()> { panic!("model panic") });
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"model panic"));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the panicking probe reopened it"
+    );
+
+    // The same through `execute`, with the panic inside `poll`.
+    clock.advance(Duration::from_secs(10));
+    let mut future = pin!(breaker.execute(|| async {
+        std::future::ready(()).await;
+        assert!(std::hint::black_box(false), "model panic");
+        Ok::<(), ()>(())
+    }));
+    let payload = catch_unwind(AssertUnwindSafe(|| poll_once(future.as_mut()))).unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"model panic"));
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn reentrant_listener_does_not_deadlock() {
+    let clock = ManualClock::new();
+    let handle: Arc<Mutex<Option<CircuitBreaker>>> = Arc::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (listener_handle, listener_seen) = (handle.clone(), seen.clone());
+    let breaker = builder(&clock, 1)
+        .on_state_change(move |_, to| {
+            let breaker = listener_handle.lock().unwrap().clone();
+            if let Some(breaker) = breaker {
+                // Call back into the breaker from inside the listener: state, admission,
+                // a full call, and isolation (which itself transitions and notifies).
+                listener_seen.lock().unwrap().push((to, breaker.state()));
+                let _ = breaker.try_acquire();
+                if to == State::Open {
+                    drop(breaker.isolate());
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    *handle.lock().unwrap() = Some(breaker.clone());
+    fail(&breaker);
+    // Open, then the listener's isolate (-> Isolated) and release (-> Closed) re-entered.
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (State::Open, State::Open),
+            (State::Isolated, State::Isolated),
+            (State::Closed, State::Closed),
+        ]
+    );
+    *handle.lock().unwrap() = None; // break the cycle
+}
+
+#[test]
+fn time_window_clears_after_idle_gap() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .policy(Policy::time_window(Duration::from_secs(10), 10, 0.5, 4))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        fail(&breaker);
+        clock.advance(Duration::from_secs(1));
+    }
+    // Idle far longer than the window, landing on the same buckets again.
+    clock.advance(Duration::from_secs(37));
+    fail(&breaker);
+    fail(&breaker);
+    fail(&breaker);
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "failures from before the gap must not count"
+    );
+    fail(&breaker);
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn trip_emits_exactly_one_event() {
+    let clock = ManualClock::new();
+    let recorder = Recorder::default();
+    let breaker = recorder.attach(builder(&clock, 2)).build().unwrap();
+    for _ in 0..5 {
+        fail(&breaker);
+    }
+    let changes = recorder
+        .take()
+        .into_iter()
+        .filter(|event| matches!(event, Event::StateChange { .. }))
+        .count();
+    assert_eq!(changes, 1);
+}

@@ -1,0 +1,69 @@
+//! Shared helpers: a breaker on a manual clock that records its events, and a no-op poller.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use breaker::{Builder, CircuitBreaker, Event, ManualClock, Policy};
+
+/// Events a breaker delivered, in order.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl Recorder {
+    pub(crate) fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    pub(crate) fn attach(&self, builder: Builder) -> Builder {
+        let events = self.0.clone();
+        builder.on_event(move |event| events.lock().unwrap().push(*event))
+    }
+}
+
+/// A builder on `clock` opening after `failures` consecutive failures and probing after 10 s.
+pub(crate) fn builder(clock: &ManualClock, failures: u32) -> Builder {
+    CircuitBreaker::builder("test")
+        .policy(Policy::consecutive_failures(failures))
+        .half_open_after(Duration::from_secs(10))
+        .clock(clock.clone())
+}
+
+pub(crate) fn fail(breaker: &CircuitBreaker) {
+    let _ = breaker.call(|| Err::<(), _>("boom"));
+}
+
+pub(crate) fn succeed(breaker: &CircuitBreaker) {
+    let _ = breaker.call(|| Ok::<_, ()>(()));
+}
+
+/// Polls `future` once with a waker that does nothing.
+pub(crate) fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Drives a future that never actually waits (every test future here is ready or pending forever).
+pub(crate) fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match poll_once(future.as_mut()) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("test future was not ready"),
+    }
+}
+
+/// Runs `f`, swallowing the panic message of panics whose payload is `"model panic"`.
+pub(crate) fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&"model panic") {
+                default(info);
+            }
+        }));
+    });
+}
