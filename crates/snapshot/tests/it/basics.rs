@@ -270,3 +270,27 @@ fn errors_name_the_file() {
     );
     assert!(text.contains("line 1 column"), "{text}");
 }
+
+/// An entry larger than the 256 KiB read buffer, between small ones, and enough entries
+/// to cross many buffer boundaries.
+#[test]
+fn entries_larger_than_the_read_buffer_round_trip() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let mut cache: BTreeMap<String, CacheEntry<String>> = (0..5000)
+        .map(|index| {
+            (
+                format!("small-{index}"),
+                CacheEntry::new("é\"\\".repeat(index % 50)),
+            )
+        })
+        .collect();
+    cache.insert("huge".into(), CacheEntry::new("x\"y".repeat(300_000)));
+    persistence.save(&cache).unwrap();
+    assert!(fs::metadata(persistence.path()).unwrap().len() > 1_000_000);
+    let restored = persistence.restore::<String>().unwrap();
+    assert_eq!(restored.entries.len(), cache.len());
+    for (key, entry) in &cache {
+        assert_eq!(&restored.entries[key], entry, "{key}");
+    }
+}
