@@ -613,12 +613,19 @@ fn call_classified<T, E>(
     is_failure: impl Fn(&E) -> bool,
 ) -> Result<T, BreakerError<E>> {
     let admission = inner.admit()?;
-    match catch_unwind(AssertUnwindSafe(operation)) {
-        Ok(Ok(value)) => {
+    // Records a failure if `operation` unwinds; forgotten on return. Not `catch_unwind`:
+    // that calls the closure through a function pointer, which blocks inlining and costs
+    // more than the whole closed-state bookkeeping. The panic is never caught, so it simply
+    // continues once the failure is recorded.
+    let on_unwind = FailOnUnwind { inner, admission };
+    let result = operation();
+    std::mem::forget(on_unwind);
+    match result {
+        Ok(value) => {
             inner.record_success(admission);
             Ok(value)
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             if is_failure(&error) {
                 inner.record_failure(admission);
             } else {
@@ -626,10 +633,20 @@ fn call_classified<T, E>(
             }
             Err(BreakerError::Inner(error))
         }
-        Err(panic) => {
-            inner.record_failure(admission);
-            resume_unwind(panic)
-        }
+    }
+}
+
+/// Records a failure when dropped, which `call_classified` lets happen only while its
+/// operation unwinds.
+struct FailOnUnwind<'a> {
+    inner: &'a Inner,
+    admission: Admission,
+}
+
+impl Drop for FailOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.inner.record_failure(self.admission);
     }
 }
 
@@ -989,41 +1006,54 @@ impl Inner {
         (word.generation() == generation).then_some(word)
     }
 
+    /// The hot half of recording a success: a closed call under the default policy.
     #[inline]
     fn record_success(&self, admission: Admission) {
+        if let (false, Tracker::Consecutive { .. }) = (admission.probe, &self.tracker) {
+            // Relaxed load and store: the count publishes nothing. The store may race a
+            // concurrent failure's CAS and erase it; with calls in flight at once "in a
+            // row" has no single meaning, and erring towards staying closed is the safe
+            // side. A count tagged with another generation already reads as zero, so a
+            // stale success never writes.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if tagged_count(failures, admission.generation) != 0 {
+                self.failures
+                    .store(tag_count(admission.generation, 0), Ordering::Relaxed);
+            }
+            if self.listeners.is_some() {
+                self.announce_success(admission.generation);
+            }
+            return;
+        }
+        self.record_success_slow(admission);
+    }
+
+    #[cold]
+    fn announce_success(&self, generation: u32) {
+        if self.current(generation).is_some() {
+            self.emit(Event::Success);
+        }
+    }
+
+    #[cold]
+    fn record_success_slow(&self, admission: Admission) {
         if admission.probe {
             self.probe_succeeded(admission.generation);
             return;
         }
+        if self.current(admission.generation).is_none() {
+            return;
+        }
         match &self.tracker {
-            Tracker::Consecutive { .. } => {
-                // Relaxed load and store: the count publishes nothing. The store may race a
-                // concurrent failure's CAS and erase it; with calls in flight at once "in a
-                // row" has no single meaning, and erring towards staying closed is the safe
-                // side. A count tagged with another generation already reads as zero, so a
-                // stale success never writes.
-                let failures = self.failures.load(Ordering::Relaxed);
-                if tagged_count(failures, admission.generation) != 0 {
-                    self.failures
-                        .store(tag_count(admission.generation, 0), Ordering::Relaxed);
-                }
-                if self.listeners.is_some() && self.current(admission.generation).is_some() {
-                    self.emit(Event::Success);
-                }
-            }
+            Tracker::Consecutive { .. } => {}
             Tracker::Count(window) => {
-                if self.current(admission.generation).is_some() {
-                    window.record(false);
-                    self.emit(Event::Success);
-                }
+                window.record(false);
             }
             Tracker::Time(window) => {
-                if self.current(admission.generation).is_some() {
-                    window.record(self.clock.now_nanos(), false);
-                    self.emit(Event::Success);
-                }
+                window.record(self.clock.now_nanos(), false);
             }
         }
+        self.emit(Event::Success);
     }
 
     #[cold]

@@ -65,7 +65,7 @@ pub(crate) fn public_state(state: u8) -> State {
 
 /// The value of the state word: `[generation: 32 | isolations: 16 | attempt: 8 | state: 8]`.
 ///
-/// See the table on [`Inner::word`](crate::breaker) for what each state means.
+/// See the state table on `Inner::word` in `breaker.rs` for what each state means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Word(pub(crate) u64);
 
