@@ -45,6 +45,23 @@ fn stale_success_does_not_close() {
     assert_eq!(breaker.state(), State::HalfOpen);
     probe.failure();
     assert_eq!(breaker.state(), State::Open);
+
+    // A probe from an earlier half-open period must not close a later one either.
+    let breaker = builder(&clock, 1).half_open_trials(2).build().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let old_probe = breaker.try_acquire().unwrap();
+    fail(&breaker); // the other probe fails: open again
+    clock.advance(Duration::from_secs(10));
+    let new_probe = breaker.try_acquire().unwrap();
+    old_probe.success();
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "a stale probe closed the breaker"
+    );
+    new_probe.success();
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 #[test]
