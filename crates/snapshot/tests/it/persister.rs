@@ -31,6 +31,32 @@ fn counting_persister(
     (persister, calls)
 }
 
+/// Virtual time (the clock is paused) after which a wait counts as hung.
+const HUNG: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, failing the test instead of hanging if it does not finish within
+/// [`HUNG`] of paused time: a broken persister then fails the test instead of hanging it.
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(HUNG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {HUNG:?} of paused time"))
+}
+
+/// Waits, yielding, until the source has been called `count` times, so the test can act
+/// while that save is still running. Yields instead of sleeping because a sleep lets the
+/// save finish first; and a paused clock never advances while a task spins, so the guard
+/// against a hang is a bound on yields, not a timeout. On the current-thread runtime the
+/// persister task runs within a yield or two of being notified.
+async fn until_calls(calls: &AtomicU64, count: u64) {
+    for _ in 0..100_000 {
+        if calls.load(Ordering::Relaxed) >= count {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the source was not called {count} times: the persister did not react to requests");
+}
+
 fn insert(cache: &Cache, key: &str, value: u64) {
     cache
         .lock()
@@ -61,7 +87,7 @@ async fn persister_saves_every_period_and_once_more_on_shutdown() {
     assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 1);
 
     insert(&cache, "b", 2);
-    let report = persister.shutdown().await.unwrap();
+    let report = within("shutdown", persister.shutdown()).await.unwrap();
     assert_eq!(report.entries, 2);
     assert_eq!(calls.load(Ordering::Relaxed), 4);
     assert_eq!(persistence.restore::<u64>().unwrap().entries["b"].value, 2);
@@ -86,7 +112,7 @@ async fn requests_coalesce() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(calls.load(Ordering::Relaxed), 2);
 
-    persister.shutdown().await.unwrap();
+    within("shutdown", persister.shutdown()).await.unwrap();
     assert_eq!(calls.load(Ordering::Relaxed), 3, "the final save");
 }
 
@@ -100,9 +126,7 @@ async fn requests_during_a_save_coalesce_into_one_more_save() {
 
     persister.request_save();
     // Let the task take the source and start writing (on the blocking pool).
-    while calls.load(Ordering::Relaxed) == 0 {
-        tokio::task::yield_now().await;
-    }
+    until_calls(&calls, 1).await;
     insert(&cache, "b", 2);
     for _ in 0..5 {
         persister.request_save();
@@ -114,7 +138,7 @@ async fn requests_during_a_save_coalesce_into_one_more_save() {
         "five requests during a save, one more save"
     );
     assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 2);
-    persister.shutdown().await.unwrap();
+    within("shutdown", persister.shutdown()).await.unwrap();
 }
 
 #[tokio::test]
