@@ -1,0 +1,4 @@
+//! Cross-crate integration tests: the crates working together, as a service would use them.
+
+mod breaker_state_in_snapshot;
+mod demo_scenario;
