@@ -333,6 +333,11 @@ fn nanos_i128(nanos: u128) -> i128 {
 
 /// A positive nanosecond difference as a `Duration`, saturating at `Duration::MAX`.
 fn duration_from_nanos(nanos: i128) -> Duration {
+    // The common case fits `u64`, whose division by a constant is a multiplication; the
+    // `u128` division below is a library call.
+    if let Ok(nanos) = u64::try_from(nanos.max(0)) {
+        return Duration::from_nanos(nanos);
+    }
     let nanos = u128::try_from(nanos).unwrap_or(0);
     let seconds = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
     let subsecond = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
