@@ -670,13 +670,13 @@ where
         inner,
         admission: inner.admit()?,
     };
-    let future = match catch_unwind(AssertUnwindSafe(operation)) {
-        Ok(future) => future,
-        Err(panic) => {
-            permit.failure();
-            resume_unwind(panic)
-        }
+    // A panic while creating the future is recorded by a guard, as in `call_classified`.
+    let on_unwind = FailOnUnwind {
+        inner,
+        admission: permit.admission,
     };
+    let future = operation();
+    std::mem::forget(on_unwind);
     let mut future = pin!(future);
     // A panic inside `poll` is caught here, recorded, and resumed below.
     let outcome =
