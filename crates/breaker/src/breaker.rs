@@ -722,12 +722,14 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// The call succeeded.
+    #[inline]
     pub fn success(self) {
         let this = ManuallyDrop::new(self);
         this.inner.record_success(this.admission);
     }
 
     /// The call failed.
+    #[inline]
     pub fn failure(self) {
         let this = ManuallyDrop::new(self);
         this.inner.record_failure(this.admission);
