@@ -59,7 +59,8 @@ impl Policy {
     }
 
     /// Opens when at least `min_calls` of the last `size` calls are recorded and the
-    /// share of failures among them is at least `failure_ratio`.
+    /// share of failures among them is at least `failure_ratio`. `min_calls` may not
+    /// exceed `size` (the window could never open).
     pub fn count_window(size: u32, failure_ratio: f64, min_calls: u32) -> Policy {
         Policy {
             kind: PolicyKind::CountWindow {
@@ -103,6 +104,14 @@ impl Policy {
             } => {
                 nonzero("count_window.size", size)?;
                 ratio("count_window.failure_ratio", failure_ratio)?;
+                if min_calls > size {
+                    // The window never holds more than `size` calls: it could never open.
+                    return Err(ConfigError::TooLarge {
+                        setting: "count_window.min_calls",
+                        value: u64::from(min_calls),
+                        max: u64::from(size),
+                    });
+                }
                 Ok(Tracker::Count(CountWindow {
                     failure_ratio,
                     min_calls: i64::from(min_calls.max(1)),

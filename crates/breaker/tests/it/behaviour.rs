@@ -289,6 +289,10 @@ fn invalid_configuration_is_a_build_error() {
             "count_window.size",
         ),
         (
+            CircuitBreaker::builder("x").policy(Policy::count_window(10, 0.5, 11)),
+            "count_window.min_calls",
+        ),
+        (
             CircuitBreaker::builder("x").policy(Policy::time_window(Duration::ZERO, 10, 0.5, 5)),
             "time_window.window",
         ),
