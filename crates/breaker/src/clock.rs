@@ -63,8 +63,13 @@ impl Default for MonotonicClock {
 
 impl Clock for MonotonicClock {
     fn now_nanos(&self) -> u64 {
-        // 2^64 ns is 584 years of uptime: saturating is only a formality.
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        // 2^64 ns is 584 years of uptime: saturating is only a formality. Plain `u64`
+        // arithmetic, because this runs on every rejection.
+        let elapsed = self.origin.elapsed();
+        elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()))
     }
 }
 
