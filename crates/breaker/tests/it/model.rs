@@ -1,8 +1,10 @@
 //! Model-based property suite: random command sequences run against the real breaker and a
 //! tiny reference model, comparing state, events and rejections after every step.
 //!
-//! Failing sequences shrink to the shortest one; proptest stores their seeds under
-//! `tests/it/proptest-regressions/` (committed). Run more cases with
+//! Failing sequences shrink to the shortest one; proptest stores their seeds in
+//! `tests/proptest-regressions/model.txt` (committed, replayed first). The seed there is the
+//! shrunk case found when the backoff attempt was deliberately not advanced on a failed probe.
+//! Run more cases with
 //! `PROPTEST_CASES=10000 cargo test -p breaker --test it model`.
 
 use std::{
