@@ -186,8 +186,8 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
     );
     for row in rows {
         let goal = match row.goal {
-            Some(goal) if row.ratio() >= goal => format!("≥ {goal} met"),
-            Some(goal) => format!("≥ {goal} **missed**"),
+            Some(goal) if row.ratio() >= goal => format!("≥ {} met", significant(goal)),
+            Some(goal) => format!("≥ {} **missed**", significant(goal)),
             None => String::new(),
         };
         let _ = writeln!(
@@ -207,7 +207,7 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
 
 /// Three significant digits, the precision a noisy machine supports.
 fn significant(value: f64) -> String {
-    if value >= 100.0 {
+    let text = if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
         format!("{value:.1}")
@@ -215,6 +215,12 @@ fn significant(value: f64) -> String {
         format!("{value:.2}")
     } else {
         format!("{value:.3}")
+    };
+    if text.contains('.') {
+        // 0.625 stays, 0.500 reads 0.5, 3.50 reads 3.5; integers keep their zeros.
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
 }
 
@@ -319,6 +325,15 @@ mod tests {
         let missing = r#"{"bench":"b","ours":1,"baseline":"x","baseline_value":1}"#;
         assert!(parse_rows(missing).unwrap_err().contains("`unit`"));
         assert!(parse_rows("not json").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn numbers_keep_three_significant_digits_without_trailing_zeros() {
+        assert_eq!(significant(4940.0), "4940");
+        assert_eq!(significant(1.0 / 3.0), "0.333");
+        assert_eq!(significant(0.5), "0.5");
+        assert_eq!(significant(3.5), "3.5");
+        assert_eq!(significant(20.0), "20");
     }
 
     #[test]
