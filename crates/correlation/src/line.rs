@@ -36,9 +36,11 @@ impl End<'_> {
 const UNFORMATTABLE: &str = "<error text could not be formatted>";
 
 /// Renders the error text. A user's `Display` may return `Err` or panic; neither may take
-/// the line (or the traced work) down, so both become [`UNFORMATTABLE`]. Only error outcomes
-/// pay for this `String`.
-fn error_text(error: &dyn fmt::Display) -> String {
+/// the line (or the traced work) down, so both become [`UNFORMATTABLE`]. Every output uses
+/// it, `tracing` events too: handed the `Display` itself, a subscriber would run it
+/// unguarded (and `tracing-subscriber`'s JSON formatter panics on `Err`). Only error
+/// outcomes pay for this `String`.
+pub(crate) fn error_text(error: &dyn fmt::Display) -> String {
     let rendered = catch_unwind(AssertUnwindSafe(|| {
         let mut text = String::new();
         fmt::write(&mut text, format_args!("{error}")).map(|()| text)

@@ -22,7 +22,7 @@ use crate::{
     context::{CURRENT, TraceContext, TraceScope},
     headers::Incoming,
     id::{CorrelationId, SpanId, TraceFlags, TraceId},
-    line::{End, duration_ms, with_line},
+    line::{End, duration_ms, error_text, with_line},
     propagate::InTrace,
     w3c::TraceState,
 };
@@ -262,7 +262,8 @@ impl Tracer {
     }
 
     /// Emits start and end as `tracing` events (target `correlation`, fields as in the
-    /// lines) instead of writing lines.
+    /// lines) instead of writing lines. The `error` field is handed over as text already
+    /// rendered, so a subscriber never runs the error's own `Display`.
     pub fn tracing() -> Self {
         Self::with_output(Output::Tracing)
     }
@@ -286,8 +287,10 @@ impl Tracer {
         self.inner.is_none()
     }
 
-    /// How many lines the sink refused (an I/O error or a panicking writer). The traced
-    /// work is never affected by a failing sink.
+    /// How many lines the sink refused: an I/O error or a panicking writer, or with
+    /// [`Tracer::tracing`] a panicking subscriber (its I/O errors stay inside the
+    /// subscriber and are not seen here). The traced work is never affected by a failing
+    /// sink.
     pub fn write_failures(&self) -> u64 {
         self.inner
             .as_ref()
@@ -398,7 +401,14 @@ impl Tracer {
                 let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
                 inner.count(matches!(written, Ok(Ok(()))));
             }),
-            Output::Tracing => emit_tracing_event(context, end),
+            Output::Tracing => {
+                // The subscriber's writer may panic too; as with a panicking `Write`, that is
+                // a failed write, not a reason to take the traced work (or, when the end
+                // event is written during unwinding, the process) down. Its I/O errors stay
+                // inside the subscriber, so only panics can be counted.
+                let emitted = catch_unwind(AssertUnwindSafe(|| emit_tracing_event(context, end)));
+                inner.count(emitted.is_ok());
+            }
         }
     }
 }
@@ -413,6 +423,9 @@ impl Inner {
 
 fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
     let parent = context.parent_span_id.as_ref().map(tracing::field::display);
+    // Rendered here, guarded, so the subscriber only ever sees a `str`: a user's `Display`
+    // that panics or fails must not reach the traced work through the subscriber.
+    let error = end.and_then(|end| end.error).map(error_text);
     macro_rules! event {
         ($level:expr) => {
             tracing::event!(
@@ -426,7 +439,7 @@ fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
                 operation = &*context.operation,
                 outcome = end.map(|end| end.outcome),
                 duration_ms = end.map(|end| duration_ms(end.duration(context))),
-                error = end.and_then(|end| end.error).map(tracing::field::display),
+                error = error.as_deref(),
             )
         };
     }

@@ -127,3 +127,68 @@ fn panicking_error_display_still_gives_a_valid_line() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["error"], "<error text could not be formatted>");
 }
+
+/// A `tracing` subscriber formatting events as flat JSON into `capture`, with `writer`
+/// as its sink.
+fn json_subscriber<W>(writer: W) -> impl tracing::Subscriber
+where
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .json()
+        .event_format(tracing_subscriber::fmt::format().json().flatten_event(true))
+        .with_writer(writer)
+        .finish()
+}
+
+#[test]
+fn tracing_output_survives_a_panicking_error_display() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let tracer = Tracer::tracing();
+    let (result, sync_result) =
+        tracing::subscriber::with_default(json_subscriber(move || writer.clone()), || {
+            let result: Result<(), PanickingDisplay> =
+                ready(tracer.start_trace("broken", async { Err(PanickingDisplay) }));
+            let sync_result: Result<(), PanickingDisplay> =
+                tracer.trace_sync("broken-sync", || Err(PanickingDisplay));
+            (result, sync_result)
+        });
+    assert!(result.is_err() && sync_result.is_err());
+    let events = capture.lines();
+    assert_eq!(events.len(), 4);
+    for end in [&events[1], &events[3]] {
+        assert_eq!(end["outcome"], "error");
+        assert_eq!(end["error"], "<error text could not be formatted>");
+    }
+}
+
+#[test]
+fn tracing_output_survives_a_failing_error_display() {
+    // tracing-subscriber's JSON formatter renders a `Display` field with `serde_json`, which
+    // panics when the `Display` returns `Err`.
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let result: Result<(), BrokenDisplay> =
+        tracing::subscriber::with_default(json_subscriber(move || writer.clone()), || {
+            ready(Tracer::tracing().start_trace("broken", async { Err(BrokenDisplay) }))
+        });
+    assert!(result.is_err());
+    let events = capture.lines();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["error"], "<error text could not be formatted>");
+}
+
+#[test]
+fn tracing_output_with_a_panicking_subscriber_is_counted_and_the_work_returns() {
+    let tracer = Tracer::tracing();
+    let (value, sync_value) =
+        tracing::subscriber::with_default(json_subscriber(|| PanickingWriter), || {
+            (
+                ready(tracer.start_trace("work", async { 7 })),
+                tracer.trace_sync("sync", || 8),
+            )
+        });
+    assert_eq!((value, sync_value), (7, 8));
+    assert_eq!(tracer.write_failures(), 4);
+}
