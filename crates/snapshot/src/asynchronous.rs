@@ -47,8 +47,8 @@ impl CachePersistence {
     pub async fn save_async<I, K, V>(&self, entries: I) -> Result<SaveReport, SnapshotError>
     where
         I: IntoIterator<Item = (K, CacheEntry<V>)> + Send + 'static,
-        K: AsRef<str>,
-        V: Serialize,
+        K: AsRef<str> + Send,
+        V: Serialize + Send,
     {
         let persistence = self.clone();
         let work = tokio::task::spawn_blocking(move || {
@@ -158,8 +158,8 @@ impl Persister {
     where
         F: FnMut() -> I + Send + 'static,
         I: IntoIterator<Item = (K, CacheEntry<V>)> + Send + 'static,
-        K: AsRef<str>,
-        V: Serialize,
+        K: AsRef<str> + Send,
+        V: Serialize + Send,
     {
         let requests = std::sync::Arc::new(Notify::new());
         let (stop, mut stopped) = oneshot::channel();

@@ -6,120 +6,33 @@
 //! intermediate collection: entries are framed one at a time by [`Scanner`] and
 //! parsed from its buffer.
 
-use std::{
-    borrow::Borrow,
-    cell::{Cell, RefCell},
-    collections::HashMap,
-    fmt,
-    hash::BuildHasher,
-    io::Read,
-    marker::PhantomData,
-};
+use std::{collections::HashMap, fmt, hash::BuildHasher, io::Read, marker::PhantomData};
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
     de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor},
-    ser::{Error as _, SerializeSeq, SerializeStruct},
+    ser::SerializeStruct,
 };
 
 use crate::{
-    CacheEntry, check,
+    CacheEntry,
     scan::{ScanError, Scanner},
 };
 
 /// The only file version this crate writes and reads.
 pub(crate) const VERSION: u64 = 1;
 
-/// What went wrong while streaming, beyond what `serde_json`'s error can say.
+/// What went wrong while restoring, beyond what `serde_json`'s error can say.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// An entry's value has no faithful JSON form.
-    Unrepresentable {
-        key: String,
-        reason: String,
-    },
-    /// The writer (or `serde_json`) failed while this entry was being written.
-    FailedAtKey {
-        key: String,
-    },
     UnsupportedVersion(String),
     TooManyEntries,
 }
 
-/// The whole document, serialized from an iterator that is consumed exactly once.
-pub(crate) struct Document<'state, I, V> {
-    pub(crate) timestamp: u64,
-    pub(crate) value_type: PhantomData<fn() -> V>,
-    pub(crate) entries: Cell<Option<I>>,
-    pub(crate) written: &'state Cell<u64>,
-    pub(crate) failure: &'state RefCell<Option<Failure>>,
-}
-
-impl<I, K, E, V> Serialize for Document<'_, I, V>
-where
-    I: Iterator<Item = (K, E)>,
-    K: AsRef<str>,
-    E: Borrow<CacheEntry<V>>,
-    V: Serialize,
-{
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut document = serializer.serialize_struct("Snapshot", 3)?;
-        document.serialize_field("version", &VERSION)?;
-        document.serialize_field("timestamp", &self.timestamp)?;
-        document.serialize_field("entries", &Entries { document: self })?;
-        document.end()
-    }
-}
-
-struct Entries<'document, 'state, I, V> {
-    document: &'document Document<'state, I, V>,
-}
-
-impl<I, K, E, V> Serialize for Entries<'_, '_, I, V>
-where
-    I: Iterator<Item = (K, E)>,
-    K: AsRef<str>,
-    E: Borrow<CacheEntry<V>>,
-    V: Serialize,
-{
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Some(entries) = self.document.entries.take() else {
-            return Err(S::Error::custom(
-                "the entries iterator was already consumed",
-            ));
-        };
-        let mut sequence = serializer.serialize_seq(None)?;
-        let mut written = 0_u64;
-        for (key, entry) in entries {
-            let key = key.as_ref();
-            let entry = entry.borrow();
-            // Checked before writing so a NaN never reaches the file as `null`.
-            if let Err(unfaithful) = check::check(&entry.value) {
-                self.document
-                    .failure
-                    .replace(Some(Failure::Unrepresentable {
-                        key: key.to_owned(),
-                        reason: unfaithful.0,
-                    }));
-                return Err(S::Error::custom("unrepresentable value"));
-            }
-            sequence
-                .serialize_element(&EntryRef { key, entry })
-                .inspect_err(|_| {
-                    self.document.failure.replace(Some(Failure::FailedAtKey {
-                        key: key.to_owned(),
-                    }));
-                })?;
-            written += 1;
-        }
-        self.document.written.set(written);
-        sequence.end()
-    }
-}
-
-struct EntryRef<'a, V> {
-    key: &'a str,
-    entry: &'a CacheEntry<V>,
+/// One entry as the file stores it: the key beside the entry's fields.
+pub(crate) struct EntryRef<'a, V> {
+    pub(crate) key: &'a str,
+    pub(crate) entry: &'a CacheEntry<V>,
 }
 
 impl<V: Serialize> Serialize for EntryRef<'_, V> {

@@ -74,6 +74,21 @@
 //! in progress. Dropping a `save_async` future does not cancel the write: it completes on
 //! the blocking pool.
 //!
+//! # Threads
+//!
+//! A save of 256 entries or more serializes them on scoped worker threads
+//! (`snapshot-serialize`, one per core as `available_parallelism` reports, at most 4) in
+//! batches of about 256 KiB of JSON, while the calling thread pulls entries from the
+//! iterator and writes the finished batches in order; the file is byte-for-byte what one
+//! thread writes. Batches hold the caller's items (references to the entries, for
+//! [`save`](CachePersistence::save)), so `save` requires `K: Send` and `V: Sync`, and
+//! `save_async` and `Persister` (which own their entries) `K: Send` and `V: Send`. At most
+//! two batches per worker are in flight, so a save adds about 2 MiB over the entries
+//! already in memory (more only when a single entry serializes to more than a batch).
+//! A smaller save runs on the calling thread. A helper thread `fdatasync`s the temp file
+//! while it is written (see Crash safety). Every thread ends before the call returns; a
+//! panic in a value's `Serialize` reaches the caller.
+//!
 //! # Restore details
 //!
 //! Restore keeps only the map it returns, a 256 KiB read buffer, and (for a large map) one
@@ -104,6 +119,7 @@ mod check;
 mod entry;
 mod error;
 mod format;
+mod parallel;
 mod persistence;
 mod scan;
 

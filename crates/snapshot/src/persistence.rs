@@ -2,7 +2,6 @@
 
 use std::{
     borrow::Borrow,
-    cell::{Cell, RefCell},
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write as _},
@@ -16,7 +15,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     CacheEntry, SnapshotError,
     entry::{epoch_millis, from_epoch_millis},
-    format::{Document, Failure, Restoring, read_document},
+    format::{Failure, Restoring, read_document},
+    parallel::write_document,
     scan::{ScanError, Scanner},
 };
 
@@ -316,10 +316,16 @@ impl CachePersistence {
     /// processes are serialised by a mutex and an OS lock on
     /// `cache-snapshot.json.lock`; the last to finish wins.
     ///
+    /// From 256 entries on, the entries are serialized on worker threads (see
+    /// [Threads](crate#threads)): batches of references to them cross threads, which is
+    /// why keys must be `Send` and values `Sync`. The file is byte-for-byte what a single
+    /// thread would write.
+    ///
     /// # Errors
     ///
     /// [`SnapshotError::Unrepresentable`] if a value has no faithful JSON form (NaN or
-    /// infinite floats, non-string map keys), naming its key; [`SnapshotError::Io`] if
+    /// infinite floats, non-string map keys), naming its key (the first such entry in
+    /// iteration order); [`SnapshotError::Io`] if
     /// the directory, lock, temp file, write, sync or rename fails. In every error case the
     /// temp file is removed and the previous snapshot is untouched.
     ///
@@ -342,8 +348,8 @@ impl CachePersistence {
     pub fn save<'a, I, K, V>(&self, entries: I) -> Result<SaveReport, SnapshotError>
     where
         I: IntoIterator<Item = (K, &'a CacheEntry<V>)>,
-        K: AsRef<str>,
-        V: Serialize + 'a,
+        K: AsRef<str> + Send,
+        V: Serialize + Sync + 'a,
     {
         self.save_entries::<V, _, _, _>(entries.into_iter())
     }
@@ -352,8 +358,8 @@ impl CachePersistence {
     pub(crate) fn save_entries<V, I, K, E>(&self, entries: I) -> Result<SaveReport, SnapshotError>
     where
         I: Iterator<Item = (K, E)>,
-        K: AsRef<str>,
-        E: Borrow<CacheEntry<V>>,
+        K: AsRef<str> + Send,
+        E: Borrow<CacheEntry<V>> + Send,
         V: Serialize,
     {
         let started = Instant::now();
@@ -384,8 +390,8 @@ impl CachePersistence {
     ) -> Result<SaveReport, SnapshotError>
     where
         I: Iterator<Item = (K, E)>,
-        K: AsRef<str>,
-        E: Borrow<CacheEntry<V>>,
+        K: AsRef<str> + Send,
+        E: Borrow<CacheEntry<V>> + Send,
         V: Serialize,
     {
         fs::create_dir_all(&self.directory).map_err(|error| {
@@ -403,22 +409,10 @@ impl CachePersistence {
         }
 
         let timestamp = (self.clock)();
-        let written = Cell::new(0);
-        let failure = RefCell::new(None);
-        let failure = &failure;
-        let document = Document {
-            timestamp: epoch_millis(timestamp),
-            value_type: std::marker::PhantomData,
-            entries: Cell::new(Some(entries)),
-            written: &written,
-            failure,
-        };
+        let mut written = 0;
         let file = write_ahead_synced(file, &temp.path, |writer| {
-            serde_json::to_writer(&mut *writer, &document)
-                .map_err(|error| save_error(error, failure.take(), &temp.path))?;
-            writer
-                .write_all(b"\n")
-                .map_err(|error| SnapshotError::io("write", &temp.path, error))
+            written = write_document(writer, epoch_millis(timestamp), entries, &temp.path)?;
+            Ok(())
         })?;
         file.sync_all()
             .map_err(|error| SnapshotError::io("sync", &temp.path, error))?;
@@ -441,7 +435,7 @@ impl CachePersistence {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(timestamp);
         Ok(SaveReport {
-            entries: written.get(),
+            entries: written,
             bytes,
             swept_temp_files,
             duration: started.elapsed(),
@@ -676,7 +670,7 @@ impl CachePersistence {
                     quarantined_to: None,
                 };
             }
-            Some(Failure::Unrepresentable { .. } | Failure::FailedAtKey { .. }) | None => {}
+            None => {}
         }
         match error {
             ScanError::Io(source) => SnapshotError::io("read", &path, source),
@@ -837,27 +831,6 @@ impl io::Write for SyncAhead {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
-    }
-}
-
-fn save_error(
-    error: serde_json::Error,
-    failure: Option<Failure>,
-    temp_path: &Path,
-) -> SnapshotError {
-    match failure {
-        Some(Failure::Unrepresentable { key, reason }) => {
-            SnapshotError::Unrepresentable { key, reason }
-        }
-        _ if error.is_io() => SnapshotError::io("write", temp_path, io::Error::from(error)),
-        Some(Failure::FailedAtKey { key }) => SnapshotError::Unrepresentable {
-            key,
-            reason: error.to_string(),
-        },
-        _ => SnapshotError::Unrepresentable {
-            key: String::new(),
-            reason: error.to_string(),
-        },
     }
 }
 

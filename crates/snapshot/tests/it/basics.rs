@@ -294,3 +294,116 @@ fn entries_larger_than_the_read_buffer_round_trip() {
         assert_eq!(&restored.entries[key], entry, "{key}");
     }
 }
+
+/// The document as a single `serde_json::to_string` writes it, to compare bytes with.
+#[derive(serde::Serialize)]
+struct PlainDocument<'a> {
+    version: u32,
+    timestamp: u64,
+    entries: Vec<PlainEntry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct PlainEntry<'a> {
+    key: &'a str,
+    value: &'a serde_json::Value,
+    #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a Vec<String>>,
+}
+
+#[test]
+fn large_saves_write_exactly_what_one_serializer_writes() {
+    // Enough entries for many batches on the worker threads, with a few large values
+    // among small ones so batch sizes change along the way; and the empty cache.
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = fixed_clock(CachePersistence::new(directory.path()));
+    for count in [0, 1, 255, 256, 257, 30_000] {
+        let cache: BTreeMap<String, CacheEntry<serde_json::Value>> = (0..count)
+            .map(|index| {
+                let text = if index % 997 == 0 {
+                    "x".repeat(300_000)
+                } else {
+                    format!("v{index}")
+                };
+                let mut entry = CacheEntry::new(serde_json::json!({"i": index, "t": text}));
+                if index % 3 == 0 {
+                    entry = entry.expiring_at(NOW_MILLIS + 1 + index).tagged(["a", "b"]);
+                }
+                (format!("k{index:06}"), entry)
+            })
+            .collect();
+        let report = persistence.save(&cache).unwrap();
+        assert_eq!(report.entries, count);
+        let expected = serde_json::to_string(&PlainDocument {
+            version: 1,
+            timestamp: NOW_MILLIS,
+            entries: cache
+                .iter()
+                .map(|(key, entry)| PlainEntry {
+                    key,
+                    value: &entry.value,
+                    expires_at: entry.expires_at,
+                    tags: entry.tags.as_ref(),
+                })
+                .collect(),
+        })
+        .unwrap()
+            + "\n";
+        let written = fs::read_to_string(persistence.path()).unwrap();
+        assert!(written == expected, "{count} entries: the bytes differ");
+        let restored = persistence.restore::<serde_json::Value>().unwrap().entries;
+        assert_eq!(restored, cache.into_iter().collect::<HashMap<_, _>>());
+    }
+}
+
+#[test]
+fn the_first_bad_entry_in_iteration_order_is_the_one_named() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let mut cache: Vec<(String, CacheEntry<f64>)> = (0..50_000)
+        .map(|index| (format!("k{index}"), CacheEntry::new(1.0)))
+        .collect();
+    // Far apart, so they land in different batches on different workers.
+    cache[31_000].1.value = f64::NAN;
+    cache[3_000].1.value = f64::INFINITY;
+    cache[40_000].1.value = f64::NAN;
+    let error = persistence
+        .save(cache.iter().map(|(key, entry)| (key, entry)))
+        .unwrap_err();
+    assert!(
+        matches!(&error, SnapshotError::Unrepresentable { key, .. } if key == "k3000"),
+        "{error:?}"
+    );
+    assert!(!persistence.exists());
+    assert_eq!(temp_files(directory.path()), Vec::<String>::new());
+}
+
+/// A value whose serialization panics.
+struct Explosive;
+
+impl serde::Serialize for Explosive {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("explosive value")
+    }
+}
+
+#[test]
+fn a_panic_while_serializing_on_a_worker_reaches_the_caller_and_leaves_no_temp_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let entries: Vec<(String, CacheEntry<Option<Explosive>>)> = (0..20_000)
+        .map(|index| {
+            let value = (index == 12_345).then_some(Explosive);
+            (format!("k{index}"), CacheEntry::new(value))
+        })
+        .collect();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        persistence.save(entries.iter().map(|(key, entry)| (key, entry)))
+    }));
+    let panic = outcome.expect_err("the panic propagates");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"explosive value"));
+    assert!(!persistence.exists());
+    assert_eq!(temp_files(directory.path()), Vec::<String>::new());
+}
