@@ -60,7 +60,7 @@ pub(crate) struct Inner {
     /// | `HALF_OPEN` | probing; `probes` counts slots | up to `half_open_trials` at once | enough probe successes (→ `CLOSED`), a probe failure (→ `OPEN`, `attempt + 1`), a hung probe being superseded (→ `HALF_OPEN`, new generation), `isolate` |
     /// | `ISOLATED` | held open by `isolations` guards | nobody | the last guard dropping (→ `CLOSED`) |
     ///
-    /// Every transition goes through [`Inner::transition`], one compare-and-swap on this
+    /// Every transition goes through [`Inner::cas`], one compare-and-swap on this
     /// word that also bumps the generation, so exactly one thread wins each transition and
     /// announces it. The generation is what makes results from before a transition stale.
     /// The backoff attempt and the isolation count live here too because they must change
@@ -174,9 +174,14 @@ impl Builder {
 
     /// Calls `listener` with every [`Event`]. The other `on_*` methods are filters over this.
     ///
-    /// Listeners run on the thread that caused the event, after the transition is
-    /// complete and with no lock held (the breaker has none), so a listener may call back
-    /// into the breaker. A panicking listener panics that caller; the state is unaffected.
+    /// Listeners run on the thread that caused the event, after the transition and every
+    /// other change to the breaker's state is complete, with no lock held (the breaker has
+    /// none), so a listener may call back into the breaker.
+    ///
+    /// A panicking listener cannot leave the breaker half-changed: its panic is caught, the
+    /// remaining listeners and events are still delivered, and then the first panic
+    /// continues in the caller. If the caller is already unwinding (a guarded operation
+    /// panicked), listener panics are dropped instead, so they never abort the process.
     #[must_use]
     pub fn on_event(mut self, listener: impl Fn(&Event) + Send + Sync + 'static) -> Builder {
         self.listeners.push(Box::new(listener));
@@ -507,11 +512,17 @@ impl CircuitBreaker {
     /// # Ok::<(), breaker::ConfigError>(())
     /// ```
     pub fn isolate(&self) -> IsolationGuard {
-        let counted = self.inner.isolate();
-        IsolationGuard {
+        let (counted, change) = self.inner.isolate();
+        let guard = IsolationGuard {
             breaker: self.clone(),
             counted,
+        };
+        // Announced only once the guard exists: a panicking listener then drops the guard
+        // while unwinding, which releases the isolation instead of leaking it.
+        if let Some(change) = change {
+            self.inner.emit(&[change]);
         }
+        guard
     }
 
     /// The state to save, for [`Builder::initial_state`] (with the `serde` feature it
@@ -963,9 +974,19 @@ impl Inner {
         }
     }
 
-    /// The one place the state word changes. On success, announces the transition (if the
-    /// public state changed) after the CAS, with nothing held.
+    /// A transition that is complete once its CAS succeeds: announces it right away.
     fn transition(&self, current: Word, next: Word) -> Result<(), Word> {
+        let change = self.cas(current, next)?;
+        if let Some(change) = change {
+            self.emit(&[change]);
+        }
+        Ok(())
+    }
+
+    /// The one place the state word changes. On success, logs the transition and returns
+    /// its event (if the public state changed) for the caller to emit once it has finished
+    /// every other change, so a panicking listener cannot interrupt one.
+    fn cas(&self, current: Word, next: Word) -> Result<Option<Event>, Word> {
         // AcqRel on success: Release publishes what the winner wrote before (a raised
         // `opened_at`/`probe_started`, a cleared window) to every later Acquire load of the
         // word; Acquire makes the previous transition's writes visible to the winner.
@@ -975,34 +996,24 @@ impl Inner {
             .word
             .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => {
-                if current.state() != next.state() {
-                    self.announce(public_state(current.state()), public_state(next.state()));
-                }
-                Ok(())
-            }
+            Ok(_) => Ok((current.state() != next.state())
+                .then(|| log_change(&self.name, current.state(), next.state()))),
             Err(actual) => Err(Word(actual)),
         }
     }
 
-    #[cold]
-    fn announce(&self, from: State, to: State) {
-        tracing::info!(
-            target: "breaker",
-            name = %self.name,
-            from = %from,
-            to = %to,
-            "[CircuitBreaker:{}] State: {}",
-            self.name,
-            to
-        );
-        self.emit(Event::StateChange { from, to });
+    #[inline]
+    fn emit(&self, events: &[Event]) {
+        if let Some(listeners) = &self.listeners {
+            emit_to(listeners, events);
+        }
     }
 
-    #[inline]
-    fn emit(&self, event: Event) {
-        if let Some(listeners) = &self.listeners {
-            emit_to(listeners, event);
+    /// Emits `event`, then the state change it caused (if any).
+    fn emit_with(&self, event: Event, change: Option<Event>) {
+        match change {
+            Some(change) => self.emit(&[event, change]),
+            None => self.emit(&[event]),
         }
     }
 
@@ -1038,7 +1049,7 @@ impl Inner {
     #[cold]
     fn announce_success(&self, generation: u32) {
         if self.current(generation).is_some() {
-            self.emit(Event::Success);
+            self.emit(&[Event::Success]);
         }
     }
 
@@ -1060,7 +1071,7 @@ impl Inner {
                 window.record(self.clock.now_nanos(), false);
             }
         }
-        self.emit(Event::Success);
+        self.emit(&[Event::Success]);
     }
 
     #[cold]
@@ -1096,19 +1107,19 @@ impl Inner {
             Tracker::Count(window) => window.record(true),
             Tracker::Time(window) => window.record(self.clock.now_nanos(), true),
         };
-        self.emit(Event::Failure);
-        if trip {
-            self.open(word);
-        }
+        // Open first, announce after: a panicking listener must not skip the opening.
+        let change = if trip { self.open(word) } else { None };
+        self.emit_with(Event::Failure, change);
     }
 
-    /// Opens from `word` (closed or half-open) unless another transition got there first.
-    fn open(&self, word: Word) {
+    /// Opens from `word` (closed or half-open) unless another transition got there first;
+    /// returns the state change to announce.
+    fn open(&self, word: Word) -> Option<Event> {
         let now = self.now();
         // Re-check right before raising `opened_at`: a thread that was preempted since it
         // read `word` must not push a newer opening's deadline later.
         if self.current(word.generation()) != Some(word) {
-            return;
+            return None;
         }
         // Release, before the CAS: pairs with `open_deadline`'s Acquire.
         self.opened_at.fetch_max(now, Ordering::Release);
@@ -1117,7 +1128,9 @@ impl Inner {
         } else {
             0
         };
-        let _ = self.transition(word, word.next(OPEN).with_attempt(attempt));
+        self.cas(word, word.next(OPEN).with_attempt(attempt))
+            .ok()
+            .flatten()
     }
 
     fn probe_succeeded(&self, generation: u32) {
@@ -1127,13 +1140,17 @@ impl Inner {
         let Some(word) = self.current(generation) else {
             return;
         };
-        self.emit(Event::Success);
+        let mut change = None;
         if successes >= u32::from(self.successes_to_close) {
             // Clear before the CAS, so calls admitted by the new closed generation (which
             // synchronize with the CAS) record into an empty window.
             self.tracker.clear();
-            let _ = self.transition(word, word.next(CLOSED).with_attempt(0));
+            change = self
+                .cas(word, word.next(CLOSED).with_attempt(0))
+                .ok()
+                .flatten();
         }
+        self.emit_with(Event::Success, change);
     }
 
     fn probe_failed(&self, generation: u32) {
@@ -1143,8 +1160,8 @@ impl Inner {
         if word.state() != HALF_OPEN {
             return;
         }
-        self.emit(Event::Failure);
-        self.open(word);
+        let change = self.open(word);
+        self.emit_with(Event::Failure, change);
     }
 
     #[cold]
@@ -1154,27 +1171,29 @@ impl Inner {
         }
     }
 
-    fn isolate(&self) -> bool {
-        // Acquire: as in `transition`'s failure ordering.
+    /// Takes one isolation; returns whether it was counted and the state change to
+    /// announce once the caller holds its guard.
+    fn isolate(&self) -> (bool, Option<Event>) {
+        // Acquire: as in `cas`'s failure ordering.
         let mut word = Word(self.word.load(Ordering::Acquire));
         loop {
             if word.isolations() == MAX_ISOLATIONS {
-                return false;
+                return (false, None);
             }
             let next = if word.state() == ISOLATED {
                 word.with_isolations(word.isolations() + 1)
             } else {
                 word.next(ISOLATED).with_isolations(1)
             };
-            match self.transition(word, next) {
-                Ok(()) => return true,
+            match self.cas(word, next) {
+                Ok(change) => return (true, change),
                 Err(actual) => word = actual,
             }
         }
     }
 
     fn release(&self) {
-        // Acquire: as in `transition`'s failure ordering.
+        // Acquire: as in `cas`'s failure ordering.
         let mut word = Word(self.word.load(Ordering::Acquire));
         loop {
             if word.state() != ISOLATED || word.isolations() == 0 {
@@ -1195,9 +1214,38 @@ impl Inner {
     }
 }
 
+/// Logs a transition that just happened and returns its event.
 #[cold]
-fn emit_to(listeners: &[Listener], event: Event) {
-    for listener in listeners {
-        listener(&event);
+fn log_change(name: &str, from: u8, to: u8) -> Event {
+    let (from, to) = (public_state(from), public_state(to));
+    tracing::info!(
+        target: "breaker",
+        name = %name,
+        from = %from,
+        to = %to,
+        "[CircuitBreaker:{}] State: {}",
+        name,
+        to
+    );
+    Event::StateChange { from, to }
+}
+
+/// Delivers every event to every listener, even if one panics; then continues the first
+/// panic, unless the thread is already unwinding (a second panic escaping a `Drop` would
+/// abort the process), in which case listener panics are dropped.
+#[cold]
+fn emit_to(listeners: &[Listener], events: &[Event]) {
+    let mut first_panic = None;
+    for event in events {
+        for listener in listeners {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(event))) {
+                first_panic.get_or_insert(panic);
+            }
+        }
+    }
+    if let Some(panic) = first_panic
+        && !std::thread::panicking()
+    {
+        resume_unwind(panic);
     }
 }

@@ -60,7 +60,11 @@
 //! [`Event::StateChange`] per transition, called by the thread that won the transition after
 //! its compare-and-swap, with no lock held (there are none), so a listener may call back
 //! into the breaker. Listeners of transitions made by different threads may run in either
-//! order. With no listener, the hot path pays one pointer check.
+//! order. With no listener, the hot path pays one pointer check. Events are emitted only
+//! after every change to the breaker's state is complete (the slot freed, the transition
+//! made), so a panicking listener cannot leave the breaker half-changed; its panic reaches
+//! the caller after all listeners have been called, and is dropped if the caller is
+//! already unwinding from a guarded operation's panic.
 //!
 //! Every transition is also a `tracing` event at `INFO` level, target `breaker`, with fields
 //! `name`, `from` and `to`, whose message is `[CircuitBreaker:{name}] State: {state}` (the

@@ -4,7 +4,10 @@ use std::{
     future::pending,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -268,4 +271,76 @@ fn trip_emits_exactly_one_event() {
         .filter(|event| matches!(event, Event::StateChange { .. }))
         .count();
     assert_eq!(changes, 1);
+}
+
+#[test]
+fn panicking_failure_listener_does_not_leave_the_breaker_stuck() {
+    quiet_panics();
+    let clock = ManualClock::new();
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = armed.clone();
+    let recorder = Recorder::default();
+    let breaker = recorder
+        .attach(
+            builder(&clock, 1)
+                .probe_timeout(Duration::MAX)
+                .on_failure(move || {
+                    assert!(!trigger.swap(false, Ordering::SeqCst), "model panic");
+                }),
+        )
+        .build()
+        .unwrap();
+
+    // Closed: the failure that trips must still open the breaker, and every listener
+    // (the recorder too) must still hear both events.
+    armed.store(true, Ordering::SeqCst);
+    let tripped = breaker.try_acquire().unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| tripped.failure())).is_err());
+    assert_eq!(breaker.state(), State::Open, "the trip was skipped");
+    assert_eq!(
+        recorder.take(),
+        [
+            Event::Failure,
+            Event::StateChange {
+                from: State::Closed,
+                to: State::Open
+            }
+        ]
+    );
+
+    // Half-open: the failed probe must reopen the breaker, not leak its slot.
+    clock.advance(Duration::from_secs(10));
+    let probe = breaker.try_acquire().unwrap();
+    armed.store(true, Ordering::SeqCst);
+    assert!(catch_unwind(AssertUnwindSafe(|| probe.failure())).is_err());
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the failed probe did not reopen"
+    );
+    clock.advance(Duration::from_secs(3600));
+    breaker
+        .try_acquire()
+        .expect("a later probe is admitted")
+        .success();
+    assert_eq!(breaker.state(), State::Closed);
+
+    // A panicking operation whose failure listener panics too: the operation's panic
+    // continues (no abort), and the failure is recorded.
+    armed.store(true, Ordering::SeqCst);
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        let _ = breaker.call(|| -> Result<(), ()> { panic!("model panic") });
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"model panic"));
+    assert_eq!(breaker.state(), State::Open);
+
+    // A panicking state-change listener on `isolate` must not leave the breaker isolated
+    // with no guard to release it.
+    let loud = builder(&clock, 1)
+        .on_break(|| panic!("model panic"))
+        .build()
+        .unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(loud.isolate()))).is_err());
+    assert_eq!(loud.state(), State::Closed, "isolated with no guard");
 }
