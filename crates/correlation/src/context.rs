@@ -102,7 +102,8 @@ impl TraceContext {
         self.parent_span_id
     }
 
-    /// The W3C trace flags.
+    /// The W3C trace flags this span sends downstream: only the defined ones (`sampled`);
+    /// reserved bits of a received `traceparent` are zeroed (see [`TraceFlags`]).
     pub fn flags(&self) -> TraceFlags {
         self.flags
     }

@@ -207,6 +207,19 @@ impl Incoming {
         self.parent_span_id
     }
 
+    /// The trace flags of a valid `traceparent` as received, reserved bits included
+    /// (`sampled` otherwise). The trace continued from this sends only the defined ones.
+    ///
+    /// ```
+    /// let incoming = correlation::Incoming::from_headers([
+    ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"),
+    /// ]);
+    /// assert_eq!(incoming.flags().bits(), 0xff);
+    /// ```
+    pub fn flags(&self) -> TraceFlags {
+        self.flags
+    }
+
     /// The `tracestate` to pass on, when the `traceparent` and the `tracestate` were valid.
     pub fn trace_state(&self) -> Option<&TraceState> {
         self.trace_state.as_ref()

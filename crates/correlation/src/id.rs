@@ -298,11 +298,18 @@ impl SpanId {
     }
 }
 
-/// The W3C `trace-flags` byte. Only [`TraceFlags::SAMPLED`] has a meaning today.
+/// The W3C `trace-flags` byte. W3C Trace Context (Level 1, the Recommendation this crate
+/// implements) defines only [`TraceFlags::SAMPLED`]; the other bits are reserved and
+/// "Vendors MUST set those to zero". A parsed byte keeps every bit as received; what this
+/// crate sends ([`TraceParent`](crate::TraceParent)'s `Display`, a trace's
+/// [`flags`](crate::TraceContext::flags)) is [`TraceFlags::defined`].
 ///
 /// ```
-/// assert!(correlation::TraceFlags::SAMPLED.is_sampled());
-/// assert_eq!(correlation::TraceFlags::new(0x09).to_string(), "09");
+/// use correlation::TraceFlags;
+///
+/// assert!(TraceFlags::SAMPLED.is_sampled());
+/// assert_eq!(TraceFlags::new(0x09).to_string(), "09");
+/// assert_eq!(TraceFlags::new(0xff).defined(), TraceFlags::SAMPLED);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TraceFlags(u8);
@@ -319,6 +326,13 @@ impl TraceFlags {
     /// The byte.
     pub const fn bits(self) -> u8 {
         self.0
+    }
+
+    /// Only the bits the specification defines (`sampled`), the reserved ones zeroed: the
+    /// flags to send downstream.
+    #[must_use]
+    pub const fn defined(self) -> Self {
+        Self(self.0 & Self::SAMPLED.0)
     }
 
     /// Whether the `sampled` bit is set (masked, as the specification asks).

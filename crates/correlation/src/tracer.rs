@@ -495,7 +495,8 @@ impl Lineage {
             correlation_id: incoming.correlation_id,
             trace_id: incoming.trace_id,
             parent_span_id: incoming.parent_span_id,
-            flags: incoming.flags,
+            // This span sends them on: the reserved bits of a received byte must not go out.
+            flags: incoming.flags.defined(),
             trace_state: incoming.trace_state,
         }
     }

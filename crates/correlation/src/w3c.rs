@@ -16,8 +16,11 @@ pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// lengths, version `ff` and all-zero ids invalid, version `00` must be exactly 55
 /// characters, and a higher version is read for its known fields (anything after a `-`
 /// following the flags is ignored). Optional whitespace around the whole value, which HTTP
-/// allows around any field value, is ignored. Formatting always writes version `00`, the
-/// highest version this crate knows, as the specification requires.
+/// allows around any field value, is ignored. Any two hex digits are accepted as flags and
+/// kept as received in [`flags`](TraceParent::flags). Formatting always writes version `00`,
+/// the highest version this crate knows, and only the flags that version defines
+/// ([`TraceFlags::defined`]): the specification asks for the reserved bits to be sent as
+/// zero.
 ///
 /// ```
 /// use correlation::TraceParent;
@@ -29,6 +32,11 @@ pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// // A future version with extra fields: the known fields are used, the rest ignored.
 /// let future: TraceParent = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds".parse()?;
 /// assert_eq!(future, parent);
+///
+/// // Undefined flag bits are read, but sent as zero.
+/// let odd: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff".parse()?;
+/// assert_eq!(odd.flags.bits(), 0xff);
+/// assert_eq!(odd.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
 /// # Ok::<(), correlation::TraceParentError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,7 +45,7 @@ pub struct TraceParent {
     pub trace_id: TraceId,
     /// The caller's span id (`parent-id`).
     pub parent_id: SpanId,
-    /// The trace flags.
+    /// The trace flags, as received when parsed (formatting sends only the defined ones).
     pub flags: TraceFlags,
 }
 
@@ -194,7 +202,13 @@ impl FromStr for TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
+        write!(
+            f,
+            "00-{}-{}-{}",
+            self.trace_id,
+            self.parent_id,
+            self.flags.defined()
+        )
     }
 }
 

@@ -206,3 +206,49 @@ fn text_ids_get_a_random_trace_id_that_nested_traces_keep() {
     assert_eq!(inner.trace_id(), outer.trace_id());
     assert_eq!(outer.correlation_id().to_string(), "order-55");
 }
+
+#[test]
+fn undefined_trace_flags_are_not_sent_downstream() {
+    // W3C Trace Context (Level 1) defines only `sampled` (0x01); the other bits are reserved
+    // and "Vendors MUST set those to zero", so what comes in as `ff` goes out as `01`.
+    let rows = [("ff", "01"), ("fe", "00"), ("09", "01"), ("02", "00")];
+    for (received, sent) in rows {
+        let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{received}");
+        let incoming = Incoming::from_headers([("traceparent", value.as_str())]);
+        assert_eq!(incoming.source(), IdSource::TraceParent, "{received}");
+        assert_eq!(
+            incoming.flags().to_string(),
+            received,
+            "the received byte stays readable"
+        );
+        let (outer, inner, headers) = ready(correlation::Tracer::off().continue_trace(
+            incoming,
+            "outer",
+            async {
+                let inner =
+                    correlation::start_trace("inner", async { correlation::current().unwrap() })
+                        .await;
+                (
+                    correlation::current().unwrap(),
+                    inner,
+                    correlation::outgoing_headers(),
+                )
+            },
+        ));
+        let expected = format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-{sent}",
+            outer.span_id()
+        );
+        assert_eq!(headers[0], ("traceparent", expected.clone()), "{received}");
+        assert_eq!(outer.traceparent().to_string(), expected, "{received}");
+        assert_eq!(outer.flags().to_string(), sent, "{received}");
+        assert_eq!(inner.flags().to_string(), sent, "{received}: nested");
+        assert!(
+            inner
+                .traceparent()
+                .to_string()
+                .ends_with(&format!("-{sent}")),
+            "{received}: nested"
+        );
+    }
+}

@@ -20,6 +20,8 @@ fn traceparent_table() {
         ZeroTraceId,
     };
     let valid = format!("00-{TRACE}-{PARENT}-01");
+    // `Ok(flags)`: accepted, `flags` is the byte as received; what is sent again keeps only
+    // the bits the specification defines (`sampled`): "Vendors MUST set those to zero".
     let rows: Vec<(&str, String, Result<u8, TraceParentError>)> = vec![
         ("spec example, sampled", valid.clone(), Ok(0x01)),
         (
@@ -28,9 +30,19 @@ fn traceparent_table() {
             Ok(0x00),
         ),
         (
-            "unknown flags are kept, sampled bit masked",
+            "unknown flags are accepted and read, zeroed when sent",
             format!("00-{TRACE}-{PARENT}-09"),
             Ok(0x09),
+        ),
+        (
+            "all flag bits set: only sampled is sent",
+            format!("00-{TRACE}-{PARENT}-ff"),
+            Ok(0xff),
+        ),
+        (
+            "Level 2's random-trace-id flag is not a Level 1 flag",
+            format!("00-{TRACE}-{PARENT}-02"),
+            Ok(0x02),
         ),
         (
             "OWS around the value",
@@ -162,8 +174,8 @@ fn traceparent_table() {
                 assert_eq!(parsed.flags, TraceFlags::new(flags), "{rule}");
                 assert_eq!(
                     parsed.to_string(),
-                    format!("00-{TRACE}-{PARENT}-{flags:02x}"),
-                    "{rule}: re-sent as version 00"
+                    format!("00-{TRACE}-{PARENT}-{:02x}", flags & 0x01),
+                    "{rule}: re-sent as version 00 with only the defined flags"
                 );
             }
             Err(error) => assert_eq!(parsed, Err(error), "{rule}: {value:?}"),
