@@ -636,16 +636,20 @@ fn call_classified<T, E>(
     let on_unwind = FailOnUnwind { inner, admission };
     let result = operation();
     std::mem::forget(on_unwind);
+    // From here until the outcome is recorded, a permit cancels the call if anything
+    // unwinds (a panicking `is_failure`), so a probe slot is never leaked. Moving it costs
+    // nothing: `success`/`failure` consume it without running its `Drop`.
+    let permit = Permit { inner, admission };
     match result {
         Ok(value) => {
-            inner.record_success(admission);
+            permit.success();
             Ok(value)
         }
         Err(error) => {
             if is_failure(&error) {
-                inner.record_failure(admission);
+                permit.failure();
             } else {
-                inner.record_success(admission);
+                permit.success();
             }
             Err(BreakerError::Inner(error))
         }

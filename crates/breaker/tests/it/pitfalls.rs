@@ -344,3 +344,24 @@ fn panicking_failure_listener_does_not_leave_the_breaker_stuck() {
     assert!(catch_unwind(AssertUnwindSafe(|| drop(loud.isolate()))).is_err());
     assert_eq!(loud.state(), State::Closed, "isolated with no guard");
 }
+
+#[test]
+fn panicking_predicate_releases_the_probe_slot() {
+    quiet_panics();
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .probe_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let classified = breaker.failure_if(|(): &()| panic!("model panic"));
+    assert!(catch_unwind(AssertUnwindSafe(|| classified.call(|| Err::<(), ()>(())))).is_err());
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let probe = breaker
+        .try_acquire()
+        .expect("the panicking predicate leaked the probe slot");
+    assert!(probe.is_probe());
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+}
