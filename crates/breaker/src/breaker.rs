@@ -166,6 +166,8 @@ impl Builder {
     }
 
     /// Starts the breaker from a saved [`Snapshot`] (see [`CircuitBreaker::snapshot`]).
+    ///
+    /// A saved `open_remaining` longer than this breaker's open time is capped at it.
     #[must_use]
     pub fn initial_state(mut self, snapshot: Snapshot) -> Builder {
         self.initial = Some(snapshot);
@@ -284,9 +286,14 @@ impl Builder {
             };
             if let Some(remaining) = open_for {
                 word = Word::new(OPEN, attempt, 0, 0);
-                // The deadline is `opened_at + delay`, so back-date the opening.
-                let delay = self.backoff.jittered_delay(attempt, 0).as_nanos();
-                let opened = i128::from(now) + nanos_i128(remaining.as_nanos()) - nanos_i128(delay);
+                // The deadline is `opened_at + delay`, so back-date the opening. The
+                // remainder is capped at this breaker's own open time: a restored breaker
+                // never waits longer than it is configured to, and `opened_at` is never in
+                // the future, where `open`'s `fetch_max` would keep it for later openings.
+                let delay = self.backoff.jittered_delay(attempt, 0);
+                let remaining = remaining.min(delay);
+                let opened = i128::from(now) + nanos_i128(remaining.as_nanos())
+                    - nanos_i128(delay.as_nanos());
                 opened_at =
                     i64::try_from(opened).unwrap_or(if opened < 0 { i64::MIN } else { i64::MAX });
             } else {
@@ -780,7 +787,10 @@ impl Drop for IsolationGuard {
 
 /// A breaker's saved state; see [`CircuitBreaker::snapshot`] and [`Builder::initial_state`].
 ///
-/// Restoring: `Open` resumes with `open_remaining` left; `HalfOpen` restores as open with
+/// Restoring: `Open` resumes with `open_remaining` left, capped at the restoring
+/// breaker's own open time for `backoff_attempt` (so a snapshot from a breaker configured
+/// with a longer open time never keeps the new one open longer than it is configured to,
+/// and never affects its later openings); `HalfOpen` restores as open with
 /// nothing left (the next call probes); `Isolated` restores as open for the full open time
 /// (isolation guards cannot outlive their process); `Closed` keeps its failure count under
 /// the consecutive-failures policy.

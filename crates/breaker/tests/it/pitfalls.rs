@@ -365,3 +365,68 @@ fn panicking_predicate_releases_the_probe_slot() {
     probe.success();
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// A breaker opened for `open_for`, saved at once.
+fn saved_open(open_for: Duration) -> breaker::Snapshot {
+    let old = builder(&ManualClock::new(), 1)
+        .half_open_after(open_for)
+        .build()
+        .unwrap();
+    fail(&old);
+    old.snapshot()
+}
+
+#[test]
+fn restored_future_opened_at_delays_later_openings() {
+    let saved = saved_open(Duration::from_secs(600));
+    assert_eq!(saved.open_remaining, Duration::from_secs(600));
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .half_open_after(Duration::from_secs(30))
+        .initial_state(saved)
+        .build()
+        .unwrap();
+    // The restored remainder is capped at the configured open time.
+    assert_eq!(
+        breaker.try_acquire().unwrap_err(),
+        Rejected::Open {
+            retry_after: Duration::from_secs(30)
+        }
+    );
+    drop(breaker.isolate()); // released: closed
+    assert_eq!(breaker.state(), State::Closed);
+    clock.advance(Duration::from_secs(1));
+    fail(&breaker);
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(
+        breaker.try_acquire().unwrap_err(),
+        Rejected::Open {
+            retry_after: Duration::from_secs(1)
+        }
+    );
+    clock.advance(Duration::from_secs(1));
+    let probe = breaker
+        .try_acquire()
+        .expect("30 s after opening with a 30 s open time, a probe is admitted");
+    assert!(probe.is_probe());
+}
+
+#[test]
+fn restored_unbounded_snapshot_sticks_forever_after_release() {
+    let saved = saved_open(Duration::MAX);
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .half_open_after(Duration::from_secs(30))
+        .initial_state(saved)
+        .build()
+        .unwrap();
+    drop(breaker.isolate());
+    assert_eq!(breaker.state(), State::Closed);
+    fail(&breaker);
+    clock.advance(Duration::from_secs(365 * 24 * 3600));
+    assert!(
+        breaker.try_acquire().is_ok(),
+        "a year after a 30 s opening, still rejected"
+    );
+}
