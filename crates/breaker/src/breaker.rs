@@ -15,7 +15,7 @@ use crate::{
     policy::Tracker,
     state::{
         CLOSED, HALF_OPEN, ISOLATED, MAX_ISOLATIONS, OPEN, Word, public_state, tag_count,
-        tagged_count,
+        tag_is_newer, tagged_count,
     },
     sync::{Arc, AtomicI64, AtomicU64, Ordering},
 };
@@ -1042,15 +1042,12 @@ impl Inner {
     #[inline]
     fn record_success(&self, admission: Admission) {
         if let (false, Tracker::Consecutive { .. }) = (admission.probe, &self.tracker) {
-            // Relaxed load and store: the count publishes nothing. The store may race a
-            // concurrent failure's CAS and erase it; with calls in flight at once "in a
-            // row" has no single meaning, and erring towards staying closed is the safe
-            // side. A count tagged with another generation already reads as zero, so a
-            // stale success never writes.
+            // Relaxed: the count publishes nothing. Only a load unless a streak must be
+            // reset; a count tagged with another generation reads as zero, so a stale
+            // success never writes.
             let failures = self.failures.load(Ordering::Relaxed);
             if tagged_count(failures, admission.generation) != 0 {
-                self.failures
-                    .store(tag_count(admission.generation, 0), Ordering::Relaxed);
+                self.reset_streak(failures, admission.generation);
             }
             if self.listeners.is_some() {
                 self.announce_success(admission.generation);
@@ -1058,6 +1055,47 @@ impl Inner {
             return;
         }
         self.record_success_slow(admission);
+    }
+
+    /// Resets the failure streak of `generation`, with a CAS rather than a store so that a
+    /// success whose generation ended meanwhile cannot erase a newer generation's count.
+    /// Off the hot path: it runs only after a failure.
+    #[cold]
+    fn reset_streak(&self, mut current: u64, generation: u32) {
+        // Relaxed: as in `record_success`. A failure racing the reset may be erased by it;
+        // with calls in flight at once "in a row" has no single meaning, and erring
+        // towards staying closed is the safe side.
+        while let Err(actual) = self.failures.compare_exchange_weak(
+            current,
+            tag_count(generation, 0),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            if tagged_count(actual, generation) == 0 {
+                // Already reset, or another generation's count: not ours to touch.
+                return;
+            }
+            current = actual;
+        }
+    }
+
+    /// Records `failed` in a window policy for a closed call of `generation`; returns
+    /// whether to trip, or `None` if the generation ended (the sample is then taken back:
+    /// a stale result never lands in the window of a newer closed generation).
+    fn record_in_window(&self, generation: u32, failed: bool) -> Option<(Word, bool)> {
+        let (sample, trip) = match &self.tracker {
+            Tracker::Consecutive { .. } => return self.current(generation).map(|w| (w, false)),
+            Tracker::Count(window) => window.record(failed),
+            Tracker::Time(window) => window.record(self.clock.now_nanos(), failed),
+        };
+        // Re-check after recording: a window is cleared before the transition that
+        // closes it, and recording synchronizes with the clearing, so a sample that landed
+        // in a cleared window sees the newer generation here.
+        let Some(word) = self.current(generation) else {
+            self.tracker.undo(sample);
+            return None;
+        };
+        Some((word, trip))
     }
 
     #[cold]
@@ -1073,17 +1111,10 @@ impl Inner {
             self.probe_succeeded(admission.generation);
             return;
         }
-        if self.current(admission.generation).is_none() {
+        if self.current(admission.generation).is_none()
+            || self.record_in_window(admission.generation, false).is_none()
+        {
             return;
-        }
-        match &self.tracker {
-            Tracker::Consecutive { .. } => {}
-            Tracker::Count(window) => {
-                window.record(false);
-            }
-            Tracker::Time(window) => {
-                window.record(self.clock.now_nanos(), false);
-            }
         }
         self.emit(&[Event::Success]);
     }
@@ -1094,17 +1125,22 @@ impl Inner {
             self.probe_failed(admission.generation);
             return;
         }
-        let Some(word) = self.current(admission.generation) else {
+        let generation = admission.generation;
+        if self.current(generation).is_none() {
             return;
-        };
-        let trip = match &self.tracker {
+        }
+        let (word, trip) = match &self.tracker {
             Tracker::Consecutive { threshold } => {
-                let generation = admission.generation;
                 // Relaxed: a counter publishing nothing; the CAS makes increments exact
                 // within the generation, and the tag keeps a late increment from an older
                 // generation out of the current count.
                 let mut current = self.failures.load(Ordering::Relaxed);
                 let count = loop {
+                    if tag_is_newer(current, generation) {
+                        // A newer generation counts here already: this result is stale,
+                        // and writing would erase the live count.
+                        return;
+                    }
                     let count = tagged_count(current, generation).saturating_add(1);
                     match self.failures.compare_exchange_weak(
                         current,
@@ -1116,10 +1152,16 @@ impl Inner {
                         Err(actual) => current = actual,
                     }
                 };
-                count >= *threshold
+                // Announce only a failure of a generation still current.
+                let Some(word) = self.current(generation) else {
+                    return;
+                };
+                (word, count >= *threshold)
             }
-            Tracker::Count(window) => window.record(true),
-            Tracker::Time(window) => window.record(self.clock.now_nanos(), true),
+            _ => match self.record_in_window(generation, true) {
+                Some(decision) => decision,
+                None => return,
+            },
         };
         // Open first, announce after: a panicking listener must not skip the opening.
         let change = if trip { self.open(word) } else { None };

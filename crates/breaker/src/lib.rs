@@ -74,7 +74,9 @@
 //!
 //! A successful call while `Closed` under the default policy does two atomic loads (the
 //! state word, the failure count) and no read-modify-write, lock, clock read or
-//! allocation; a store happens only when a failure streak must be reset. A rejection while
+//! allocation. Only the first success after a failure streak does more: one
+//! compare-and-swap to reset the streak (a CAS, not a store, so that a success whose
+//! generation just ended cannot erase a newer generation's count). A rejection while
 //! `Open` reads the clock once and allocates nothing. The window policies cost more per call;
 //! see [`Policy`].
 //!
@@ -99,16 +101,26 @@
 //!   `Open` or a taken probe slot never reads an older deadline. They may be later than
 //!   exact by the time a thread was preempted between reading the clock and raising them,
 //!   never earlier: the breaker errs towards staying open.
-//! - Counters that publish no other data (the failure count, the probe slots, the window
-//!   statistics) use `Relaxed`: their compare-and-swap loops keep them exact, and the
-//!   decisions based on them are validated by the state word's compare-and-swap, which
-//!   checks the generation.
-//! - Under concurrency, "consecutive" failures are counted best-effort: a success's reset
-//!   store may erase a racing failure, never add one, so the breaker errs towards closed.
+//! - Counters that publish no other data (the failure count, the probe slots) use
+//!   `Relaxed`: their compare-and-swap loops keep them exact, and the decisions based on
+//!   them are validated by the state word's compare-and-swap, which checks the generation.
+//! - Stale results never touch a newer generation's counts. The failure count is tagged
+//!   with its generation: a failure's CAS loop gives up when it finds a newer tag, and a
+//!   success resets the streak only with a CAS from a count tagged with its own generation.
+//!   A window sample is re-checked against the generation after it is recorded (the slot
+//!   or bucket write is `Acquire`, the window's clearing `Release`, so a sample landing in
+//!   a window already cleared for a newer generation sees that generation) and taken back
+//!   if stale; only then is `Event::Failure`/`Event::Success` emitted. Taking back is exact
+//!   unless the slot was cleared and rewritten meanwhile; then one newer sample of the
+//!   same kind is taken instead.
+//! - Under concurrency, "consecutive" failures of one generation are counted best-effort:
+//!   a success's reset may erase a racing failure, never add one, so the breaker errs
+//!   towards closed.
 //!
 //! The atomics come from `src/sync.rs` so that the loom models in `tests/loom.rs` check the
 //! shipped code: two threads tripping at once, callers racing for half-open slots, a stale
-//! result racing a transition, and isolation reference counts.
+//! result racing a transition, stale results racing an isolate/release (failure and
+//! success counts), and isolation reference counts.
 
 mod backoff;
 mod breaker;

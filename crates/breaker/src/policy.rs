@@ -11,7 +11,7 @@ use crate::{
 ///
 /// | policy | opens when | cost of a successful closed call |
 /// |---|---|---|
-/// | [`consecutive_failures(n)`](Policy::consecutive_failures) (default, n = 5) | the n-th failure in a row | two loads; one store after a failure streak |
+/// | [`consecutive_failures(n)`](Policy::consecutive_failures) (default, n = 5) | the n-th failure in a row | two loads; one compare-and-swap after a failure streak |
 /// | [`count_window`](Policy::count_window) | failure ratio over the last `size` calls ≥ `ratio`, after `min_calls` calls | three read-modify-writes (slot cursor, slot swap, counters) |
 /// | [`time_window`](Policy::time_window) | failure ratio over the last `window` ≥ `ratio`, after `min_throughput` calls | one clock read, one compare-and-swap, one `fetch_max` |
 ///
@@ -181,7 +181,37 @@ pub(crate) enum Tracker {
     Time(TimeWindow),
 }
 
+/// Where a window recorded one outcome, so that a stale outcome can be taken back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sample {
+    /// Nothing was recorded (a saturated time bucket).
+    Nothing,
+    /// `outcome` was swapped into the count window's slot `index`.
+    Slot { index: usize, outcome: u8 },
+    /// One call was added to the time window's bucket `index`, tagged `tag`.
+    Bucket {
+        index: usize,
+        tag: u64,
+        failed: bool,
+    },
+}
+
 impl Tracker {
+    /// Takes back a sample recorded by a call whose generation ended before or while it
+    /// recorded. Exact unless the sample's slot or bucket was cleared and written again
+    /// meanwhile; then at most one newer sample of the same kind is taken instead.
+    pub(crate) fn undo(&self, sample: Sample) {
+        match (self, sample) {
+            (Tracker::Count(window), Sample::Slot { index, outcome }) => {
+                window.undo(index, outcome);
+            }
+            (Tracker::Time(window), Sample::Bucket { index, tag, failed }) => {
+                window.undo(index, tag, failed);
+            }
+            _ => {}
+        }
+    }
+
     /// Forgets every recorded outcome (the breaker is closing).
     pub(crate) fn clear(&self) {
         match self {
@@ -214,17 +244,37 @@ pub(crate) struct CountWindow {
 }
 
 impl CountWindow {
-    /// Records one outcome; returns whether the window now asks to open.
-    pub(crate) fn record(&self, failed: bool) -> bool {
-        // Relaxed everywhere: the window is statistics. No other memory is published
-        // through it, and the decision to open is made by the state word's CAS.
+    /// Records one outcome; returns where, and whether the window now asks to open.
+    pub(crate) fn record(&self, failed: bool) -> (Sample, bool) {
+        // Relaxed except the slot swap: the window is statistics, publishing no other
+        // memory, and the decision to open is made by the state word's CAS.
         let len = self.slots.len() as u64;
         let index =
             usize::try_from(self.cursor.fetch_add(1, Ordering::Relaxed) % len).unwrap_or_default();
         let new = if failed { FAILURE } else { SUCCESS };
-        let old = self.slots[index].swap(new, Ordering::Relaxed);
+        // Acquire: pairs with `clear`'s Release, so a sample landing in a slot already
+        // cleared for a newer generation sees that generation when the caller re-checks it
+        // (and takes the sample back).
+        let old = self.slots[index].swap(new, Ordering::Acquire);
         self.apply(old, new);
-        failed && self.over_threshold()
+        (
+            Sample::Slot {
+                index,
+                outcome: new,
+            },
+            failed && self.over_threshold(),
+        )
+    }
+
+    fn undo(&self, index: usize, outcome: u8) {
+        // Only if the slot still holds the outcome; if another record overwrote it, that
+        // swap already took it out of the counters.
+        if self.slots[index]
+            .compare_exchange(outcome, EMPTY, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.apply(outcome, EMPTY);
+        }
     }
 
     fn apply(&self, old: u8, new: u8) {
@@ -246,7 +296,9 @@ impl CountWindow {
 
     fn clear(&self) {
         for slot in &self.slots {
-            let old = slot.swap(EMPTY, Ordering::Relaxed);
+            // Release: pairs with `record`'s Acquire. The clearing thread has already seen
+            // the end of every closed generation whose results it erases.
+            let old = slot.swap(EMPTY, Ordering::Release);
             self.apply(old, EMPTY);
         }
     }
@@ -279,8 +331,9 @@ pub(crate) struct TimeWindow {
 const COUNT_MAX: u64 = 0xFFFF;
 
 impl TimeWindow {
-    /// Records one outcome at `now_nanos`; returns whether the window now asks to open.
-    pub(crate) fn record(&self, now_nanos: u64, failed: bool) -> bool {
+    /// Records one outcome at `now_nanos`; returns where, and whether the window now asks
+    /// to open.
+    pub(crate) fn record(&self, now_nanos: u64, failed: bool) -> (Sample, bool) {
         let slice = now_nanos / self.bucket_nanos;
         let len = self.buckets.len() as u64;
         // Relaxed: statistics only (see `CountWindow::record`).
@@ -289,26 +342,46 @@ impl TimeWindow {
             // Idle for longer than the whole window: everything recorded is expired.
             self.clear();
         }
-        let bucket = &self.buckets[usize::try_from(slice % len).unwrap_or_default()];
+        let index = usize::try_from(slice % len).unwrap_or_default();
+        let bucket = &self.buckets[index];
         let tag = slice & 0xFFFF_FFFF;
         let mut current = bucket.load(Ordering::Relaxed);
-        loop {
+        let sample = loop {
             let (calls, failures) = if current >> 32 == tag {
                 ((current >> 16) & COUNT_MAX, current & COUNT_MAX)
             } else {
                 (0, 0)
             };
             if calls == COUNT_MAX {
-                break;
+                break Sample::Nothing;
             }
             let next = (tag << 32) | ((calls + 1) << 16) | (failures + u64::from(failed));
+            // Acquire on success: as in `CountWindow::record`.
+            match bucket.compare_exchange_weak(current, next, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break Sample::Bucket { index, tag, failed },
+                Err(actual) => current = actual,
+            }
+        };
+        (sample, failed && self.over_threshold(slice))
+    }
+
+    fn undo(&self, index: usize, tag: u64, failed: bool) {
+        let bucket = &self.buckets[index];
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let (calls, failures) = ((current >> 16) & COUNT_MAX, current & COUNT_MAX);
+            if current >> 32 != tag || calls == 0 || (failed && failures == 0) {
+                // Cleared (or expired) since: the sample is already gone.
+                return;
+            }
+            let next = (tag << 32) | ((calls - 1) << 16) | (failures - u64::from(failed));
             match bucket.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
-        failed && self.over_threshold(slice)
     }
 
     fn over_threshold(&self, slice: u64) -> bool {
@@ -333,7 +406,8 @@ impl TimeWindow {
     fn clear(&self) {
         for bucket in &self.buckets {
             // An all-zero word has index 0 and no calls: empty whatever its age.
-            bucket.store(0, Ordering::Relaxed);
+            // Release: as in `CountWindow::clear`.
+            bucket.store(0, Ordering::Release);
         }
     }
 }

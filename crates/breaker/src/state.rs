@@ -122,7 +122,10 @@ impl Word {
 /// A 32-bit count tagged with the generation it belongs to: `[generation: 32 | count: 32]`.
 ///
 /// A tag from another generation reads as zero, so a transition "resets" the count without
-/// writing it, and a late writer from an older generation can only touch its own, dead, count.
+/// writing it. A late writer from an older generation must not write over a newer tag:
+/// writers check [`tag_is_newer`] (the failure count's CAS loop gives up) or only write
+/// while the tag is their own (the success's reset is a CAS from a count tagged with its
+/// generation), so a stale result can only touch its own, dead, count.
 #[allow(clippy::cast_possible_truncation)] // Unpacks fields packed from u32s.
 pub(crate) fn tagged_count(word: u64, generation: u32) -> u32 {
     if (word >> 32) as u32 == generation {
@@ -134,4 +137,10 @@ pub(crate) fn tagged_count(word: u64, generation: u32) -> u32 {
 
 pub(crate) fn tag_count(generation: u32, count: u32) -> u64 {
     u64::from(generation) << 32 | u64::from(count)
+}
+
+/// Whether `word`'s tag is a generation after `generation` (wrapping: within 2^31 of it).
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // Wrapping difference.
+pub(crate) fn tag_is_newer(word: u64, generation: u32) -> bool {
+    ((word >> 32) as u32).wrapping_sub(generation) as i32 > 0
 }

@@ -164,3 +164,49 @@ fn isolation_refcount_holds_until_the_last_guard() {
         assert!(isolations == 1 || isolations == 2, "{log:?}");
     });
 }
+
+#[test]
+fn stale_failure_erases_live_consecutive_count() {
+    // A failure admitted before an isolate/release must not erase (or add to) the failure
+    // count of the new closed generation: two failures after the release open it.
+    model(|| {
+        let clock = ManualClock::new();
+        let (breaker, _log) = recorded(&clock, 2, 1);
+        let other = breaker.clone();
+        let stale = thread::spawn(move || fail(&other));
+        drop(breaker.isolate());
+        fail(&breaker);
+        stale.join().unwrap();
+        fail(&breaker);
+        assert_eq!(
+            breaker.state(),
+            State::Open,
+            "two failures in the new closed generation did not open"
+        );
+    });
+}
+
+#[test]
+fn stale_success_does_not_reset_a_newer_streak() {
+    // A success admitted before an isolate/release, resetting its own generation's streak,
+    // must not erase the new closed generation's count.
+    model(|| {
+        let clock = ManualClock::new();
+        let (breaker, _log) = recorded(&clock, 2, 1);
+        fail(&breaker); // a streak of one for the stale success to reset
+        let stale = breaker.try_acquire().unwrap();
+        let other = breaker.clone();
+        let renewing = thread::spawn(move || {
+            drop(other.isolate());
+            fail(&other);
+        });
+        stale.success();
+        renewing.join().unwrap();
+        fail(&breaker);
+        assert_eq!(
+            breaker.state(),
+            State::Open,
+            "a stale success erased the streak"
+        );
+    });
+}

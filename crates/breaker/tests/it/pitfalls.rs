@@ -430,3 +430,56 @@ fn restored_unbounded_snapshot_sticks_forever_after_release() {
         "a year after a 30 s opening, still rejected"
     );
 }
+
+/// A manual clock that isolates and releases its breaker the first time it is read after
+/// being armed: a transition landing between a result's generation check and its record.
+#[derive(Debug, Clone, Default)]
+struct IsolatingClock {
+    clock: ManualClock,
+    armed: Arc<AtomicBool>,
+    breaker: Arc<Mutex<Option<CircuitBreaker>>>,
+}
+
+impl breaker::Clock for IsolatingClock {
+    fn now_nanos(&self) -> u64 {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let breaker = self.breaker.lock().unwrap().clone();
+            if let Some(breaker) = breaker {
+                drop(breaker.isolate());
+            }
+        }
+        self.clock.now_nanos()
+    }
+}
+
+#[test]
+fn stale_failure_does_not_land_in_a_fresh_window() {
+    let clock = IsolatingClock::default();
+    clock.clock.advance(Duration::from_secs(1));
+    let recorder = Recorder::default();
+    let breaker = recorder
+        .attach(
+            CircuitBreaker::builder("window")
+                .policy(Policy::time_window(Duration::from_secs(10), 10, 0.5, 2))
+                .clock(clock.clone()),
+        )
+        .build()
+        .unwrap();
+    *clock.breaker.lock().unwrap() = Some(breaker.clone());
+    let stale = breaker.try_acquire().unwrap();
+    clock.armed.store(true, Ordering::SeqCst);
+    stale.failure(); // admitted before the isolate/release its clock read triggers
+    assert_eq!(breaker.state(), State::Closed);
+    assert!(
+        !recorder.take().contains(&Event::Failure),
+        "a stale failure was announced"
+    );
+    // One fresh failure: with a minimum throughput of 2 it must not trip.
+    fail(&breaker);
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "the stale failure counted in the new generation"
+    );
+    *clock.breaker.lock().unwrap() = None; // break the cycle
+}
