@@ -259,7 +259,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the setting when a count is zero or too large, a ratio is
+    /// A [`ConfigError`] naming the setting when a count is zero or too large (including a
+    /// count window over 2^20 calls or a time window over 2^16 buckets), a ratio is
     /// outside `0.0..=1.0`, a window is shorter than its bucket count in nanoseconds, or an
     /// exponential backoff starts at zero or has `max < initial`. Any `Duration`, including
     /// `Duration::MAX`, is a valid open time or probe timeout.

@@ -60,7 +60,8 @@ impl Policy {
 
     /// Opens when at least `min_calls` of the last `size` calls are recorded and the
     /// share of failures among them is at least `failure_ratio`. `min_calls` may not
-    /// exceed `size` (the window could never open).
+    /// exceed `size` (the window could never open); `size` is at most 1,048,576
+    /// (2^20; one byte per call).
     pub fn count_window(size: u32, failure_ratio: f64, min_calls: u32) -> Policy {
         Policy {
             kind: PolicyKind::CountWindow {
@@ -74,7 +75,7 @@ impl Policy {
     /// Opens when at least `min_throughput` calls happened within the last `window`
     /// (split into `buckets` slices) and the share of failures among them is at least
     /// `failure_ratio`. Slices older than `window` never count, however long the breaker
-    /// sat idle.
+    /// sat idle. `buckets` is at most 65,536 (2^16).
     pub fn time_window(
         window: Duration,
         buckets: u32,
@@ -103,6 +104,7 @@ impl Policy {
                 min_calls,
             } => {
                 nonzero("count_window.size", size)?;
+                at_most("count_window.size", size, MAX_COUNT_WINDOW)?;
                 ratio("count_window.failure_ratio", failure_ratio)?;
                 if min_calls > size {
                     // The window never holds more than `size` calls: it could never open.
@@ -128,6 +130,7 @@ impl Policy {
                 min_throughput,
             } => {
                 nonzero("time_window.buckets", buckets)?;
+                at_most("time_window.buckets", buckets, MAX_BUCKETS)?;
                 ratio("time_window.failure_ratio", failure_ratio)?;
                 let bucket_nanos = window.as_nanos() / u128::from(buckets);
                 if bucket_nanos == 0 {
@@ -149,6 +152,13 @@ impl Policy {
     }
 }
 
+/// The largest count window: a byte per call, so 1 MiB. Larger windows would allocate
+/// gigabytes in `build` (and abort if that failed) for no statistical benefit.
+const MAX_COUNT_WINDOW: u32 = 1 << 20;
+/// The most time-window buckets: eight bytes each, 512 KiB, and every trip decision sums
+/// all of them.
+const MAX_BUCKETS: u32 = 1 << 16;
+
 impl Default for Policy {
     /// Five consecutive failures, like Cockatiel's `ConsecutiveBreaker(5)`.
     fn default() -> Policy {
@@ -159,6 +169,17 @@ impl Default for Policy {
 fn nonzero(setting: &'static str, value: u32) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::Zero { setting });
+    }
+    Ok(())
+}
+
+fn at_most(setting: &'static str, value: u32, max: u32) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::TooLarge {
+            setting,
+            value: u64::from(value),
+            max: u64::from(max),
+        });
     }
     Ok(())
 }

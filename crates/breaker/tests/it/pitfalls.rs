@@ -483,3 +483,50 @@ fn stale_failure_does_not_land_in_a_fresh_window() {
     );
     *clock.breaker.lock().unwrap() = None; // break the cycle
 }
+
+#[test]
+fn huge_windows_are_a_config_error() {
+    // Without a cap these would allocate gigabytes in `build` and abort on OOM.
+    let count = CircuitBreaker::builder("x")
+        .policy(Policy::count_window(u32::MAX, 0.5, 1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        count,
+        breaker::ConfigError::TooLarge {
+            setting: "count_window.size",
+            value: u64::from(u32::MAX),
+            max: 1 << 20,
+        }
+    );
+    let time = CircuitBreaker::builder("x")
+        .policy(Policy::time_window(Duration::MAX, u32::MAX, 0.5, 1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        time,
+        breaker::ConfigError::TooLarge {
+            setting: "time_window.buckets",
+            value: u64::from(u32::MAX),
+            max: 1 << 16,
+        }
+    );
+    // The largest accepted sizes build.
+    assert!(
+        CircuitBreaker::builder("x")
+            .policy(Policy::count_window(1 << 20, 0.5, 1))
+            .build()
+            .is_ok()
+    );
+    assert!(
+        CircuitBreaker::builder("x")
+            .policy(Policy::time_window(
+                Duration::from_secs(60),
+                1 << 16,
+                0.5,
+                1
+            ))
+            .build()
+            .is_ok()
+    );
+}
