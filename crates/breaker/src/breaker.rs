@@ -344,6 +344,26 @@ fn nanos_i128(nanos: u128) -> i128 {
     i128::try_from(nanos).unwrap_or(i128::MAX)
 }
 
+/// A deadline that never comes: the open time or probe timeout is `Duration::MAX`.
+const UNBOUNDED: i128 = i128::MAX;
+
+/// `start + duration`, or [`UNBOUNDED`] for `Duration::MAX`.
+fn deadline_after(start: i64, duration: Duration) -> i128 {
+    if duration == Duration::MAX {
+        return UNBOUNDED;
+    }
+    i128::from(start).saturating_add(nanos_i128(duration.as_nanos()))
+}
+
+/// The time from `now` until `deadline`: `Duration::MAX` for an [`UNBOUNDED`] one, however
+/// much time has passed.
+fn time_until(deadline: i128, now: i64) -> Duration {
+    if deadline == UNBOUNDED {
+        return Duration::MAX;
+    }
+    duration_from_nanos(deadline - i128::from(now))
+}
+
 /// A positive nanosecond difference as a `Duration`, saturating at `Duration::MAX`.
 fn duration_from_nanos(nanos: i128) -> Duration {
     // The common case fits `u64`, whose division by a constant is a multiplication; the
@@ -575,8 +595,7 @@ impl CircuitBreaker {
             }
             OPEN => {
                 let now = inner.now();
-                snapshot.open_remaining =
-                    duration_from_nanos((inner.open_deadline(word) - i128::from(now)).max(0));
+                snapshot.open_remaining = time_until(inner.open_deadline(word), now);
             }
             _ => {}
         }
@@ -801,7 +820,8 @@ impl Drop for IsolationGuard {
 pub struct Snapshot {
     /// The state when saved.
     pub state: State,
-    /// Time left until a probe may start (zero unless `Open`).
+    /// Time left until a probe may start (zero unless `Open`; `Duration::MAX` when the
+    /// open time is `Duration::MAX`).
     pub open_remaining: Duration,
     /// Consecutive failures counted while `Closed` (consecutive-failures policy).
     pub consecutive_failures: u32,
@@ -822,7 +842,8 @@ impl Inner {
         nanos_i64(self.clock.now_nanos())
     }
 
-    /// `opened_at + delay(attempt)`, in the clock's nanoseconds; may exceed `i64`.
+    /// `opened_at + delay(attempt)`, in the clock's nanoseconds (may exceed `i64`), or
+    /// [`UNBOUNDED`] for an open time of `Duration::MAX`.
     fn open_deadline(&self, word: Word) -> i128 {
         // Acquire: pairs with the `fetch_max` (Release) made before the CAS that opened,
         // which the caller's Acquire load of `word` already synchronized with; this is
@@ -831,9 +852,10 @@ impl Inner {
         let delay = self
             .backoff
             .jittered_delay(word.attempt(), word.generation());
-        i128::from(opened_at).saturating_add(nanos_i128(delay.as_nanos()))
+        deadline_after(opened_at, delay)
     }
 
+    /// When the latest probe is superseded, or [`UNBOUNDED`].
     fn probe_deadline(&self, word: Word) -> i128 {
         // Acquire: pairs with the Release `fetch_max` made before taking a slot or the
         // transition into `HALF_OPEN`.
@@ -841,7 +863,7 @@ impl Inner {
         let timeout = self
             .probe_timeout
             .unwrap_or_else(|| self.backoff.delay(word.attempt()));
-        i128::from(started).saturating_add(nanos_i128(timeout.as_nanos()))
+        deadline_after(started, timeout)
     }
 
     /// The fast path: a closed breaker admits with one load.
@@ -877,7 +899,7 @@ impl Inner {
                     let deadline = self.open_deadline(word);
                     if i128::from(now) < deadline {
                         return Err(Rejected::Open {
-                            retry_after: duration_from_nanos(deadline - i128::from(now)),
+                            retry_after: time_until(deadline, now),
                         });
                     }
                     // Release, before the CAS: whoever sees the new HALF_OPEN word sees a
@@ -909,7 +931,7 @@ impl Inner {
                     let deadline = self.probe_deadline(word);
                     if i128::from(now) < deadline {
                         return Err(Rejected::Open {
-                            retry_after: duration_from_nanos(deadline - i128::from(now)),
+                            retry_after: time_until(deadline, now),
                         });
                     }
                     // Every slot is held by a probe older than the timeout: supersede them

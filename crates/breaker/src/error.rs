@@ -10,7 +10,9 @@ use std::{error::Error, fmt, time::Duration};
 pub enum Rejected {
     /// The breaker is open, or half-open with every probe slot taken.
     Open {
-        /// How long until a probe may start. `Duration::MAX` when the open time is unbounded.
+        /// How long until a probe may start: `Duration::MAX` whenever the open time (or,
+        /// half-open with every slot taken, the probe timeout) is `Duration::MAX`, however
+        /// long the breaker has been open.
         retry_after: Duration,
     },
     /// The breaker is held open by an [`IsolationGuard`](crate::IsolationGuard).
