@@ -6,7 +6,12 @@
 //! intermediate collection: entries are framed one at a time by [`Scanner`] and
 //! parsed from its buffer.
 
-use std::{collections::HashMap, fmt, hash::BuildHasher, io::Read, marker::PhantomData};
+use std::{
+    fmt,
+    hash::{BuildHasher, RandomState},
+    io::Read,
+    marker::PhantomData,
+};
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
@@ -16,6 +21,7 @@ use serde::{
 
 use crate::{
     CacheEntry,
+    insert::{Inserter, Pending, Sink},
     scan::{ScanError, Scanner},
 };
 
@@ -57,16 +63,15 @@ impl<V: Serialize> Serialize for EntryRef<'_, V> {
 pub(crate) struct Restoring<V> {
     pub(crate) now_millis: u64,
     pub(crate) max_entries: u64,
-    pub(crate) map: HashMap<String, CacheEntry<V>>,
     pub(crate) read: u64,
     pub(crate) expired: u64,
-    pub(crate) superseded: u64,
-    /// Entries waiting to be inserted in table order (`None`: an expired entry, which
-    /// removes its key); see [`Restoring::flush`].
-    pending: Vec<(u64, String, Option<CacheEntry<V>>)>,
-    /// Batches start once the map can hold this many entries, and hold this many.
-    /// Constants in production; tests lower them to exercise batching on small files.
-    batch_from_capacity: usize,
+    /// Entries waiting to be handed to the inserter, with their keys' hashes (computed
+    /// here, with the map's hasher, to take work off the inserter).
+    pending: Vec<Pending<V>>,
+    hasher: RandomState,
+    /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
+    sink: Option<Sink<V>>,
+    /// Entries per batch; set from the map's size, lowered by tests.
     batch_entries: usize,
     pub(crate) timestamp: Option<u64>,
     /// The key of the entry being read when an error struck.
@@ -75,20 +80,34 @@ pub(crate) struct Restoring<V> {
 }
 
 impl<V> Restoring<V> {
-    pub(crate) fn new(now_millis: u64, max_entries: u64) -> Self {
+    /// `hasher` must be the one the map that `sink` fills uses.
+    pub(crate) fn new(
+        now_millis: u64,
+        max_entries: u64,
+        hasher: RandomState,
+        sink: Sink<V>,
+    ) -> Self {
         Self {
             now_millis,
             max_entries,
-            map: HashMap::new(),
             read: 0,
             expired: 0,
-            superseded: 0,
             pending: Vec::new(),
-            batch_from_capacity: 4 * BATCH_ENTRIES,
-            batch_entries: BATCH_ENTRIES,
+            hasher,
+            sink: Some(sink),
+            batch_entries: FIRST_BATCH_ENTRIES,
             timestamp: None,
             failed_key: None,
             failure: None,
+        }
+    }
+
+    /// Closes the sink, which ends the inserter thread once it has inserted what it was
+    /// sent; returns the inserter if it ran on this thread.
+    pub(crate) fn finish(&mut self) -> Option<Inserter<V>> {
+        match self.sink.take() {
+            Some(Sink::Local(inserter)) => Some(inserter),
+            Some(Sink::Thread { .. }) | None => None,
         }
     }
 }
@@ -208,9 +227,7 @@ fn read_entries<R: Read, V: DeserializeOwned>(
             let remaining = file_size.saturating_sub(scanner.offset());
             let estimate = remaining.saturating_mul(read_here) / used.max(1);
             let allowed = restoring.max_entries.saturating_sub(restoring.read);
-            restoring
-                .map
-                .reserve(usize::try_from(estimate.min(allowed)).unwrap_or(0));
+            restoring.reserve(usize::try_from(estimate.min(allowed)).unwrap_or(0));
         }
         restoring.accept(key, entry);
         if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {
@@ -220,16 +237,17 @@ fn read_entries<R: Read, V: DeserializeOwned>(
     }
 }
 
-/// Entries inserted per sorted batch: large enough that consecutive inserts land close
-/// together in a million-entry table, small next to the map itself (about 8 MiB).
+/// Entries in a batch until the map has been sized (see [`Restoring::reserve`]).
+const FIRST_BATCH_ENTRIES: usize = 1024;
+
+/// Entries handed to the inserter per batch at most, which it sorts by bucket in a large map:
+/// large enough that consecutive inserts land close together in a million-entry table,
+/// small next to the map itself (about 8 MiB).
 const BATCH_ENTRIES: usize = 64 * 1024;
 
 impl<V> Restoring<V> {
-    /// Keeps an entry unless it has expired; a repeated key replaces the earlier entry.
-    ///
-    /// Once the map has been sized for a large file, entries are queued and inserted in
-    /// batches sorted by the bucket they hash to: inserting in file order touches a random
-    /// page of a large table each time, which costs more than parsing the entry.
+    /// Keeps an entry unless it has expired (an expired entry still removes its key, as
+    /// the file's last word on it); a repeated key replaces the earlier entry.
     fn accept(&mut self, key: String, entry: CacheEntry<V>) {
         let entry = if entry.is_expired_at(self.now_millis) {
             // Dropped as read, so expired entries never occupy memory.
@@ -238,41 +256,29 @@ impl<V> Restoring<V> {
         } else {
             Some(entry)
         };
-        if self.map.capacity() < self.batch_from_capacity {
-            self.apply(key, entry);
-            return;
-        }
-        let hash = self.map.hasher().hash_one(&key);
+        let hash = self.hasher.hash_one(&key);
         self.pending.push((hash, key, entry));
         if self.pending.len() >= self.batch_entries {
             self.flush();
         }
     }
 
-    /// Inserts the queued entries. The sort is stable, so for a repeated key the file's
-    /// order, and therefore "the last one wins", is kept.
-    pub(crate) fn flush(&mut self) {
-        // hashbrown's table index is `hash & (buckets - 1)`; sorting on those bits makes
-        // successive inserts walk the table forwards. A wrong guess only costs speed.
-        let buckets = (self.map.capacity() / 7 * 8).next_power_of_two() as u64;
-        let mask = buckets - 1;
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_by_key(|(hash, _, _)| hash & mask);
-        for (_, key, entry) in pending.drain(..) {
-            self.apply(key, entry);
+    /// Sizes the map for `additional` more entries, and the batches for the map: a
+    /// sixteenth of it, between the first batch's size and [`BATCH_ENTRIES`], so a
+    /// small file's batches stay small next to its map.
+    fn reserve(&mut self, additional: usize) {
+        self.batch_entries = (additional / 16).clamp(FIRST_BATCH_ENTRIES, BATCH_ENTRIES);
+        if let Some(sink) = &mut self.sink {
+            sink.reserve(additional);
         }
-        self.pending = pending;
     }
 
-    fn apply(&mut self, key: String, entry: Option<CacheEntry<V>>) {
-        let replaced = match entry {
-            Some(entry) => self.map.insert(key, entry).is_some(),
-            // A later expired duplicate still removes the earlier value: the file's last
-            // word on a key is what counts.
-            None => self.map.remove(&key).is_some(),
-        };
-        if replaced {
-            self.superseded += 1;
+    /// Hands the pending entries to the inserter.
+    pub(crate) fn flush(&mut self) {
+        if let Some(sink) = &mut self.sink
+            && !self.pending.is_empty()
+        {
+            sink.send(&mut self.pending);
         }
     }
 }
@@ -426,8 +432,24 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
 mod tests {
     use std::io::{self, Read};
 
+    use std::hash::RandomState;
+
     use super::{Restoring, read_document};
-    use crate::scan::{ScanError, Scanner};
+    use crate::{
+        insert::{Inserter, Sink},
+        scan::{ScanError, Scanner},
+    };
+
+    /// A restore state that inserts on this thread, so tests can inspect it.
+    fn restoring<V>(now_millis: u64) -> Restoring<V> {
+        let hasher = RandomState::new();
+        Restoring::new(
+            now_millis,
+            u64::MAX,
+            hasher.clone(),
+            Sink::Local(Inserter::new(hasher)),
+        )
+    }
 
     /// Returns at most a few bytes per read, so every framing step crosses a refill.
     struct Trickle<'a> {
@@ -464,23 +486,30 @@ mod tests {
         .unwrap()
     }
 
-    fn read(bytes: &[u8]) -> (Result<(), ScanError>, Restoring<serde_json::Value>) {
-        let mut restoring = Restoring::new(0, u64::MAX);
+    fn read(
+        bytes: &[u8],
+    ) -> (
+        Result<(), ScanError>,
+        Restoring<serde_json::Value>,
+        Inserter<serde_json::Value>,
+    ) {
+        let mut restoring = restoring(0);
         let mut scanner = Scanner::new(Trickle { bytes, step: 0 });
         let result = read_document(&mut scanner, &mut restoring, bytes.len() as u64);
-        (result, restoring)
+        let inserter = restoring.finish().expect("a local inserter");
+        (result, restoring, inserter)
     }
 
     #[test]
     fn framing_survives_refills_inside_strings_escapes_and_brackets() {
         let text = pretty_document();
-        let (result, restoring) = read(text.as_bytes());
+        let (result, restoring, inserter) = read(text.as_bytes());
         result.unwrap();
-        assert_eq!(restoring.map.len(), 50);
+        assert_eq!(inserter.map.len(), 50);
         assert_eq!(restoring.timestamp, Some(12));
         let key = format!("k\"7\\\n{}", "é".repeat(2));
-        assert_eq!(restoring.map[&key].value["text"], "x".repeat(7));
-        assert_eq!(restoring.map[&key].value["nested"][1]["s"], "]}[{\"");
+        assert_eq!(inserter.map[&key].value["text"], "x".repeat(7));
+        assert_eq!(inserter.map[&key].value["nested"][1]["s"], "]}[{\"");
     }
 
     #[test]
@@ -492,7 +521,7 @@ mod tests {
             let mut damaged = text.clone().into_bytes();
             damaged[at] = b'#';
             let expected = serde_json::from_slice::<serde_json::Value>(&damaged).unwrap_err();
-            let (result, _) = read(&damaged);
+            let (result, _, _) = read(&damaged);
             match result {
                 Err(ScanError::Syntax { line, column, .. }) => {
                     assert_eq!(
@@ -517,23 +546,26 @@ mod tests {
         }
         let text = serde_json::json!({"version": 1, "entries": entries}).to_string();
         let restore = |batched: bool| {
-            let mut restoring = Restoring::<u64>::new(100, u64::MAX);
+            let mut restoring = restoring::<u64>(100);
             if batched {
-                restoring.batch_from_capacity = 0;
                 restoring.batch_entries = 100;
+                if let Some(Sink::Local(inserter)) = &mut restoring.sink {
+                    inserter.sort_from_capacity = 0;
+                }
             }
             let bytes = text.as_bytes();
             let mut scanner = Scanner::new(Trickle { bytes, step: 0 });
             read_document(&mut scanner, &mut restoring, bytes.len() as u64).unwrap();
-            restoring
+            assert!(restoring.pending.is_empty());
+            let inserter = restoring.finish().expect("a local inserter");
+            (restoring.expired, inserter)
         };
-        let direct = restore(false);
-        let batched = restore(true);
-        assert!(batched.pending.is_empty());
+        let (direct_expired, direct) = restore(false);
+        let (batched_expired, batched) = restore(true);
         assert_eq!(batched.map, direct.map);
         assert_eq!(
-            (batched.expired, batched.superseded),
-            (direct.expired, direct.superseded)
+            (batched_expired, batched.superseded),
+            (direct_expired, direct.superseded)
         );
         // The last word on each key wins: `k1` was last written by index 371 (not
         // expired), `k5` by index 375 (expired: removed, though earlier `k5`s were not).

@@ -86,19 +86,24 @@
 //! two batches per worker are in flight, so a save adds about 2 MiB over the entries
 //! already in memory (more only when a single entry serializes to more than a batch).
 //! A smaller save runs on the calling thread. A helper thread `fdatasync`s the temp file
-//! while it is written (see Crash safety). Every thread ends before the call returns; a
-//! panic in a value's `Serialize` reaches the caller.
+//! while it is written (see Crash safety). A restore inserts into the map on one helper
+//! thread (see Restore details), so it requires `V: Send`. Every thread ends before the
+//! call returns; a panic in a value's `Serialize` or `Deserialize` reaches the caller.
 //!
 //! # Restore details
 //!
-//! Restore keeps only the map it returns, a 256 KiB read buffer, and (for a large map) one
-//! batch of entries about to be inserted: no string of the file, no list of all entries. The file is read in chunks and each entry is parsed by
-//! `serde_json` straight out of the buffer into the map (an entry larger than the buffer
-//! grows it). After the first 1024 entries the map is sized once for the rest of the file,
-//! estimated from the bytes those entries took, instead of rehashing as it doubles. In a
-//! large map, entries are then inserted in batches of 64 Ki sorted by the bucket they hash
-//! to (about 8 MiB queued at a time), because inserting in file order touches a random
-//! page of the table each time.
+//! Restore keeps only the map it returns, a 256 KiB read buffer, and at most three
+//! batches of parsed entries on their way into the map (at most 64 Ki entries each, about
+//! 8 MiB; a sixteenth of the map for smaller files): no string of the file, no list of
+//! all entries. The calling thread reads the file in chunks and parses each entry with
+//! `serde_json` straight out of the buffer (an entry larger than the buffer grows it),
+//! while a scoped helper thread (`snapshot-insert`) inserts the previous batch into the
+//! map, so parsing and inserting overlap; the entries cross to that thread, which is why
+//! `restore` requires `V: Send`. After the first 1024 entries the map is sized once for
+//! the rest of the file, estimated from the bytes those entries took, instead of
+//! rehashing as it doubles. In a large map, each batch is sorted by the bucket its keys
+//! hash to before it is inserted, because inserting in file order touches a random page
+//! of the table each time. On an error the partly filled map is dropped.
 //!
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
@@ -119,6 +124,7 @@ mod check;
 mod entry;
 mod error;
 mod format;
+mod insert;
 mod parallel;
 mod persistence;
 mod scan;

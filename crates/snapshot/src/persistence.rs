@@ -4,6 +4,7 @@ use std::{
     borrow::Borrow,
     collections::HashMap,
     fs::{self, File, OpenOptions},
+    hash::RandomState,
     io::{self, BufWriter, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -16,6 +17,7 @@ use crate::{
     CacheEntry, SnapshotError,
     entry::{epoch_millis, from_epoch_millis},
     format::{Failure, Restoring, read_document},
+    insert::with_inserter,
     parallel::write_document,
     scan::{ScanError, Scanner},
 };
@@ -528,6 +530,9 @@ impl CachePersistence {
     ///
     /// A missing file is `Ok` with an empty map (and `report.found == false`).
     ///
+    /// The map is filled on a helper thread while this thread parses (see
+    /// [Restore details](crate#restore-details)), hence `V: Send`.
+    ///
     /// # Errors
     ///
     /// A file that is present but unusable — invalid or truncated JSON, a value that does
@@ -556,7 +561,7 @@ impl CachePersistence {
     /// assert_eq!((restored.report.loaded, restored.report.expired), (1, 1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn restore<V: DeserializeOwned>(&self) -> Result<Restored<V>, SnapshotError> {
+    pub fn restore<V: DeserializeOwned + Send>(&self) -> Result<Restored<V>, SnapshotError> {
         let started = Instant::now();
         let result = self.restore_file(started);
         match &result {
@@ -592,12 +597,12 @@ impl CachePersistence {
     /// assert!(!persistence.exists(), "the truncated file was moved aside");
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn restore_or_empty<V: DeserializeOwned>(&self) -> Restored<V> {
+    pub fn restore_or_empty<V: DeserializeOwned + Send>(&self) -> Restored<V> {
         // `restore` has already logged the error.
         self.restore().unwrap_or_default()
     }
 
-    fn restore_file<V: DeserializeOwned>(
+    fn restore_file<V: DeserializeOwned + Send>(
         &self,
         started: Instant,
     ) -> Result<Restored<V>, SnapshotError> {
@@ -622,9 +627,19 @@ impl CachePersistence {
             return Err(self.quarantine(error, &metadata));
         }
 
-        let mut restoring = Restoring::new(epoch_millis((self.clock)()), self.max_entries);
-        let mut scanner = Scanner::new(file);
-        if let Err(error) = read_document(&mut scanner, &mut restoring, bytes) {
+        let now = epoch_millis((self.clock)());
+        let hasher = RandomState::new();
+        let parser_hasher = hasher.clone();
+        let ((restoring, parsed), inserter) = with_inserter(hasher, |sink| {
+            let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink);
+            let mut scanner = Scanner::new(file);
+            let parsed = read_document(&mut scanner, &mut restoring, bytes);
+            let local = restoring.finish();
+            ((restoring, parsed), local)
+        });
+        if let Err(error) = parsed {
+            // The partly filled map is dropped: a restore never returns part of a file.
+            drop(inserter);
             let error = self.restore_error(error, restoring.failure, restoring.failed_key);
             return Err(if error.is_bad_file() {
                 self.quarantine(error, &metadata)
@@ -635,15 +650,15 @@ impl CachePersistence {
 
         let report = RestoreReport {
             found: true,
-            loaded: restoring.map.len() as u64,
+            loaded: inserter.map.len() as u64,
             expired: restoring.expired,
-            rejected: restoring.superseded,
+            rejected: inserter.superseded,
             bytes,
             snapshot_time: restoring.timestamp.map(from_epoch_millis),
             duration: started.elapsed(),
         };
         Ok(Restored {
-            entries: restoring.map,
+            entries: inserter.map,
             report,
         })
     }

@@ -1,0 +1,151 @@
+//! Fills a restore's map on a helper thread while the calling thread parses the file:
+//! parsing and inserting into a large map cost about the same, so a restore overlaps them.
+//!
+//! The parser hands over batches of parsed entries through a channel of capacity one, so
+//! at most three batches exist at a time (one being filled, one queued, one being
+//! inserted); emptied batches come back for reuse.
+
+use std::{
+    collections::HashMap,
+    hash::RandomState,
+    sync::mpsc::{Receiver, SyncSender, channel, sync_channel},
+    thread,
+};
+
+use crate::CacheEntry;
+
+/// A parsed entry waiting to be inserted: its key's hash in the map, the key, and the
+/// entry (`None`: an expired entry, which removes its key).
+pub(crate) type Pending<V> = (u64, String, Option<CacheEntry<V>>);
+
+/// Batches are sorted by bucket once the map can hold this many entries.
+pub(crate) const SORT_FROM_CAPACITY: usize = 256 * 1024;
+
+/// The map being filled, and how many earlier entries later ones replaced.
+pub(crate) struct Inserter<V> {
+    pub(crate) map: HashMap<String, CacheEntry<V>>,
+    pub(crate) superseded: u64,
+    /// Constant in production; tests lower it to exercise sorting on small files.
+    pub(crate) sort_from_capacity: usize,
+}
+
+impl<V> Inserter<V> {
+    pub(crate) fn new(hasher: RandomState) -> Self {
+        Self {
+            map: HashMap::with_hasher(hasher),
+            superseded: 0,
+            sort_from_capacity: SORT_FROM_CAPACITY,
+        }
+    }
+
+    /// Inserts the batch, leaving it empty.
+    ///
+    /// In a large map the batch is first sorted by the bucket each key hashes to:
+    /// inserting in file order touches a random page of the table each time, which costs
+    /// more than parsing the entry. The sort is stable, so for a repeated key the file's
+    /// order, and therefore "the last one wins", is kept.
+    pub(crate) fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
+        if self.map.capacity() >= self.sort_from_capacity {
+            // hashbrown's table index is `hash & (buckets - 1)`; sorting on those bits
+            // makes successive inserts walk the table forwards. A wrong guess only costs
+            // speed.
+            let buckets = (self.map.capacity() / 7 * 8).next_power_of_two() as u64;
+            let mask = buckets - 1;
+            batch.sort_by_key(|(hash, _, _)| hash & mask);
+        }
+        for (_, key, entry) in batch.drain(..) {
+            let replaced = match entry {
+                Some(entry) => self.map.insert(key, entry).is_some(),
+                // A later expired duplicate still removes the earlier value: the file's
+                // last word on a key is what counts.
+                None => self.map.remove(&key).is_some(),
+            };
+            if replaced {
+                self.superseded += 1;
+            }
+        }
+    }
+}
+
+pub(crate) enum Message<V> {
+    /// Room for this many more entries, estimated early in the file.
+    Reserve(usize),
+    Batch(Vec<Pending<V>>),
+}
+
+/// Where the parser sends its batches: the helper thread, or (if no thread could be
+/// started, and in unit tests) an inserter on the parser's own thread.
+pub(crate) enum Sink<V> {
+    Thread {
+        batches: SyncSender<Message<V>>,
+        spare: Receiver<Vec<Pending<V>>>,
+    },
+    Local(Inserter<V>),
+}
+
+impl<V> Sink<V> {
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        match self {
+            // A send fails only if the helper is gone, which `finish` reports.
+            Self::Thread { batches, .. } => {
+                let _ = batches.send(Message::Reserve(additional));
+            }
+            Self::Local(inserter) => inserter.map.reserve(additional),
+        }
+    }
+
+    /// Hands over `batch` and replaces it with an empty one (a returned one if any).
+    pub(crate) fn send(&mut self, batch: &mut Vec<Pending<V>>) {
+        match self {
+            Self::Thread { batches, spare } => {
+                let empty = spare.try_recv().unwrap_or_default();
+                let _ = batches.send(Message::Batch(std::mem::replace(batch, empty)));
+            }
+            Self::Local(inserter) => inserter.insert(batch),
+        }
+    }
+}
+
+/// Runs `parse` with a sink whose batches are inserted on a helper thread, then returns
+/// what `parse` returned and the filled map.
+///
+/// `parse` must drop or hand back nothing of the sink but what it returns: the sink's
+/// end of the channel is closed when `parse` returns, which ends the helper.
+pub(crate) fn with_inserter<V: Send, T>(
+    hasher: RandomState,
+    parse: impl FnOnce(Sink<V>) -> (T, Option<Inserter<V>>),
+) -> (T, Inserter<V>) {
+    thread::scope(|scope| {
+        let (batches, inbox) = sync_channel::<Message<V>>(1);
+        let (recycle, spare) = channel();
+        let helper_hasher = hasher.clone();
+        let helper = thread::Builder::new()
+            .name("snapshot-insert".into())
+            .spawn_scoped(scope, move || {
+                let mut inserter = Inserter::new(helper_hasher);
+                for message in inbox {
+                    match message {
+                        Message::Reserve(additional) => inserter.map.reserve(additional),
+                        Message::Batch(mut batch) => {
+                            inserter.insert(&mut batch);
+                            // The parser may have finished; then the batch is just freed.
+                            let _ = recycle.send(batch);
+                        }
+                    }
+                }
+                inserter
+            });
+        let Ok(helper) = helper else {
+            let (output, local) = parse(Sink::Local(Inserter::new(hasher)));
+            return (
+                output,
+                local.unwrap_or_else(|| Inserter::new(RandomState::new())),
+            );
+        };
+        let (output, _) = parse(Sink::Thread { batches, spare });
+        match helper.join() {
+            Ok(inserter) => (output, inserter),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
