@@ -2,7 +2,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,22 +17,40 @@ use crate::support::builder;
 fn concurrent_random_outcomes_keep_the_invariants() {
     const THREADS: u64 = 4;
     const CALLS: u64 = 20_000;
+    const TRIALS: u32 = 2;
     let clock = ManualClock::new();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
     let breaker = builder(&clock, 3)
         .half_open_after(Duration::from_millis(1))
-        .half_open_trials(2)
+        .half_open_trials(TRIALS)
         .on_event(move |event| {
             if let Event::StateChange { from, to } = *event {
+                // Checked as it happens: only the transitions the state table allows.
+                assert!(
+                    matches!(
+                        (from, to),
+                        (State::Closed | State::HalfOpen, State::Open)
+                            | (State::Open, State::HalfOpen)
+                            | (State::HalfOpen, State::Closed)
+                    ),
+                    "unexpected transition {from} -> {to}"
+                );
                 sink.lock().unwrap().push((from, to));
             }
         })
         .build()
         .unwrap();
+    // Probes currently held, counted after a probe is admitted and before its outcome is
+    // reported (so never more than the breaker itself holds). Time only moves while no
+    // call is in flight (the write lock), so every held probe belongs to the current
+    // half-open period: a new period needs the open time to pass.
+    let probes_held = AtomicU32::new(0);
+    let time = RwLock::new(());
     std::thread::scope(|scope| {
         for thread in 0..THREADS {
             let (breaker, clock) = (breaker.clone(), clock.clone());
+            let (probes_held, time) = (&probes_held, &time);
             scope.spawn(move || {
                 let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (thread + 1);
                 let mut random = move || {
@@ -40,12 +61,25 @@ fn concurrent_random_outcomes_keep_the_invariants() {
                 };
                 for _ in 0..CALLS {
                     if random() % 100 < 2 {
+                        let _moving = time.write().unwrap();
                         clock.advance(Duration::from_micros(300));
                     }
+                    let _frozen = time.read().unwrap();
                     let Ok(permit) = breaker.try_acquire() else {
                         continue;
                     };
-                    match random() % 100 {
+                    let probe = permit.is_probe();
+                    if probe {
+                        let held = probes_held.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(held <= TRIALS, "{held} probes held at once");
+                        // Hold the probe a moment, so that probes overlap.
+                        std::thread::yield_now();
+                    }
+                    let outcome = random() % 100;
+                    if probe {
+                        probes_held.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    match outcome {
                         0..40 => permit.failure(),
                         40..95 => permit.success(),
                         _ => drop(permit),
