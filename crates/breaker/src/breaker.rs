@@ -94,7 +94,8 @@ pub(crate) struct Inner {
 ///
 /// Defaults: [`Policy::consecutive_failures(5)`](Policy::consecutive_failures), a constant
 /// 30 s [`half_open_after`](Self::half_open_after), one half-open trial, one success to close,
-/// a probe timeout equal to the current open time, and the [`MonotonicClock`].
+/// a probe timeout equal to the current open time before jitter (see
+/// [`probe_timeout`](Self::probe_timeout)), and the [`MonotonicClock`].
 pub struct Builder {
     name: Box<str>,
     policy: Policy,
@@ -150,8 +151,14 @@ impl Builder {
         self
     }
 
-    /// How long a probe may run before the next caller supersedes it (default: the open
-    /// time that preceded the probe). No timer thread is involved: the next caller checks.
+    /// How long a probe may run before the next caller supersedes it. No timer thread is
+    /// involved: the next caller checks.
+    ///
+    /// The default is the open time that preceded the probe *without jitter*:
+    /// [`Backoff::delay`] of the current backoff attempt. (The jittered open time depends
+    /// on the generation of the opening, which a half-open breaker no longer has; the
+    /// un-jittered one is its upper bound, so a probe is never superseded sooner than the
+    /// breaker waited before admitting it.)
     #[must_use]
     pub fn probe_timeout(mut self, timeout: Duration) -> Builder {
         self.probe_timeout = Some(timeout);

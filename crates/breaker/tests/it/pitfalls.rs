@@ -534,3 +534,21 @@ fn huge_windows_are_a_config_error() {
             .is_ok()
     );
 }
+
+#[test]
+fn probe_timeout_defaults_to_the_unjittered_open_time() {
+    let clock = ManualClock::new();
+    let backoff = breaker::Backoff::exponential(Duration::from_secs(4), Duration::from_secs(60))
+        .with_jitter();
+    let breaker = builder(&clock, 1).half_open_after(backoff).build().unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(4)); // the jittered open time is at most 4 s
+    let hung = breaker.try_acquire().unwrap();
+    assert_eq!(
+        breaker.try_acquire().unwrap_err(),
+        Rejected::Open {
+            retry_after: backoff.delay(0)
+        }
+    );
+    drop(hung);
+}
