@@ -187,6 +187,10 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
 /// bytes those entries took: one allocation instead of a chain of rehashing doublings.
 const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 
+/// The map is sized for at most this many times the entries read so far; once those are
+/// read, the estimate is made again.
+const ESTIMATE_GROWTH: u64 = 4;
+
 fn read_entries<R: Read, V: DeserializeOwned>(
     scanner: &mut Scanner<R>,
     restoring: &mut Restoring<V>,
@@ -199,6 +203,7 @@ fn read_entries<R: Read, V: DeserializeOwned>(
     }
     let entries_start = scanner.offset();
     let mut read_here = 0_u64;
+    let mut next_estimate = ENTRIES_BEFORE_ESTIMATE;
     loop {
         // Fast path: parse the entry straight from the buffer. If that fails for any
         // reason but "the buffer ends here", frame it and parse again, which reports the
@@ -222,12 +227,20 @@ fn read_entries<R: Read, V: DeserializeOwned>(
             restoring.failure = Some(Failure::TooManyEntries);
             return Err(scanner.error_here(&format!("more than {} entries", restoring.max_entries)));
         }
-        if read_here == ENTRIES_BEFORE_ESTIMATE {
+        if read_here == next_estimate {
+            // The estimate trusts the file's size, which a hostile or padded file can
+            // inflate at will: so it never reserves more than a few times the entries
+            // actually read, and is repeated as more are read. A reservation that
+            // fails is only a missed optimisation.
             let used = scanner.offset() - entries_start;
             let remaining = file_size.saturating_sub(scanner.offset());
             let estimate = remaining.saturating_mul(read_here) / used.max(1);
             let allowed = restoring.max_entries.saturating_sub(restoring.read);
-            restoring.reserve(usize::try_from(estimate.min(allowed)).unwrap_or(0));
+            let step = read_here.saturating_mul(ESTIMATE_GROWTH);
+            restoring.reserve(usize::try_from(estimate.min(allowed).min(step)).unwrap_or(0));
+            if estimate > step {
+                next_estimate = read_here.saturating_add(step);
+            }
         }
         restoring.accept(key, entry);
         if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {

@@ -38,6 +38,13 @@ impl<V> Inserter<V> {
         }
     }
 
+    /// Makes room for `additional` more entries if memory allows; the reservation is an
+    /// optimisation, so a failure to allocate is ignored (inserting will report it if the
+    /// entries really do not fit).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let _ = self.map.try_reserve(additional);
+    }
+
     /// Inserts the batch, leaving it empty.
     ///
     /// In a large map the batch is first sorted by the bucket each key hashes to:
@@ -90,7 +97,7 @@ impl<V> Sink<V> {
             Self::Thread { batches, .. } => {
                 let _ = batches.send(Message::Reserve(additional));
             }
-            Self::Local(inserter) => inserter.map.reserve(additional),
+            Self::Local(inserter) => inserter.reserve(additional),
         }
     }
 
@@ -125,7 +132,7 @@ pub(crate) fn with_inserter<V: Send, T>(
                 let mut inserter = Inserter::new(helper_hasher);
                 for message in inbox {
                     match message {
-                        Message::Reserve(additional) => inserter.map.reserve(additional),
+                        Message::Reserve(additional) => inserter.reserve(additional),
                         Message::Batch(mut batch) => {
                             inserter.insert(&mut batch);
                             // The parser may have finished; then the batch is just freed.

@@ -8,6 +8,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod faults;
+mod hostile;
 mod observability;
 mod persister;
 mod roundtrip;
