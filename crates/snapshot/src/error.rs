@@ -5,10 +5,14 @@ use std::{fmt, io, path::Path, path::PathBuf};
 /// Why a save or restore failed.
 ///
 /// Every variant names the file (or, for [`Unrepresentable`](Self::Unrepresentable), the
-/// entry) and what was wrong. A restore error for a file that is *present but unusable*
-/// (corrupt, unsupported version, over a limit) also says where the file was moved:
-/// it is quarantined as `cache-snapshot.json.corrupt-<epoch ms>` so no later save can
-/// overwrite the evidence.
+/// entry) and what was wrong. A restore error for a file whose *bytes* are bad
+/// ([`Corrupt`](Self::Corrupt), [`UnsupportedVersion`](Self::UnsupportedVersion)) also
+/// says where the file was moved: it is quarantined as
+/// `cache-snapshot.json.corrupt-<epoch ms>` so no later save can overwrite the evidence.
+/// A file that is fine but that this reader cannot take — a value that does not fit the
+/// requested type ([`Incompatible`](Self::Incompatible)), or over this reader's limits
+/// ([`TooLarge`](Self::TooLarge), [`TooManyEntries`](Self::TooManyEntries)) — is left
+/// in place, and [`quarantined_to`](Self::quarantined_to) is `None`.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -32,8 +36,8 @@ pub enum SnapshotError {
         /// The operating system's error.
         source: io::Error,
     },
-    /// The snapshot file is not a valid snapshot: invalid JSON, truncated, wrong shape, or a
-    /// value that does not fit the requested type.
+    /// The snapshot file is not a valid snapshot: invalid JSON, truncated, or the wrong
+    /// shape (an entry without `key` or `value`, `entries` not an array, ...).
     Corrupt {
         /// The snapshot file (its name before quarantine).
         path: PathBuf,
@@ -59,7 +63,25 @@ pub enum SnapshotError {
         /// Where the file was moved; `None` if it could not be moved.
         quarantined_to: Option<PathBuf>,
     },
+    /// The file is a valid snapshot, but an entry's value does not fit the requested type
+    /// `V` (for example a snapshot of numbers restored as strings). The file is left in
+    /// place: a reader with the right type can still load it.
+    Incompatible {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The key of the entry whose value does not fit, if it had been read.
+        key: Option<String>,
+        /// 1-based line of the problem (0 if unknown).
+        line: usize,
+        /// 1-based column of the problem (0 if unknown).
+        column: usize,
+        /// `serde_json`'s description, with the position in the file.
+        reason: String,
+    },
     /// The file is larger than [`CachePersistence::max_file_size`](crate::CachePersistence::max_file_size).
+    ///
+    /// The limit is the reader's, not a fault of the file, so the file is left in place
+    /// and `quarantined_to` is always `None`.
     TooLarge {
         /// The snapshot file (its name before quarantine).
         path: PathBuf,
@@ -72,6 +94,9 @@ pub enum SnapshotError {
     },
     /// The file holds more entries than
     /// [`CachePersistence::max_entries`](crate::CachePersistence::max_entries).
+    ///
+    /// The limit is the reader's, not a fault of the file, so the file is left in place
+    /// and `quarantined_to` is always `None`.
     TooManyEntries {
         /// The snapshot file (its name before quarantine).
         path: PathBuf,
@@ -108,7 +133,7 @@ impl SnapshotError {
             | Self::UnsupportedVersion { quarantined_to, .. }
             | Self::TooLarge { quarantined_to, .. }
             | Self::TooManyEntries { quarantined_to, .. } => quarantined_to.as_deref(),
-            Self::Io { .. } | Self::Unrepresentable { .. } => None,
+            Self::Io { .. } | Self::Incompatible { .. } | Self::Unrepresentable { .. } => None,
         }
     }
 
@@ -127,20 +152,14 @@ impl SnapshotError {
             | Self::UnsupportedVersion { quarantined_to, .. }
             | Self::TooLarge { quarantined_to, .. }
             | Self::TooManyEntries { quarantined_to, .. } => *quarantined_to = destination,
-            Self::Io { .. } | Self::Unrepresentable { .. } => {}
+            Self::Io { .. } | Self::Incompatible { .. } | Self::Unrepresentable { .. } => {}
         }
     }
 
-    /// Whether the error describes the file's contents (so the file should be quarantined)
-    /// rather than a failure to read it.
+    /// Whether the file's bytes themselves are bad (so it should be quarantined), rather
+    /// than unreadable, or fine but not what this reader accepts.
     pub(crate) fn is_bad_file(&self) -> bool {
-        matches!(
-            self,
-            Self::Corrupt { .. }
-                | Self::UnsupportedVersion { .. }
-                | Self::TooLarge { .. }
-                | Self::TooManyEntries { .. }
-        )
+        matches!(self, Self::Corrupt { .. } | Self::UnsupportedVersion { .. })
     }
 }
 
@@ -175,6 +194,20 @@ impl fmt::Display for SnapshotError {
                     write!(f, ", in the entry {key:?}")?;
                 }
                 write!(f, ": {reason}{}", quarantine_note(quarantined_to.as_ref()))
+            }
+            Self::Incompatible {
+                path, key, reason, ..
+            } => {
+                write!(f, "{} is a valid cache snapshot", path.display())?;
+                if let Some(key) = key {
+                    write!(f, ", but the value of the entry {key:?}")?;
+                } else {
+                    f.write_str(", but a value")?;
+                }
+                write!(
+                    f,
+                    " does not fit the requested type: {reason}; the file was left in place"
+                )
             }
             Self::UnsupportedVersion {
                 path,

@@ -33,6 +33,8 @@ pub(crate) const VERSION: u64 = 1;
 pub(crate) enum Failure {
     UnsupportedVersion(String),
     TooManyEntries,
+    /// The entry is well formed, but its value does not fit `V`.
+    Incompatible,
 }
 
 /// One entry as the file stores it: the key beside the entry's fields.
@@ -208,18 +210,30 @@ fn read_entries<R: Read, V: DeserializeOwned>(
         // Fast path: parse the entry straight from the buffer. If that fails for any
         // reason but "the buffer ends here", frame it and parse again, which reports the
         // error with its key and position.
-        let (key, entry) = match scanner.next_streamed::<Framed<V>>()? {
-            Some(Framed(key, entry)) => (key, entry),
-            None => scanner.next_value(|bytes| {
+        let (key, entry) = if let Some(Framed(key, entry)) = scanner.next_streamed()? {
+            (key, entry)
+        } else {
+            let mut incompatible = false;
+            let framed = scanner.next_value(|bytes| {
                 let mut deserializer = serde_json::Deserializer::from_slice(bytes);
                 let entry = EntrySeed {
                     failed_key: &mut restoring.failed_key,
                     value: PhantomData,
                 }
-                .deserialize(&mut deserializer)?;
+                .deserialize(&mut deserializer)
+                .inspect_err(|error| {
+                    // A data error in an entry that reads fine with any value is the
+                    // reader's type, not a fault of the file.
+                    incompatible = error.classify() == serde_json::error::Category::Data
+                        && serde_json::from_slice::<Framed<IgnoredAny>>(bytes).is_ok();
+                })?;
                 deserializer.end()?;
                 Ok(entry)
-            })?,
+            });
+            if incompatible {
+                restoring.failure = Some(Failure::Incompatible);
+            }
+            framed?
         };
         restoring.read += 1;
         read_here += 1;

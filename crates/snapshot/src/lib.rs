@@ -58,11 +58,14 @@
 //!   (`flock`) on the sidecar `cache-snapshot.json.lock` (never on the data file, whose
 //!   inode each rename replaces). Each save is whole; the last to finish wins. Readers take
 //!   no lock: they always see one complete file.
-//! - **Corrupt is not missing.** A file that exists but cannot be loaded (truncated or
-//!   invalid JSON, wrong shape, `version` not 1, over a size or entry limit) is a typed
-//!   [`SnapshotError`] naming the file and the position, and the file is renamed to
-//!   `cache-snapshot.json.corrupt-<epoch ms>` so no later save can destroy the evidence.
-//!   Only a missing file restores as empty.
+//! - **Corrupt is not missing.** A file whose bytes are bad (truncated or invalid JSON,
+//!   wrong shape, `version` not 1) is a typed [`SnapshotError`] naming the file and the
+//!   position, and the file is renamed to `cache-snapshot.json.corrupt-<epoch ms>` so no
+//!   later save can destroy the evidence. Only a missing file restores as empty.
+//! - **A good file is never moved for the reader's reasons.** A valid snapshot whose
+//!   values do not fit the requested type ([`SnapshotError::Incompatible`]) or that is over
+//!   this reader's size or entry limit ([`SnapshotError::TooLarge`],
+//!   [`SnapshotError::TooManyEntries`]) is an error too, but the file stays where it is.
 //! - **Unrepresentable values are refused, not corrupted.** `serde_json` writes NaN and
 //!   infinities as `null`. Each value is checked before it is written; a save containing
 //!   one fails with [`SnapshotError::Unrepresentable`] naming the entry's key, and the
@@ -110,11 +113,12 @@
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
 //! is still an error (if its entries do not even parse as version 1 entries, the error
-//! is [`Corrupt`](SnapshotError::Corrupt) instead). Unknown fields are ignored. An entry is
+//! is [`Incompatible`](SnapshotError::Incompatible) or [`Corrupt`](SnapshotError::Corrupt)
+//! instead). Unknown fields are ignored. An entry is
 //! expired when `expiresAt <= now`. If a key appears twice, the later entry wins and the
 //! earlier one is counted as `rejected` in the [`RestoreReport`]. A value that does not
-//! fit `V` fails the restore with [`SnapshotError::Corrupt`] naming the entry's key
-//! (`serde_json` cannot skip a half-read value and continue).
+//! fit `V` fails the restore with [`SnapshotError::Incompatible`] naming the entry's key
+//! (`serde_json` cannot skip a half-read value and continue), and leaves the file in place.
 //!
 //! # Observability
 //!

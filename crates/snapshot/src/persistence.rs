@@ -535,14 +535,15 @@ impl CachePersistence {
     ///
     /// # Errors
     ///
-    /// A file that is present but unusable — invalid or truncated JSON, a value that does
-    /// not fit `V` ([`Corrupt`](SnapshotError::Corrupt)), a `version` other than 1
-    /// ([`UnsupportedVersion`](SnapshotError::UnsupportedVersion)), over a limit
-    /// ([`TooLarge`](SnapshotError::TooLarge),
-    /// [`TooManyEntries`](SnapshotError::TooManyEntries)) — is moved aside to
+    /// A file whose bytes are bad — invalid or truncated JSON, the wrong shape
+    /// ([`Corrupt`](SnapshotError::Corrupt)), a `version` other than 1
+    /// ([`UnsupportedVersion`](SnapshotError::UnsupportedVersion)) — is moved aside to
     /// `cache-snapshot.json.corrupt-<epoch ms>` before the error is returned, so no later
-    /// save can overwrite it. A file that cannot be read ([`Io`](SnapshotError::Io)) is left
-    /// in place.
+    /// save can overwrite it. A valid file that this reader cannot take — a value that does
+    /// not fit `V` ([`Incompatible`](SnapshotError::Incompatible)), over this reader's
+    /// limits ([`TooLarge`](SnapshotError::TooLarge),
+    /// [`TooManyEntries`](SnapshotError::TooManyEntries)) — and a file that cannot be read
+    /// ([`Io`](SnapshotError::Io)) are left in place.
     ///
     /// ```
     /// use snapshot::{CacheEntry, CachePersistence};
@@ -585,8 +586,10 @@ impl CachePersistence {
     }
 
     /// Like [`restore`](Self::restore), but any error is logged (via `tracing`) and
-    /// yields an empty map — the original plan's forgiving behaviour. An unusable file is
-    /// still quarantined first, so the next save cannot destroy it.
+    /// yields an empty map — the original plan's forgiving behaviour. A file whose bytes are
+    /// bad is still quarantined first, so the next save cannot destroy it; a valid file
+    /// that only this reader cannot take (another type, smaller limits) stays in place
+    /// (note that the next save then replaces it).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -618,13 +621,13 @@ impl CachePersistence {
             .map_err(|error| SnapshotError::io("stat", &self.path, error))?;
         let bytes = metadata.len();
         if bytes > self.max_file_size {
-            let error = SnapshotError::TooLarge {
+            // This reader's limit, not a fault of the file: it stays where it is.
+            return Err(SnapshotError::TooLarge {
                 path: self.path.clone(),
                 size: bytes,
                 limit: self.max_file_size,
                 quarantined_to: None,
-            };
-            return Err(self.quarantine(error, &metadata));
+            });
         }
 
         let now = epoch_millis((self.clock)());
@@ -684,6 +687,23 @@ impl CachePersistence {
                     limit: self.max_entries,
                     quarantined_to: None,
                 };
+            }
+            Some(Failure::Incompatible) => {
+                if let ScanError::Syntax {
+                    reason,
+                    line,
+                    column,
+                    ..
+                } = error
+                {
+                    return SnapshotError::Incompatible {
+                        path,
+                        key: failed_key,
+                        line,
+                        column,
+                        reason,
+                    };
+                }
             }
             None => {}
         }

@@ -182,7 +182,7 @@ fn missing_version_or_entries_is_corrupt() {
 }
 
 #[test]
-fn limits_refuse_and_quarantine_oversized_files() {
+fn limits_refuse_oversized_files_and_leave_them_in_place() {
     let directory = tempfile::tempdir().unwrap();
     let persistence = CachePersistence::new(directory.path());
     persistence.save(&generation(1, 10)).unwrap();
@@ -197,9 +197,9 @@ fn limits_refuse_and_quarantine_oversized_files() {
         matches!(&error, SnapshotError::TooLarge { size: found, .. } if *found == size),
         "{error:?}"
     );
-    assert!(error.quarantined_to().is_some());
+    assert_eq!(error.quarantined_to(), None);
+    assert!(persistence.exists());
 
-    persistence.save(&generation(1, 10)).unwrap();
     assert!(
         persistence
             .clone()
@@ -217,7 +217,8 @@ fn limits_refuse_and_quarantine_oversized_files() {
         matches!(&error, SnapshotError::TooManyEntries { limit: 10, .. }),
         "{error:?}"
     );
-    assert!(!persistence.exists());
+    assert_eq!(error.quarantined_to(), None);
+    assert!(persistence.exists());
 }
 
 #[test]
