@@ -49,8 +49,10 @@ mod tests {
             let before = SystemTime::now();
             let derived = wall_clock(Instant::now());
             let after = SystemTime::now();
-            // Allow a millisecond for slew between the anchor and now.
-            let slack = Duration::from_millis(1);
+            // The derivation is exact up to the time between the two clock reads that set
+            // the anchor; a loaded machine can preempt the thread there, so allow the one
+            // second the module documents rather than assert on scheduling.
+            let slack = Duration::from_secs(1);
             assert!(derived + slack >= before && derived <= after + slack);
         }
     }
