@@ -92,6 +92,21 @@ pub enum SnapshotError {
         /// Where the file was moved; `None` if it could not be moved.
         quarantined_to: Option<PathBuf>,
     },
+    /// A single entry (or top-level field) of the file is larger than this reader buffers:
+    /// 256 MiB, or [`CachePersistence::max_file_size`](crate::CachePersistence::max_file_size)
+    /// if that is smaller.
+    ///
+    /// Like the other limits, it is the reader's: the file is left in place.
+    EntryTooLarge {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+        /// 1-based line where the entry starts.
+        line: usize,
+        /// 1-based column where the entry starts.
+        column: usize,
+    },
     /// The file holds more entries than
     /// [`CachePersistence::max_entries`](crate::CachePersistence::max_entries).
     ///
@@ -133,7 +148,10 @@ impl SnapshotError {
             | Self::UnsupportedVersion { quarantined_to, .. }
             | Self::TooLarge { quarantined_to, .. }
             | Self::TooManyEntries { quarantined_to, .. } => quarantined_to.as_deref(),
-            Self::Io { .. } | Self::Incompatible { .. } | Self::Unrepresentable { .. } => None,
+            Self::Io { .. }
+            | Self::Incompatible { .. }
+            | Self::EntryTooLarge { .. }
+            | Self::Unrepresentable { .. } => None,
         }
     }
 
@@ -152,7 +170,10 @@ impl SnapshotError {
             | Self::UnsupportedVersion { quarantined_to, .. }
             | Self::TooLarge { quarantined_to, .. }
             | Self::TooManyEntries { quarantined_to, .. } => *quarantined_to = destination,
-            Self::Io { .. } | Self::Incompatible { .. } | Self::Unrepresentable { .. } => {}
+            Self::Io { .. }
+            | Self::Incompatible { .. }
+            | Self::EntryTooLarge { .. }
+            | Self::Unrepresentable { .. } => {}
         }
     }
 
@@ -229,6 +250,16 @@ impl fmt::Display for SnapshotError {
                 "{} is {size} bytes, over the limit of {limit} bytes{}",
                 path.display(),
                 quarantine_note(quarantined_to.as_ref())
+            ),
+            Self::EntryTooLarge {
+                path,
+                limit,
+                line,
+                column,
+            } => write!(
+                f,
+                "{} has an entry at line {line} column {column} larger than the limit of {limit} bytes; the file was left in place",
+                path.display()
             ),
             Self::TooManyEntries {
                 path,

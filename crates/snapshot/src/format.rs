@@ -22,7 +22,7 @@ use serde::{
 use crate::{
     CacheEntry,
     insert::{Inserter, Pending, Sink},
-    scan::{ScanError, Scanner},
+    scan::{ScanError, Scanner, Streamed},
 };
 
 /// The only file version this crate writes and reads.
@@ -207,10 +207,25 @@ fn read_entries<R: Read, V: DeserializeOwned>(
     let mut read_here = 0_u64;
     let mut next_estimate = ENTRIES_BEFORE_ESTIMATE;
     loop {
-        // Fast path: parse the entry straight from the buffer. If that fails for any
-        // reason but "the buffer ends here", frame it and parse again, which reports the
-        // error with its key and position.
-        let (key, entry) = if let Some(Framed(key, entry)) = scanner.next_streamed()? {
+        // Fast path: parse the entry straight from the buffer. A syntax error is reported
+        // where it is; if the value does not fit (or the file ends inside it), frame the
+        // entry and parse again, which tells a wrong type from a wrong shape and reports
+        // the error with its key and position.
+        let streamed = scanner.next_streamed()?;
+        if let Streamed::Syntax = streamed {
+            // Broken right here: re-read only what the buffer holds, to learn the key.
+            let error = scanner.error_in_place(|bytes| {
+                EntrySeed::<V> {
+                    failed_key: &mut restoring.failed_key,
+                    value: PhantomData,
+                }
+                .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            });
+            if let Some(error) = error {
+                return Err(error);
+            }
+        }
+        let (key, entry) = if let Streamed::Value(Framed(key, entry)) = streamed {
             (key, entry)
         } else {
             let mut incompatible = false;
@@ -598,6 +613,97 @@ mod tests {
         // expired), `k5` by index 375 (expired: removed, though earlier `k5`s were not).
         assert_eq!(direct.map["k1"].value, 371);
         assert!(!direct.map.contains_key("k5"));
+    }
+
+    /// Counts the bytes handed out, to show how far a restore read.
+    struct Counted<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            let count = self.inner.read(buffer)?;
+            self.read.set(self.read.get() + count as u64);
+            Ok(count)
+        }
+    }
+
+    /// Reads `prefix` followed by `filler` bytes of `fill`; returns the result and how
+    /// many bytes were read.
+    fn read_with_filler(prefix: &str, fill: u8, filler: u64) -> (Result<(), ScanError>, u64) {
+        read_with_filler_limited(prefix, fill, filler, crate::scan::MAX_VALUE_BYTES)
+    }
+
+    fn read_with_filler_limited(
+        prefix: &str,
+        fill: u8,
+        filler: u64,
+        max_value_bytes: usize,
+    ) -> (Result<(), ScanError>, u64) {
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let reader = Counted {
+            inner: prefix.as_bytes().chain(io::repeat(fill).take(filler)),
+            read: read.clone(),
+        };
+        let mut restoring = restoring::<serde_json::Value>(0);
+        let mut scanner = Scanner::new(reader).with_max_value_bytes(max_value_bytes);
+        let result = read_document(&mut scanner, &mut restoring, prefix.len() as u64 + filler);
+        (result, read.get())
+    }
+
+    #[test]
+    fn a_hole_inside_a_string_fails_at_once_without_reading_on() {
+        for prefix in [
+            r#"{"version":1,"entries":[{"key":""#,
+            r#"{"version":1,"entries":[{"key":"a","value":"#,
+            r#"{"version":"#,
+            r#"{"version":1,"unknown":["#,
+        ] {
+            let (result, read) = read_with_filler(prefix, 0, 64 << 20);
+            match result {
+                Err(ScanError::Syntax { truncated, .. }) => assert!(!truncated, "{prefix}"),
+                other => panic!("{prefix}: {other:?}"),
+            }
+            assert!(read <= 1 << 20, "{prefix}: read {read} bytes");
+        }
+    }
+
+    #[test]
+    fn an_entry_over_the_value_limit_is_refused_without_reading_on() {
+        for prefix in [
+            r#"{"version":1,"entries":[{"key":""#,
+            r#"{"version":1,"entries":[{"key":"k","value":["x",""#,
+            r#"{"version":1,"unknown":""#,
+        ] {
+            let (result, read) = read_with_filler_limited(prefix, b'a', 32 << 20, 1 << 20);
+            match result {
+                Err(ScanError::ValueTooLarge { limit, line, .. }) => {
+                    assert_eq!((limit, line), (1 << 20, 1), "{prefix}");
+                }
+                other => panic!("{prefix}: {other:?}"),
+            }
+            assert!(read <= 2 << 20, "{prefix}: read {read} bytes");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_in_a_whole_file_is_reported_where_serde_json_finds_it() {
+        let whole = r#"{"version":1,"entries":[{"key":"a","value":1},{"key":"b","value":2},{"key":"c","value":3}]}"#;
+        let damaged = whole.replacen(r#""a""#, r#""a#"#, 1);
+        let expected = serde_json::from_str::<serde_json::Value>(&damaged).unwrap_err();
+        match read(damaged.as_bytes()).0 {
+            Err(ScanError::Syntax {
+                line,
+                column,
+                truncated,
+                ..
+            }) => {
+                assert!(!truncated);
+                assert_eq!((line, column), (expected.line(), expected.column()));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -99,7 +99,9 @@
 //! batches of parsed entries on their way into the map (at most 64 Ki entries each, about
 //! 8 MiB; a sixteenth of the map for smaller files): no string of the file, no list of
 //! all entries. The calling thread reads the file in chunks and parses each entry with
-//! `serde_json` straight out of the buffer (an entry larger than the buffer grows it),
+//! `serde_json` straight out of the buffer (an entry larger than the buffer grows it, up
+//! to 256 MiB or the file size limit if smaller; a larger entry is
+//! [`SnapshotError::EntryTooLarge`], and the file is left in place),
 //! while a scoped helper thread (`snapshot-insert`) inserts the previous batch into the
 //! map, so parsing and inserting overlap; the entries cross to that thread, which is why
 //! `restore` requires `V: Send`. After the first 1024 entries the map is sized for

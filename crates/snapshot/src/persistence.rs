@@ -19,7 +19,7 @@ use crate::{
     format::{Failure, Restoring, read_document},
     insert::with_inserter,
     parallel::write_document,
-    scan::{ScanError, Scanner},
+    scan::{MAX_VALUE_BYTES, ScanError, Scanner},
 };
 
 /// The snapshot file's name inside the cache directory.
@@ -635,7 +635,10 @@ impl CachePersistence {
         let parser_hasher = hasher.clone();
         let ((restoring, parsed), inserter) = with_inserter(hasher, |sink| {
             let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink);
-            let mut scanner = Scanner::new(file);
+            let max_value = usize::try_from(self.max_file_size)
+                .unwrap_or(usize::MAX)
+                .min(MAX_VALUE_BYTES);
+            let mut scanner = Scanner::new(file).with_max_value_bytes(max_value);
             let parsed = read_document(&mut scanner, &mut restoring, bytes);
             let local = restoring.finish();
             ((restoring, parsed), local)
@@ -709,6 +712,16 @@ impl CachePersistence {
         }
         match error {
             ScanError::Io(source) => SnapshotError::io("read", &path, source),
+            ScanError::ValueTooLarge {
+                limit,
+                line,
+                column,
+            } => SnapshotError::EntryTooLarge {
+                path,
+                limit,
+                line,
+                column,
+            },
             ScanError::Syntax {
                 reason,
                 line,

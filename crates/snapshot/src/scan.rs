@@ -13,6 +13,11 @@ use serde::de::DeserializeOwned;
 /// Bytes read from the file per refill.
 const CHUNK_BYTES: usize = 256 * 1024;
 
+/// The largest single value (an entry, or a top-level field) a restore buffers, unless
+/// the file size limit is smaller: a larger one is refused with a typed error rather than
+/// letting one malformed or hostile value make the buffer as large as the file.
+pub(crate) const MAX_VALUE_BYTES: usize = 256 << 20;
+
 /// A problem found while reading, with its absolute position.
 #[derive(Debug)]
 pub(crate) enum ScanError {
@@ -23,6 +28,22 @@ pub(crate) enum ScanError {
         column: usize,
         truncated: bool,
     },
+    /// A single value is larger than the scanner's limit.
+    ValueTooLarge {
+        limit: u64,
+        line: usize,
+        column: usize,
+    },
+}
+
+/// What the fast path made of the next value.
+pub(crate) enum Streamed<T> {
+    Value(T),
+    /// Not parsed for a reason the caller must examine on the framed value (it does not
+    /// fit the type, or the file ends inside it).
+    Reframe,
+    /// A syntax error inside the buffer: the file is broken right here.
+    Syntax,
 }
 
 /// A chunked window over the file.
@@ -39,6 +60,8 @@ pub(crate) struct Scanner<R> {
     buffer_line: usize,
     line_start: u64,
     at_eof: bool,
+    /// See [`MAX_VALUE_BYTES`].
+    max_value_bytes: usize,
 }
 
 impl<R: Read> Scanner<R> {
@@ -52,7 +75,14 @@ impl<R: Read> Scanner<R> {
             buffer_line: 1,
             line_start: 0,
             at_eof: false,
+            max_value_bytes: MAX_VALUE_BYTES,
         }
+    }
+
+    /// Refuses values larger than `bytes` (default [`MAX_VALUE_BYTES`]).
+    pub(crate) fn with_max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes.max(1);
+        self
     }
 
     /// Absolute offset of the next unread byte.
@@ -85,8 +115,17 @@ impl<R: Read> Scanner<R> {
             self.position = 0;
         }
         if self.filled == self.buffer.len() {
-            // One value is larger than the buffer: grow it (bounded by the file size limit).
-            self.buffer.resize(self.buffer.len() * 2, 0);
+            // One value is larger than the buffer: grow it, up to the limit.
+            if self.filled >= self.max_value_bytes {
+                let (line, column) = self.line_column(0);
+                return Err(ScanError::ValueTooLarge {
+                    limit: self.max_value_bytes as u64,
+                    line,
+                    column,
+                });
+            }
+            let grown = (self.buffer.len() * 2).min(self.max_value_bytes.max(self.filled + 1));
+            self.buffer.resize(grown, 0);
         }
         let read = loop {
             match self.reader.read(&mut self.buffer[self.filled..]) {
@@ -187,19 +226,41 @@ impl<R: Read> Scanner<R> {
                 self.position += length;
                 Ok(value)
             }
-            Err(error) => Err(self.relocate(start, &error)),
+            Err(error) => {
+                let mut relocated = self.relocate(start, &error);
+                // The framed value ended early, but the file did not: that is a broken
+                // value, not a torn file.
+                if let ScanError::Syntax { truncated, .. } = &mut relocated {
+                    *truncated &= self.at_eof && start + length == self.filled;
+                }
+                Err(relocated)
+            }
         }
+    }
+
+    /// Parses what the buffer holds from the next value on, which must fail inside the
+    /// buffer (after [`Streamed::Syntax`]), and returns that error at its place in the
+    /// file; the parse gives the caller a chance to record which entry it was in.
+    pub(crate) fn error_in_place<T>(
+        &self,
+        parse: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Option<ScanError> {
+        let start = self.position;
+        parse(&self.buffer[start..self.filled])
+            .err()
+            .map(|error| self.relocate(start, &error))
     }
 
     /// Parses the next value straight from the buffer with `serde_json`'s stream
     /// deserializer, refilling when the value runs past the buffer's end.
     ///
-    /// `Ok(None)` means it did not parse for another reason (or the file ended): the caller
-    /// then uses [`next_value`](Self::next_value), which reports the error precisely.
-    pub(crate) fn next_streamed<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ScanError> {
+    /// A syntax error is [`Streamed::Syntax`] (see [`error_in_place`](Self::error_in_place));
+    /// any other failure is [`Streamed::Reframe`]: the caller then uses
+    /// [`next_value`](Self::next_value), which reports the error precisely.
+    pub(crate) fn next_streamed<T: DeserializeOwned>(&mut self) -> Result<Streamed<T>, ScanError> {
         loop {
             if self.peek()?.is_none() {
-                return Ok(None);
+                return Ok(Streamed::Reframe);
             }
             let outcome = {
                 let mut stream =
@@ -207,19 +268,20 @@ impl<R: Read> Scanner<R> {
                         .into_iter::<T>();
                 match stream.next() {
                     Some(Ok(value)) => Ok((value, stream.byte_offset())),
-                    Some(Err(error)) => Err(error.is_eof()),
-                    None => Err(true),
+                    Some(Err(error)) => Err(error.classify()),
+                    None => Err(serde_json::error::Category::Eof),
                 }
             };
             match outcome {
                 Ok((value, length)) => {
                     self.position += length;
-                    return Ok(Some(value));
+                    return Ok(Streamed::Value(value));
                 }
-                Err(true) if !self.at_eof => {
+                Err(serde_json::error::Category::Eof) if !self.at_eof => {
                     self.refill()?;
                 }
-                Err(_) => return Ok(None),
+                Err(serde_json::error::Category::Syntax) => return Ok(Streamed::Syntax),
+                Err(_) => return Ok(Streamed::Reframe),
             }
         }
     }
@@ -260,7 +322,12 @@ impl<R: Read> Scanner<R> {
             let window = &self.buffer[self.position + scanned..self.filled];
             for (index, &byte) in window.iter().enumerate() {
                 if in_string {
-                    if escaped {
+                    if byte < 0x20 {
+                        // JSON strings cannot hold raw control bytes; a sparse hole or
+                        // a lost quote must not make the framer read on to the end. The
+                        // byte is included, so `serde_json` reports it.
+                        return Ok(scanned + index + 1);
+                    } else if escaped {
                         escaped = false;
                     } else if byte == b'\\' {
                         escaped = true;
@@ -271,9 +338,17 @@ impl<R: Read> Scanner<R> {
                         }
                     }
                 } else if scalar {
+                    // Numbers, `true`, `false` and `null` are made of these; anything else
+                    // ends the scalar, and `serde_json` judges what it got.
                     if matches!(byte, b',' | b'}' | b']' | b' ' | b'\n' | b'\t' | b'\r') {
                         return Ok(scanned + index);
                     }
+                    if !(byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')) {
+                        return Ok(scanned + index + 1);
+                    }
+                } else if byte < 0x20 && !matches!(byte, b'\n' | b'\t' | b'\r') {
+                    // Not valid JSON outside a string either: let `serde_json` say so here.
+                    return Ok(scanned + index + 1);
                 } else {
                     match byte {
                         b'"' => in_string = true,
