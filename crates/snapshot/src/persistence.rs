@@ -543,7 +543,8 @@ impl CachePersistence {
     /// not fit `V` ([`Incompatible`](SnapshotError::Incompatible)), over this reader's
     /// limits ([`TooLarge`](SnapshotError::TooLarge),
     /// [`TooManyEntries`](SnapshotError::TooManyEntries)) — and a file that cannot be read
-    /// ([`Io`](SnapshotError::Io)) are left in place.
+    /// ([`Io`](SnapshotError::Io), also for anything but a regular file, such as a FIFO)
+    /// are left in place.
     ///
     /// ```
     /// use snapshot::{CacheEntry, CachePersistence};
@@ -609,7 +610,21 @@ impl CachePersistence {
         &self,
         started: Instant,
     ) -> Result<Restored<V>, SnapshotError> {
-        let file = match File::open(&self.path) {
+        // A FIFO or device in place of the snapshot would block the open or the reads
+        // forever (or read without end): refuse anything but a regular file, checked
+        // before opening and again on what was opened.
+        match fs::metadata(&self.path) {
+            Ok(metadata) if metadata.is_file() => {}
+            Ok(_) => return Err(not_a_regular_file(&self.path)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(Restored::default());
+            }
+            Err(error) => return Err(SnapshotError::io("stat", &self.path, error)),
+        }
+        let mut options = OpenOptions::new();
+        options.read(true);
+        open_without_blocking(&mut options);
+        let file = match options.open(&self.path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Ok(Restored::default());
@@ -619,6 +634,9 @@ impl CachePersistence {
         let metadata = file
             .metadata()
             .map_err(|error| SnapshotError::io("stat", &self.path, error))?;
+        if !metadata.is_file() {
+            return Err(not_a_regular_file(&self.path));
+        }
         let bytes = metadata.len();
         if bytes > self.max_file_size {
             // This reader's limit, not a fault of the file: it stays where it is.
@@ -638,7 +656,9 @@ impl CachePersistence {
             let max_value = usize::try_from(self.max_file_size)
                 .unwrap_or(usize::MAX)
                 .min(MAX_VALUE_BYTES);
-            let mut scanner = Scanner::new(file).with_max_value_bytes(max_value);
+            // The size was checked above, but a file may grow while it is read.
+            let reader = io::Read::take(file, self.max_file_size.saturating_add(1));
+            let mut scanner = Scanner::new(reader).with_max_value_bytes(max_value);
             let parsed = read_document(&mut scanner, &mut restoring, bytes);
             let local = restoring.finish();
             ((restoring, parsed), local)
@@ -885,6 +905,31 @@ impl io::Write for SyncAhead {
 fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+fn not_a_regular_file(path: &Path) -> SnapshotError {
+    SnapshotError::io(
+        "restore from",
+        path,
+        io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+    )
+}
+
+/// `O_NONBLOCK`, so opening a FIFO that replaced the snapshot between the check and the
+/// open cannot block (it has no effect on a regular file).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn open_without_blocking(options: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.custom_flags(0o4000);
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn open_without_blocking(_: &mut OpenOptions) {}
 
 #[cfg(unix)]
 fn restrict_to_owner(options: &mut OpenOptions) {
