@@ -134,13 +134,25 @@ pub struct Persister {
     task: JoinHandle<Result<SaveReport, SnapshotError>>,
 }
 
+/// The next periodic tick, or never if there are no periodic saves.
+async fn next_tick(ticks: Option<&mut tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Persister {
     /// Starts the task on the current tokio runtime; it saves every `period` (the first
-    /// save one `period` from now).
+    /// save one `period` from now). A zero `period` means no periodic saves: the task
+    /// saves only on [`request_save`](Self::request_save) and at
+    /// [`shutdown`](Self::shutdown).
     ///
     /// # Panics
     ///
-    /// If called outside a tokio runtime, or if `period` is zero.
+    /// If called outside a tokio runtime.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -165,16 +177,19 @@ impl Persister {
         let (stop, mut stopped) = oneshot::channel();
         let woken = std::sync::Arc::clone(&requests);
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-            // A save longer than the period is followed by one save, not a burst.
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut ticks = (!period.is_zero()).then(|| {
+                let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+                // A save longer than the period is followed by one save, not a burst.
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ticks
+            });
             loop {
                 tokio::select! {
                     // Shutdown first, so a pending request cannot delay it.
                     biased;
                     _ = &mut stopped => break,
                     () = woken.notified() => {}
-                    _ = ticks.tick() => {}
+                    () = next_tick(ticks.as_mut()) => {}
                 }
                 // Errors are logged by `save`; the next period tries again.
                 let _ = persistence.save_async(source()).await;

@@ -187,3 +187,21 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_period_means_saves_only_on_request_and_shutdown() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Cache::default();
+    insert(&cache, "a", 1);
+    let (persister, calls) = counting_persister(&persistence, Duration::ZERO, &cache);
+
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 0, "no periodic saves");
+    persister.request_save();
+    until_calls(&calls, 1).await;
+    insert(&cache, "b", 2);
+    let report = within("shutdown", persister.shutdown()).await.unwrap();
+    assert_eq!(report.entries, 2);
+    assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 2);
+}
