@@ -43,7 +43,8 @@
 //!
 //! - **The snapshot is always whole.** A save writes a uniquely named temp file in the same
 //!   directory (`cache-snapshot.json.tmp-<pid>-<nanos>-<n>`), flushes it, `fsync`s it,
-//!   renames it over `cache-snapshot.json`, and `fsync`s the directory. A crash at any
+//!   renames it over `cache-snapshot.json`, and `fsync`s the directory (and, if the save
+//!   created the directory or its ancestors, the parent of each one it created). A crash at any
 //!   point leaves either the previous snapshot or the new one, never a mix or a prefix.
 //! - **`Ok` means durable.** `save` returns `Ok` (and updates
 //!   [`last_persist_time`](CachePersistence::last_persist_time)) only after the directory

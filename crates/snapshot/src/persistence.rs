@@ -396,9 +396,7 @@ impl CachePersistence {
         E: Borrow<CacheEntry<V>> + Send,
         V: Serialize,
     {
-        fs::create_dir_all(&self.directory).map_err(|error| {
-            SnapshotError::io("create the cache directory", &self.directory, error)
-        })?;
+        create_directory_durably(&self.directory)?;
         let _guard = self.lock()?;
         let swept_temp_files = self.sweep_temp_files();
 
@@ -416,8 +414,10 @@ impl CachePersistence {
             written = write_document(writer, epoch_millis(timestamp), entries, &temp.path)?;
             Ok(())
         })?;
+        steps::record("write", &temp.path);
         file.sync_all()
             .map_err(|error| SnapshotError::io("sync", &temp.path, error))?;
+        steps::record("fsync", &temp.path);
         let bytes = file
             .metadata()
             .map_err(|error| SnapshotError::io("stat", &temp.path, error))?
@@ -426,10 +426,12 @@ impl CachePersistence {
 
         fs::rename(&temp.path, &self.path)
             .map_err(|error| SnapshotError::io("replace the snapshot with", &temp.path, error))?;
+        steps::record("rename", &self.path);
         let mut temp = temp;
         temp.armed = false;
         // The rename is only durable once the directory entry is.
         self.sync_directory()?;
+        steps::record("ok", &self.path);
 
         *self
             .shared
@@ -521,9 +523,7 @@ impl CachePersistence {
     }
 
     fn sync_directory(&self) -> Result<(), SnapshotError> {
-        File::open(&self.directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(|error| SnapshotError::io("sync the directory", &self.directory, error))
+        sync_directory(&self.directory)
     }
 
     /// Reads the snapshot, streaming it straight into a map and dropping expired entries.
@@ -906,6 +906,69 @@ fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+fn sync_directory(directory: &Path) -> Result<(), SnapshotError> {
+    File::open(directory)
+        .and_then(|opened| opened.sync_all())
+        .map_err(|error| SnapshotError::io("sync the directory", directory, error))?;
+    steps::record("fsync-dir", directory);
+    Ok(())
+}
+
+/// A log of a save's file system steps, kept only in unit tests, so they can check the
+/// order that durability depends on (nothing else can observe an `fsync`).
+mod steps {
+    use std::path::Path;
+
+    #[cfg(test)]
+    thread_local! {
+        static STEPS: std::cell::RefCell<Vec<(String, std::path::PathBuf)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(test)]
+    pub(super) fn record(step: &str, path: &Path) {
+        STEPS.with(|steps| {
+            steps
+                .borrow_mut()
+                .push((step.to_string(), path.to_path_buf()));
+        });
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn record(_: &str, _: &Path) {}
+
+    /// Takes this thread's log.
+    #[cfg(test)]
+    pub(super) fn take() -> Vec<(String, std::path::PathBuf)> {
+        STEPS.with(|steps| std::mem::take(&mut *steps.borrow_mut()))
+    }
+}
+
+/// Creates `directory` and its missing ancestors, and `fsync`s the parent of each one it
+/// created, so the new directories survive a power cut along with the snapshot.
+fn create_directory_durably(directory: &Path) -> Result<(), SnapshotError> {
+    let mut missing = Vec::new();
+    let mut current = directory;
+    while matches!(fs::symlink_metadata(current), Err(error) if error.kind() == io::ErrorKind::NotFound)
+    {
+        missing.push(current);
+        match current.parent() {
+            Some(parent) => current = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(directory)
+        .map_err(|error| SnapshotError::io("create the cache directory", directory, error))?;
+    for created in missing {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_directory(parent)?;
+    }
+    Ok(())
+}
+
 fn not_a_regular_file(path: &Path) -> SnapshotError {
     SnapshotError::io(
         "restore from",
@@ -949,4 +1012,51 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::PathBuf};
+
+    use super::{CachePersistence, steps};
+    use crate::CacheEntry;
+
+    fn save_steps(persistence: &CachePersistence) -> Vec<(String, PathBuf)> {
+        steps::take();
+        let cache = BTreeMap::from([("k", CacheEntry::new(1))]);
+        persistence.save(&cache).unwrap();
+        steps::take()
+    }
+
+    #[test]
+    fn a_save_writes_syncs_renames_then_syncs_the_directory() {
+        let directory = tempfile::tempdir().unwrap();
+        let persistence = CachePersistence::new(directory.path());
+        save_steps(&persistence);
+        let steps = save_steps(&persistence);
+        let names: Vec<&str> = steps.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["write", "fsync", "rename", "fsync-dir", "ok"]);
+        assert_eq!(steps[0].1, steps[1].1, "the temp file is synced");
+        assert_eq!(steps[2].1, persistence.path());
+        assert_eq!(steps[3].1, directory.path());
+    }
+
+    #[test]
+    fn a_new_cache_directory_is_made_durable_up_to_an_existing_ancestor() {
+        let root = tempfile::tempdir().unwrap();
+        let directory = root.path().join("a").join("b");
+        let persistence = CachePersistence::new(&directory);
+        let synced: Vec<PathBuf> = save_steps(&persistence)
+            .into_iter()
+            .filter(|(name, _)| name == "fsync-dir")
+            .map(|(_, path)| path)
+            .collect();
+        for parent in [root.path().to_path_buf(), root.path().join("a")] {
+            assert!(
+                synced.contains(&parent),
+                "{} not synced: {synced:?}",
+                parent.display()
+            );
+        }
+    }
 }
