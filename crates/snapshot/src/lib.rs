@@ -53,7 +53,9 @@
 //!   every 16 MiB, so the disk works in parallel with serialization; an error from that
 //!   helper fails the save like any other write error.
 //! - **Failure changes nothing.** On any error (disk full, file too large, a value that JSON
-//!   cannot represent) the temp file is removed and the previous snapshot is untouched.
+//!   cannot represent) the temp file is removed and the previous snapshot is untouched —
+//!   with one exception: if the directory `fsync` after the rename fails, the new
+//!   snapshot is already in place but may not be durable, and the error says so.
 //!   Temp files orphaned by a killed process are swept by the next save.
 //! - **Concurrent savers serialise.** Threads share a mutex; processes share an OS lock
 //!   (`flock`) on the sidecar `cache-snapshot.json.lock` (never on the data file, whose
@@ -70,7 +72,11 @@
 //! - **Unrepresentable values are refused, not corrupted.** `serde_json` writes NaN and
 //!   infinities as `null`. Each value is checked before it is written; a save containing
 //!   one fails with [`SnapshotError::Unrepresentable`] naming the entry's key, and the
-//!   previous snapshot stays. Non-string map keys are refused the same way.
+//!   previous snapshot stays. Map keys are refused the same way unless `serde_json`
+//!   writes them as strings that read back as the same key: strings, chars, integers,
+//!   bools, unit enum variants (and newtype structs of those) are accepted; floats, `None`
+//!   and `Option`s, `()`, unit structs, byte arrays, sequences, tuples, maps, structs and
+//!   enum variants with data are refused.
 //! - **Private by default.** New snapshot files are created with mode `0600`; an existing
 //!   snapshot's permission bits are carried over to its replacement (its owner is not).
 //!

@@ -329,7 +329,9 @@ impl CachePersistence {
     /// infinite floats, non-string map keys), naming its key (the first such entry in
     /// iteration order); [`SnapshotError::Io`] if
     /// the directory, lock, temp file, write, sync or rename fails. In every error case the
-    /// temp file is removed and the previous snapshot is untouched.
+    /// temp file is removed and the previous snapshot is untouched, except when the
+    /// directory `fsync` after the rename fails: then the new snapshot is in place but may
+    /// not be durable, and the error says so.
     ///
     /// ```
     /// use std::collections::BTreeMap;
@@ -379,7 +381,7 @@ impl CachePersistence {
                 path = %self.path.display(),
                 %error,
                 duration_ms = duration_millis(started.elapsed()),
-                "cache snapshot save failed; the previous snapshot is untouched"
+                "cache snapshot save failed"
             ),
         }
         result
@@ -430,7 +432,14 @@ impl CachePersistence {
         let mut temp = temp;
         temp.armed = false;
         // The rename is only durable once the directory entry is.
-        self.sync_directory()?;
+        sync_directory(&self.directory).map_err(|error| match error {
+            SnapshotError::Io { path, source, .. } => SnapshotError::Io {
+                action: "make the new snapshot durable (it is in place, but may not survive a crash) by syncing",
+                path,
+                source,
+            },
+            other => other,
+        })?;
         steps::record("ok", &self.path);
 
         *self
