@@ -1051,6 +1051,29 @@ mod tests {
     }
 
     #[test]
+    fn move_aside_leaves_a_file_that_is_not_the_one_read() {
+        let directory = tempfile::tempdir().unwrap();
+        let persistence = CachePersistence::new(directory.path());
+        std::fs::write(persistence.path(), "{ bad").unwrap();
+        let bad = std::fs::metadata(persistence.path()).unwrap();
+        // A save replaces the bad file (a new inode) before the quarantine runs.
+        let other = directory.path().join("other");
+        std::fs::write(&other, "{}").unwrap();
+        std::fs::rename(&other, persistence.path()).unwrap();
+        let good = std::fs::read(persistence.path()).unwrap();
+        assert_eq!(persistence.move_aside(&bad), None);
+        assert_eq!(std::fs::read(persistence.path()).unwrap(), good);
+
+        // The file that was read is moved.
+        let current = std::fs::metadata(persistence.path()).unwrap();
+        let moved = persistence
+            .move_aside(&current)
+            .expect("the same file is moved");
+        assert_eq!(std::fs::read(moved).unwrap(), good);
+        assert!(!persistence.exists());
+    }
+
+    #[test]
     fn a_new_cache_directory_is_made_durable_up_to_an_existing_ancestor() {
         let root = tempfile::tempdir().unwrap();
         let directory = root.path().join("a").join("b");
