@@ -106,3 +106,32 @@ fn a_fifo_in_place_of_the_snapshot_is_an_error_not_a_hang() {
     assert_eq!(error.quarantined_to(), None);
     assert!(persistence.restore_or_empty::<u32>().entries.is_empty());
 }
+
+#[test]
+fn a_sparse_file_after_the_first_entries_fails_fast_and_is_quarantined() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let mut text = String::from(r#"{"version":1,"entries":["#);
+    for index in 0..1100 {
+        write!(text, r#"{{"key":"k{index}","value":{index}}},"#).unwrap();
+    }
+    text.push_str(r#"{"key":""#);
+    fs::write(persistence.path(), &text).unwrap();
+    // A hole up to just under the 4 GiB default limit: a few KB on disk.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(persistence.path())
+        .unwrap();
+    file.set_len((4 << 30) - 1).unwrap();
+    drop(file);
+    let error = persistence.restore::<u64>().unwrap_err();
+    match &error {
+        SnapshotError::Corrupt { truncated, key, .. } => {
+            assert!(!truncated, "{error}");
+            assert_eq!(key, &None, "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The quarantined copy is sparse too; the temp dir removes it.
+    assert!(error.quarantined_to().is_some());
+}
