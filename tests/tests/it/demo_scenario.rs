@@ -220,3 +220,27 @@ fn flags_parse_and_bad_ones_are_named() {
             .contains("unknown flag")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_midway_still_writes_the_final_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let captured = Captured::default();
+    let tracer = correlation::Tracer::writer(captured);
+    // The example passes Ctrl-C here; any future that completes stops the run the same way.
+    let stop = tokio::time::sleep(std::time::Duration::from_millis(500));
+    let summary = demo::run(config(dir.path()), tracer, stop).await.unwrap();
+
+    assert!(summary.interrupted);
+    assert!(
+        summary.requests > 0 && summary.requests < Config::default().requests,
+        "{summary:?}"
+    );
+    assert!(
+        summary.final_save.entries > 0,
+        "the final save ran: {summary:?}"
+    );
+    let restored = snapshot::CachePersistence::new(dir.path())
+        .restore::<demo::Item>()
+        .unwrap();
+    assert_eq!(restored.report.loaded, summary.final_save.entries);
+}
