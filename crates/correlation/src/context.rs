@@ -2,9 +2,15 @@
 
 use std::{
     borrow::Cow,
+    cell::Cell,
+    future::Future,
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
+
+use pin_project_lite::pin_project;
 
 use crate::{
     Tracer,
@@ -15,6 +21,117 @@ use crate::{
 tokio::task_local! {
     /// The trace the running code belongs to.
     pub(crate) static CURRENT: TraceScope;
+}
+
+thread_local! {
+    /// A mirror of [`CURRENT`] for the hot reads: `None` while no trace context is current
+    /// on this thread, else the current context's UUID bits (0 for a text id or the nil
+    /// UUID, which the slow path then reads from `CURRENT`).
+    ///
+    /// It is what makes [`correlation_id`] as cheap as a bare task-local read, and a root
+    /// trace skip the look-up of a parent: a `const` cell of a `Copy` value is one
+    /// thread-local load, inlined into the caller, where `CURRENT` is a `RefCell` holding an
+    /// `Option`, behind a lazily registered destructor, an accessor that other crates call
+    /// indirectly, and an `Arc` to follow.
+    ///
+    /// Every scope of `CURRENT` is entered through [`enter_scope`] or [`scoped`], which set
+    /// the mirror inside it (around every poll and around dropping an unfinished future)
+    /// and restore the enclosing value when it is left, also by a panic; so both always
+    /// describe the same trace.
+    static MIRROR: Cell<Option<u128>> = const { Cell::new(None) };
+}
+
+/// What [`MIRROR`] holds while `scope` is current.
+fn mirrored(scope: &TraceScope) -> Option<u128> {
+    scope
+        .context
+        .as_ref()
+        .map(|context| context.correlation_id.uuid_bits().unwrap_or(0))
+}
+
+/// Runs `f` with `mirror` in [`MIRROR`], restoring the enclosing value afterwards (also when
+/// `f` panics).
+#[inline]
+fn with_mirror<R>(mirror: Option<u128>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u128>);
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            MIRROR.set(self.0);
+        }
+    }
+    let _restore = Restore(MIRROR.replace(mirror));
+    f()
+}
+
+/// Runs `f` inside `scope`: the task-local and its mirror.
+pub(crate) fn enter_scope<R>(scope: TraceScope, f: impl FnOnce() -> R) -> R {
+    let mirror = mirrored(&scope);
+    CURRENT.sync_scope(scope, || with_mirror(mirror, f))
+}
+
+/// `future` inside `scope`: the task-local and its mirror.
+pub(crate) fn scoped<F: Future>(scope: TraceScope, future: F) -> InScope<F> {
+    let mirror = mirrored(&scope);
+    CURRENT.scope(
+        scope,
+        Mirrored {
+            mirror,
+            future: Some(future),
+        },
+    )
+}
+
+/// Whether a trace context is current on this thread (a parent for a new span).
+#[inline]
+pub(crate) fn in_trace() -> bool {
+    MIRROR.get().is_some()
+}
+
+/// A future running inside a trace scope.
+pub(crate) type InScope<F> = tokio::task::futures::TaskLocalFuture<TraceScope, Mirrored<F>>;
+
+pin_project! {
+    /// Sets [`MIRROR`] around every poll of `future`, and around its drop when it is
+    /// dropped unfinished, inside the task-local scope that wraps it.
+    pub(crate) struct Mirrored<F> {
+        mirror: Option<u128>,
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Mirrored<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.future.is_some() {
+                let mut future = this.future;
+                with_mirror(*this.mirror, || future.set(None));
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Mirrored<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut future = this.future;
+        with_mirror(*this.mirror, || {
+            let Some(inner) = future.as_mut().as_pin_mut() else {
+                // The enclosing `TaskLocalFuture` is never polled after completion (it
+                // panics first), and it is the only owner of a `Mirrored`.
+                return Poll::Pending;
+            };
+            let poll = inner.poll(cx);
+            if poll.is_ready() {
+                // Dropped here, inside the mirror, rather than by the drop glue.
+                future.set(None);
+            }
+            poll
+        })
+    }
 }
 
 /// What a task-local trace scope holds: the running trace's context, or explicitly none (for
@@ -77,7 +194,8 @@ pub struct TraceContext {
     pub(crate) flags: TraceFlags,
     pub(crate) trace_state: Option<TraceState>,
     pub(crate) operation: Cow<'static, str>,
-    pub(crate) started: Instant,
+    /// `None` when the tracer writes no lines (see [`TraceContext::elapsed`]).
+    pub(crate) started: Option<Instant>,
     pub(crate) tracer: Tracer,
 }
 
@@ -119,14 +237,30 @@ impl TraceContext {
     }
 
     /// Wall-clock start (what the start line's `timestamp` shows), derived from the
-    /// monotonic start so a trace reads only one clock.
-    pub fn start_time(&self) -> SystemTime {
-        crate::clock::wall_clock(self.started)
+    /// monotonic start so a trace reads only one clock. `None` in a trace whose tracer
+    /// writes no lines (see [`elapsed`](Self::elapsed)).
+    pub fn start_time(&self) -> Option<SystemTime> {
+        self.started.map(crate::clock::wall_clock)
     }
 
-    /// Monotonic time since the trace started.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    /// Monotonic time since the trace started; `None` in a trace whose tracer writes no
+    /// lines ([`Tracer::off`]).
+    ///
+    /// The start time exists for the lines (their timestamps and the end line's
+    /// `duration_ms`), and reading the clock is the largest single cost of a quiet trace
+    /// (about as much as a bare task-local scope), so a quiet trace does not read it. Time
+    /// the work yourself with [`Instant`] where a quiet trace needs a duration.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let elapsed = correlation::Tracer::off()
+    ///     .start_trace("quiet", async { correlation::current().unwrap().elapsed() })
+    ///     .await;
+    /// assert_eq!(elapsed, None);
+    /// # }
+    /// ```
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.started.map(|started| started.elapsed())
     }
 
     /// The tracer that writes this trace's lines; nested traces inherit it.
@@ -175,31 +309,13 @@ impl TraceContext {
 /// ```
 #[inline]
 pub fn correlation_id() -> Option<CorrelationId> {
-    // The common case, a UUID id, comes back in two registers from a call compiled next to
-    // `CURRENT`. Inlined into another crate, the task-local access would be an indirect call
-    // through the `LocalKey`'s accessor; returned as an `Option<CorrelationId>` (24 bytes,
-    // through memory), the caller's 16-byte reload of the two 8-byte stores would stall
-    // store forwarding. Either doubled the cost of a read.
-    match current_uuid_bits() {
-        0 => current_correlation_id(),
-        bits => Some(CorrelationId::from_uuid_bits(bits)),
+    // Inlined: the mirror is one thread-local load in the caller, and the common answers
+    // (none, or a UUID) need nothing else.
+    match MIRROR.get() {
+        None => None,
+        Some(0) => current_correlation_id(),
+        Some(bits) => Some(CorrelationId::from_uuid_bits(bits)),
     }
-}
-
-/// The running trace's UUID id as bits, or 0 for "no trace, a text id, or the nil UUID",
-/// which [`current_correlation_id`] then answers.
-#[inline(never)]
-fn current_uuid_bits() -> u128 {
-    CURRENT
-        .try_with(|scope| {
-            scope
-                .context
-                .as_ref()
-                .and_then(|context| context.correlation_id.uuid_bits())
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(0)
 }
 
 #[inline(never)]
@@ -277,5 +393,5 @@ pub fn outgoing_headers() -> Vec<(&'static str, String)> {
 /// # }
 /// ```
 pub fn sync_scope<R>(context: Option<Arc<TraceContext>>, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(TraceScope::from(context), f)
+    enter_scope(TraceScope::from(context), f)
 }

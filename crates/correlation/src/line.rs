@@ -28,7 +28,10 @@ pub(crate) struct End<'a> {
 
 impl End<'_> {
     pub(crate) fn duration(&self, context: &TraceContext) -> Duration {
-        self.ended.saturating_duration_since(context.started)
+        // A tracer that writes lines always has a start; a missing one reads as 0.
+        context.started.map_or(Duration::ZERO, |started| {
+            self.ended.saturating_duration_since(started)
+        })
     }
 }
 
@@ -100,7 +103,7 @@ fn build_line(
 ) {
     let time = match end {
         Some(end) => wall_clock(end.ended),
-        None => context.start_time(),
+        None => context.start_time().unwrap_or_else(SystemTime::now),
     };
     out.extend_from_slice(b"{\"timestamp\":\"");
     out.extend_from_slice(&timestamp(time));

@@ -1,13 +1,33 @@
 //! Carrying the current trace into spawned tasks, blocking tasks, threads and pools.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use tokio::task::{JoinHandle, futures::TaskLocalFuture};
+use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
 
-use crate::context::{CURRENT, TraceContext, TraceScope, current};
+use crate::context::{InScope, TraceContext, TraceScope, current, enter_scope, scoped};
 
-/// A future that runs with a given trace (or explicitly none) as current.
-pub type InTrace<F> = TaskLocalFuture<TraceScope, F>;
+pin_project! {
+    /// A future that runs with a given trace (or explicitly none) as current: what
+    /// [`TraceFutureExt::in_current_trace`] and [`TraceFutureExt::in_trace`] return.
+    pub struct InTrace<F> {
+        #[pin]
+        future: InScope<F>,
+    }
+}
+
+impl<F: Future> Future for InTrace<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
 
 /// Carries a trace into a future that will run elsewhere (a spawned task, a queue).
 ///
@@ -30,7 +50,9 @@ pub trait TraceFutureExt: Future + Sized {
 
     /// Runs `self` with `context` as the current trace.
     fn in_trace(self, context: Option<Arc<TraceContext>>) -> InTrace<Self> {
-        CURRENT.scope(TraceScope::from(context), self)
+        InTrace {
+            future: scoped(TraceScope::from(context), self),
+        }
     }
 }
 
@@ -94,5 +116,5 @@ where
     F: FnOnce() -> R,
 {
     let context = current();
-    move || CURRENT.sync_scope(TraceScope::from(context), f)
+    move || enter_scope(TraceScope::from(context), f)
 }

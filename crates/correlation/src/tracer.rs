@@ -19,11 +19,10 @@ use std::{
 use pin_project_lite::pin_project;
 
 use crate::{
-    context::{CURRENT, TraceContext, TraceScope},
+    context::{CURRENT, InScope, TraceContext, TraceScope, enter_scope, in_trace, scoped},
     headers::Incoming,
     id::{CorrelationId, SpanId, TraceFlags, TraceId},
     line::{End, duration_ms, error_text, with_line},
-    propagate::InTrace,
     w3c::TraceState,
 };
 
@@ -372,11 +371,11 @@ impl Tracer {
         let context = match scope.context() {
             Some(context) if !self.is_off() => Arc::clone(context),
             // No lines to write, so no guard and no second reference to the context.
-            _ => return CURRENT.sync_scope(scope, f),
+            _ => return enter_scope(scope, f),
         };
         let mut guard = EndGuard::new(context);
         guard.start();
-        match catch_unwind(AssertUnwindSafe(|| CURRENT.sync_scope(scope, f))) {
+        match catch_unwind(AssertUnwindSafe(|| enter_scope(scope, f))) {
             Ok(output) => {
                 guard.finish_with(&output);
                 output
@@ -463,6 +462,9 @@ struct Lineage {
 impl Lineage {
     /// A child of the running trace, or a fresh root outside one.
     fn current() -> Self {
+        if !in_trace() {
+            return Self::with_id(CorrelationId::new());
+        }
         CURRENT
             .try_with(|scope| scope.context().map(|parent| Self::child_of(parent)))
             .ok()
@@ -503,7 +505,8 @@ impl Lineage {
 
     /// The context of a span starting now, in its `Arc`, in the scope that makes it current.
     fn start(self, tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
-        let started = Instant::now();
+        // Only lines need the start; see `TraceContext::elapsed`.
+        let started = (!tracer.is_off()).then(Instant::now);
         let span_id = SpanId::random();
         let tracer = tracer.clone();
         // `new_cyclic` allocates first and then builds the value in place; `Arc::new` built
@@ -608,8 +611,8 @@ pin_project! {
     /// awaiting in that case cost about 8 ns per trace).
     #[project = TracedProjection]
     enum Traced<F> {
-        Quiet { #[pin] future: InTrace<F> },
-        Logged { #[pin] future: InTrace<Logged<F>> },
+        Quiet { #[pin] future: InScope<F> },
+        Logged { #[pin] future: InScope<Logged<F>> },
     }
 }
 
@@ -647,11 +650,11 @@ where
         Some(context) if !tracer.is_off() => {
             let guard = EndGuard::new(Arc::clone(context));
             Traced::Logged {
-                future: CURRENT.scope(scope, Logged { future, guard }),
+                future: scoped(scope, Logged { future, guard }),
             }
         }
         _ => Traced::Quiet {
-            future: CURRENT.scope(scope, future),
+            future: scoped(scope, future),
         },
     }
 }

@@ -5,6 +5,7 @@ mod headers;
 mod isolation;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
+mod mirror;
 mod outcomes;
 mod propagation;
 mod props;

@@ -254,8 +254,9 @@ fn tracer_off_keeps_the_whole_context() {
             .expect("inside a nested trace");
         (outer.clone(), inner, (first, outer.elapsed()))
     }));
-    // The monotonic start is taken even with logging off, so `elapsed()` keeps counting.
-    assert!(elapsed.0 <= elapsed.1);
+    // A quiet trace does not read the clock: the start exists for the lines.
+    assert_eq!(elapsed, (None, None));
+    assert_eq!(outer.start_time(), None);
     assert_eq!(outer.operation(), "outer");
     assert_eq!(inner.correlation_id(), outer.correlation_id());
     assert_eq!(inner.parent_span_id(), Some(outer.span_id()));
@@ -293,4 +294,17 @@ fn a_panic_in_a_quiet_trace_leaves_no_context_behind() {
     let result = std::panic::catch_unwind(|| Tracer::off().trace_sync("boom", boom));
     assert!(result.is_err());
     assert_eq!(correlation::correlation_id(), None);
+}
+
+#[test]
+fn a_logging_trace_measures_from_its_start() {
+    let capture = Capture::default();
+    let (start_time, first, second) = ready(capture.tracer().start_trace("timed", async {
+        let context = correlation::current().expect("inside a trace");
+        let first = context.elapsed().expect("a logging trace has a start");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        (context.start_time(), first, context.elapsed().unwrap())
+    }));
+    assert!(start_time.is_some());
+    assert!(second >= first + std::time::Duration::from_millis(2));
 }

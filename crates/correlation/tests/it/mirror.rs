@@ -1,0 +1,292 @@
+//! `correlation_id()` reads a per-thread copy of the current id rather than the task-local
+//! itself; these tests hold it to agreeing with `current()` (which reads the task-local)
+//! wherever code can run: nested and exited scopes, scopes of no trace, text ids, panics,
+//! futures suspended and interleaved on one thread, and destructors of unfinished futures.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::{Pin, pin},
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+use correlation::{CorrelationId, TraceContext, TraceFutureExt as _, Tracer};
+use proptest::prelude::*;
+
+use crate::ready;
+
+/// The id `current()` names, which `correlation_id()` must equal.
+fn expected() -> Option<CorrelationId> {
+    correlation::current().map(|context| context.correlation_id().clone())
+}
+
+/// Checks the two agree here, and returns the id.
+#[track_caller]
+fn agreed() -> Option<CorrelationId> {
+    let id = correlation::correlation_id();
+    assert_eq!(id, expected(), "correlation_id() disagrees with current()");
+    id
+}
+
+fn context_with_id(id: &str) -> Arc<TraceContext> {
+    let id: CorrelationId = id.parse().expect("a valid id");
+    ready(Tracer::off().start_trace_with_id(id, "source", async { correlation::current() }))
+        .expect("inside a trace")
+}
+
+fn uuid_context() -> Arc<TraceContext> {
+    Tracer::off()
+        .trace_sync("source", correlation::current)
+        .expect("inside a trace")
+}
+
+/// Polls `future` once with a no-op waker.
+fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A future that is pending once, then ready.
+#[derive(Default)]
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            Poll::Pending
+        }
+    }
+}
+
+#[test]
+fn outside_any_trace_both_are_none() {
+    assert_eq!(agreed(), None);
+}
+
+#[test]
+fn nested_and_exited_scopes_agree() {
+    let outer = uuid_context();
+    let text = context_with_id("job-17");
+    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+        assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+        correlation::sync_scope(Some(Arc::clone(&text)), || {
+            assert_eq!(agreed().as_ref(), Some(text.correlation_id()));
+            correlation::sync_scope(None, || assert_eq!(agreed(), None));
+            assert_eq!(agreed().as_ref(), Some(text.correlation_id()));
+        });
+        assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+        // A nested trace keeps the id, also under a text id.
+        correlation::sync_scope(Some(Arc::clone(&text)), || {
+            let inner = Tracer::off().trace_sync("child", agreed);
+            assert_eq!(inner.as_ref(), Some(text.correlation_id()));
+        });
+    });
+    assert_eq!(agreed(), None);
+}
+
+#[test]
+fn the_nil_uuid_is_still_an_id() {
+    let nil = context_with_id("00000000-0000-0000-0000-000000000000");
+    correlation::sync_scope(Some(Arc::clone(&nil)), || {
+        assert_eq!(agreed().as_ref(), Some(nil.correlation_id()));
+    });
+}
+
+#[test]
+fn a_panic_leaves_the_enclosing_id_in_place() {
+    let outer = uuid_context();
+    // A UUID: a text id would be read from the task-local, and hide a stale mirror.
+    let inner = uuid_context();
+    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            correlation::sync_scope(Some(Arc::clone(&inner)), || {
+                assert_eq!(agreed().as_ref(), Some(inner.correlation_id()));
+                panic!("deliberate");
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+        let traced = catch_unwind(AssertUnwindSafe(|| {
+            ready(Tracer::off().start_trace("panics", async {
+                assert!(agreed().is_none(), "deliberate");
+            }));
+        }));
+        assert!(traced.is_err());
+        assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+    });
+    assert_eq!(agreed(), None);
+}
+
+#[test]
+fn suspended_futures_interleaved_on_one_thread_each_see_their_own() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let traced = |tracer: Tracer, name: &'static str| {
+        let seen = Rc::clone(&seen);
+        tracer.start_trace(name, async move {
+            for _ in 0..3 {
+                seen.borrow_mut().push((name, agreed()));
+                YieldOnce::default().await;
+            }
+        })
+    };
+    let mut first = pin!(traced(Tracer::off(), "first"));
+    let mut second = pin!(traced(Tracer::writer(std::io::sink()), "second"));
+    let mut third = pin!(async { agreed() }.in_trace(Some(context_with_id("third"))));
+    for _ in 0..4 {
+        let _ = poll_once(first.as_mut());
+        assert_eq!(agreed(), None, "between polls nothing is current");
+        let _ = poll_once(second.as_mut());
+        assert_eq!(agreed(), None, "between polls nothing is current");
+    }
+    assert_eq!(
+        poll_once(third.as_mut()),
+        Poll::Ready(Some("third".parse().unwrap()))
+    );
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 6);
+    for name in ["first", "second"] {
+        let ids: Vec<_> = seen
+            .iter()
+            .filter(|(seen_by, _)| *seen_by == name)
+            .map(|(_, id)| id.clone().expect("inside its trace"))
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.iter().all(|id| *id == ids[0]), "{name} saw {ids:?}");
+    }
+    assert_ne!(seen[0].1, seen[1].1, "two traces, two ids");
+}
+
+/// Records what `correlation_id()` says when it is dropped.
+struct SeesOnDrop(Rc<RefCell<Vec<Option<CorrelationId>>>>);
+
+impl Drop for SeesOnDrop {
+    fn drop(&mut self) {
+        self.0.borrow_mut().push(agreed());
+    }
+}
+
+#[test]
+fn destructors_of_unfinished_futures_run_inside_their_trace() {
+    let outer = uuid_context();
+    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+        for logged in [false, true] {
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let guard = SeesOnDrop(Rc::clone(&seen));
+            let tracer = if logged {
+                Tracer::writer(std::io::sink())
+            } else {
+                Tracer::off()
+            };
+            let mut future = Box::pin(tracer.start_trace("dropped", async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }));
+            assert!(poll_once(future.as_mut()).is_pending());
+            drop(future);
+            assert_eq!(
+                *seen.borrow(),
+                [Some(outer.correlation_id().clone())],
+                "a child keeps the id"
+            );
+            assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+        }
+        // Also a future carried into a scope of another trace, dropped unfinished.
+        let other = context_with_id("other");
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let guard = SeesOnDrop(Rc::clone(&seen));
+        let mut future = Box::pin(
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }
+            .in_trace(Some(Arc::clone(&other))),
+        );
+        assert!(poll_once(future.as_mut()).is_pending());
+        drop(future);
+        assert_eq!(*seen.borrow(), [Some(other.correlation_id().clone())]);
+        assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_moving_between_workers_agree_at_every_await() {
+    let mut tasks = Vec::new();
+    for task in 0..200 {
+        tasks.push(correlation::spawn(async move {
+            let tracer = Tracer::off();
+            let body = async {
+                let id = agreed();
+                for _ in 0..5 {
+                    tokio::task::yield_now().await;
+                    assert_eq!(agreed(), id);
+                }
+                id
+            };
+            if task % 2 == 0 {
+                tracer.start_trace("task", body).await
+            } else {
+                let id: CorrelationId = format!("task-{task}").parse().unwrap();
+                tracer.start_trace_with_id(id, "task", body).await
+            }
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().is_some());
+    }
+    assert_eq!(agreed(), None);
+}
+
+/// One step of a random nesting: a scope of some context, then its body.
+#[derive(Clone, Debug)]
+enum Step {
+    Uuid,
+    Text,
+    Nothing,
+    Trace,
+    Panic,
+}
+
+fn run(steps: &[Step]) {
+    agreed();
+    let Some((step, rest)) = steps.split_first() else {
+        return;
+    };
+    match step {
+        Step::Uuid => correlation::sync_scope(Some(uuid_context()), || run(rest)),
+        Step::Text => correlation::sync_scope(Some(context_with_id("text-id")), || run(rest)),
+        Step::Nothing => correlation::sync_scope(None, || run(rest)),
+        Step::Trace => ready(Tracer::off().start_trace("step", async { run(rest) })),
+        Step::Panic => {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                correlation::sync_scope(Some(uuid_context()), || {
+                    run(rest);
+                    panic!("deliberate");
+                })
+            }));
+        }
+    }
+    agreed();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_nesting_agrees(steps in proptest::collection::vec(prop_oneof![
+        Just(Step::Uuid),
+        Just(Step::Text),
+        Just(Step::Nothing),
+        Just(Step::Trace),
+        Just(Step::Panic),
+    ], 0..8)) {
+        run(&steps);
+        prop_assert_eq!(correlation::correlation_id(), None);
+    }
+}
