@@ -104,8 +104,13 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.future.is_some() {
+                // Mirror what the task-local really holds rather than `this.mirror`: tokio
+                // drops an unfinished future inside its scope when it can, but outside it
+                // when the task-local cannot be entered (borrowed by `with_current`'s
+                // closure, or already destroyed at thread exit).
+                let mirror = CURRENT.try_with(mirrored).ok().flatten();
                 let mut future = this.future;
-                with_mirror(*this.mirror, || future.set(None));
+                with_mirror(mirror, || future.set(None));
             }
         }
     }
@@ -134,11 +139,10 @@ impl<F: Future> Future for Mirrored<F> {
     }
 }
 
-/// What a task-local trace scope holds: the running trace's context, or explicitly none (for
-/// example `.in_current_trace()` created outside a trace). It appears in the type of
-/// [`InTrace`](crate::InTrace); make one with `From<Option<Arc<TraceContext>>>`.
+/// What the task-local holds: the running trace's context, or explicitly none (for example
+/// `.in_current_trace()` created outside a trace).
 #[derive(Clone, Debug)]
-pub struct TraceScope {
+pub(crate) struct TraceScope {
     // Only the pointer: tokio moves the scope in and out of the task-local on every poll. A
     // copy of the UUID next to it saved a pointer chase per `correlation_id()` but cost more
     // per trace (16 more bytes to move, and stalls reloading them), for no gain in the read.
@@ -300,8 +304,9 @@ impl TraceContext {
 }
 
 /// The correlation id of the running trace, or `None` outside one. Works in async and sync
-/// code (inside [`sync_scope`], [`bind`](crate::bind) and [`Tracer::trace_sync`]). Costs a
-/// task-local lookup and a copy (or a reference-count increment for a received text id);
+/// code (inside [`sync_scope`], [`bind`](crate::bind) and [`Tracer::trace_sync`]). Costs one
+/// thread-local load, inlined (a received text id also reads the task-local and increments
+/// a reference count);
 /// never allocates.
 ///
 /// ```

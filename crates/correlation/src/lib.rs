@@ -109,10 +109,7 @@ mod tracer;
 mod w3c;
 
 pub use crate::{
-    context::{
-        TraceContext, TraceScope, correlation_id, current, outgoing_headers, sync_scope,
-        with_current,
-    },
+    context::{TraceContext, correlation_id, current, outgoing_headers, sync_scope, with_current},
     headers::{IdSource, Incoming, Rejection, RejectionReason},
     id::{
         CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN, SpanId, TraceFlags, TraceId,

@@ -21,6 +21,12 @@ pin_project! {
     }
 }
 
+impl<F> std::fmt::Debug for InTrace<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InTrace").finish_non_exhaustive()
+    }
+}
+
 impl<F: Future> Future for InTrace<F> {
     type Output = F::Output;
 

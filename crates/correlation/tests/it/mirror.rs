@@ -290,3 +290,72 @@ proptest! {
         prop_assert_eq!(correlation::correlation_id(), None);
     }
 }
+
+/// Sends (`correlation_id()`, `current()`'s id) when dropped.
+struct Probe(std::sync::mpsc::Sender<(Option<CorrelationId>, Option<CorrelationId>)>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.0.send((correlation::correlation_id(), expected()));
+    }
+}
+
+// Found in review: tokio drops an unfinished future outside its scope when the task-local
+// cannot be entered, and the mirror must then not claim the future's trace.
+#[test]
+fn a_future_dropped_inside_with_current_sees_the_enclosing_trace() {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let outer = uuid_context();
+    let other = uuid_context();
+    correlation::sync_scope(Some(outer), || {
+        let probe = Probe(sender);
+        let inner = Box::pin(
+            async move {
+                let _probe = probe;
+                std::future::pending::<()>().await;
+            }
+            .in_trace(Some(other)),
+        );
+        // The task-local is borrowed while the closure runs, so tokio cannot enter the
+        // inner scope to drop the future.
+        correlation::with_current(|_| drop(inner));
+    });
+    let (mirror, task_local) = receiver.recv().unwrap();
+    assert!(task_local.is_some());
+    assert_eq!(
+        mirror, task_local,
+        "correlation_id() disagrees with current()"
+    );
+}
+
+#[test]
+fn a_future_dropped_at_thread_exit_after_the_task_local_sees_none() {
+    thread_local! {
+        static HELD: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>> =
+            const { RefCell::new(None) };
+    }
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Touched first, so destroyed after tokio's task-local (destructors run LIFO).
+        HELD.with(|_| {});
+        let probe = Probe(sender);
+        let mut held: Pin<Box<dyn Future<Output = ()>>> =
+            Box::pin(Tracer::off().start_trace("held", async move {
+                let _probe = probe;
+                std::future::pending::<()>().await;
+            }));
+        assert!(
+            held.as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending()
+        );
+        HELD.with(|slot| *slot.borrow_mut() = Some(held));
+    })
+    .join()
+    .unwrap();
+    let (mirror, task_local) = receiver.recv().unwrap();
+    assert_eq!(
+        mirror, task_local,
+        "correlation_id() disagrees with current()"
+    );
+}
