@@ -439,6 +439,18 @@ fn timing_rows(
         baseline_value: baseline,
         goal: Some(3.0),
     });
+    // For scale, not a row: how much faster than the `Value` baseline the typed floor
+    // itself is on this machine. A restore into a map does the floor's work and more, so
+    // this bounds what the `Value` row can show without parsing faster than `serde_json`.
+    let (floor, value) = side_by_side(
+        repetitions,
+        || restore_floor(&floor_path),
+        || restore_value(persistence.path()),
+    );
+    println!(
+        "for scale: the typed floor {floor:.3} s vs read_to_string + Value {value:.3} s: {:.2}x",
+        value / floor
+    );
     rows
 }
 
