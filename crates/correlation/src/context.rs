@@ -84,7 +84,7 @@ pub(crate) fn scoped<F: Future>(scope: TraceScope, future: F) -> InScope<F> {
 
 /// Whether a trace context is current on this thread (a parent for a new span).
 #[inline]
-pub(crate) fn in_trace() -> bool {
+pub(crate) fn context_is_current() -> bool {
     MIRROR.get().is_some()
 }
 
@@ -143,9 +143,8 @@ impl<F: Future> Future for Mirrored<F> {
 /// `.in_current_trace()` created outside a trace).
 #[derive(Clone, Debug)]
 pub(crate) struct TraceScope {
-    // Only the pointer: tokio moves the scope in and out of the task-local on every poll. A
-    // copy of the UUID next to it saved a pointer chase per `correlation_id()` but cost more
-    // per trace (16 more bytes to move, and stalls reloading them), for no gain in the read.
+    // Only the pointer: tokio moves the scope in and out of the task-local on every poll.
+    // `correlation_id()` reads the id from `MIRROR`, not from here.
     context: Option<Arc<TraceContext>>,
 }
 
@@ -306,8 +305,7 @@ impl TraceContext {
 /// The correlation id of the running trace, or `None` outside one. Works in async and sync
 /// code (inside [`sync_scope`], [`bind`](crate::bind) and [`Tracer::trace_sync`]). Costs one
 /// thread-local load, inlined (a received text id also reads the task-local and increments
-/// a reference count);
-/// never allocates.
+/// a reference count); never allocates.
 ///
 /// ```
 /// assert_eq!(correlation::correlation_id(), None);

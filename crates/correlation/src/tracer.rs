@@ -19,7 +19,9 @@ use std::{
 use pin_project_lite::pin_project;
 
 use crate::{
-    context::{CURRENT, InScope, TraceContext, TraceScope, enter_scope, in_trace, scoped},
+    context::{
+        CURRENT, InScope, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
+    },
     headers::Incoming,
     id::{CorrelationId, SpanId, TraceFlags, TraceId},
     line::{End, duration_ms, error_text, with_line},
@@ -462,7 +464,7 @@ struct Lineage {
 impl Lineage {
     /// A child of the running trace, or a fresh root outside one.
     fn current() -> Self {
-        if !in_trace() {
+        if !context_is_current() {
             return Self::with_id(CorrelationId::new());
         }
         CURRENT
