@@ -96,13 +96,19 @@
 //! All text goes through `serde_json`, so a newline in an error message is written as `\n`
 //! and can never start a second line.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod clock;
 mod context;
 mod headers;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod id;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod line;
+mod policy;
 mod propagate;
 mod random;
 mod tracer;
@@ -114,16 +120,21 @@ pub use crate::{
     id::{
         CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN, SpanId, TraceFlags, TraceId,
     },
+    policy::{HeaderRule, IdHeader, Mode, Propagation, Sampling},
     propagate::{InTrace, TraceFutureExt, bind, spawn, spawn_blocking},
     tracer::{
-        Outcome, TraceOutcome, Tracer, continue_trace, global, set_global, start_trace,
-        start_trace_with_id, trace_sync,
+        Outcome, TraceOutcome, Tracer, client_call, client_call_sync, continue_trace,
+        continue_trace_sync, global, set_global, start_trace, start_trace_with_id, trace_sync,
     },
-    w3c::{MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState, TraceStateError},
+    w3c::{
+        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState,
+        TraceStateError,
+    },
 };
 
 #[cfg(feature = "tracing-subscriber")]
-pub use crate::layer::{WithCorrelation, json_layer};
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
+pub use crate::layer::{JsonFormat, WithCorrelation, json_layer};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

@@ -41,7 +41,7 @@ fn json_events_inside_a_trace_carry_top_level_ids() {
     assert_eq!(inside["span_id"], context.span_id().to_string());
     assert_eq!(inside["fields"]["message"], "inside");
     assert_eq!(inside["fields"]["answer"], 42);
-    assert_eq!(inside["level"], "INFO");
+    assert_eq!(inside["level"], "info", "the crate's level spelling");
     assert!(events[2]["correlation_id"].is_string());
 }
 
@@ -82,6 +82,6 @@ fn tracer_can_emit_start_and_end_as_tracing_events() {
     assert_eq!(events[1]["event"], "trace.end");
     assert_eq!(events[1]["outcome"], "error");
     assert_eq!(events[1]["error"], "no stock");
-    assert_eq!(events[1]["level"], "ERROR");
+    assert_eq!(events[1]["level"], "error");
     assert_eq!(events[0]["correlation_id"], events[1]["correlation_id"]);
 }
