@@ -8,7 +8,7 @@
 //! and a newline in an error can never start a second line.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     fmt,
     panic::{AssertUnwindSafe, catch_unwind},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -181,26 +181,49 @@ pub(crate) fn timestamp(time: SystemTime) -> [u8; 24] {
     // 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z.
     let millis = millis.clamp(-62_167_219_200_000, 253_402_300_799_999);
     let seconds = millis.div_euclid(1000);
+    thread_local! {
+        /// The last second formatted on this thread and its `YYYY-MM-DDTHH:MM:SS` text: the
+        /// lines of one second share it, so a line formats only its milliseconds.
+        static LAST_SECOND: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
+    }
+    let cached = LAST_SECOND
+        .try_with(Cell::get)
+        .ok()
+        .filter(|(second, _)| *second == seconds);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    if let Some((_, text)) = cached {
+        out[..19].copy_from_slice(&text);
+    } else {
+        format_second(&mut out, seconds);
+        let mut text = [0; 19];
+        text.copy_from_slice(&out[..19]);
+        let _ = LAST_SECOND.try_with(|last| last.set((seconds, text)));
+    }
+    put_digits(&mut out, 20, 3, millis.rem_euclid(1000));
+    out
+}
+
+/// Writes `value` (in `0..10^width`) as `width` decimal digits at `at`.
+fn put_digits(out: &mut [u8; 24], at: usize, width: usize, value: i64) {
+    let mut value = value;
+    for index in (at..at + width).rev() {
+        // `value` is in 0..=9999 here, so every digit fits a `u8`.
+        out[index] = b'0' + u8::try_from(value % 10).unwrap_or(0);
+        value /= 10;
+    }
+}
+
+/// Writes the date and time of day of `seconds` since the epoch into `out[..19]`.
+fn format_second(out: &mut [u8; 24], seconds: i64) {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, value: i64| {
-        let mut value = value;
-        for index in (at..at + width).rev() {
-            // `value` is in 0..=9999 here, so every digit fits a `u8`.
-            out[index] = b'0' + u8::try_from(value % 10).unwrap_or(0);
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, second_of_day / 3600);
-    put(14, 2, second_of_day / 60 % 60);
-    put(17, 2, second_of_day % 60);
-    put(20, 3, millis.rem_euclid(1000));
-    out
+    put_digits(out, 0, 4, year);
+    put_digits(out, 5, 2, month);
+    put_digits(out, 8, 2, day);
+    put_digits(out, 11, 2, second_of_day / 3600);
+    put_digits(out, 14, 2, second_of_day / 60 % 60);
+    put_digits(out, 17, 2, second_of_day % 60);
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -230,6 +253,27 @@ mod tests {
 
     fn text(bytes: [u8; 24]) -> String {
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_cached_second_is_reused_only_within_its_second() {
+        // One thread, so every call sees the cache the previous one left.
+        let cases = [
+            (1_795_844_086_007, "2026-11-28T05:34:46.007Z"),
+            (1_795_844_086_999, "2026-11-28T05:34:46.999Z"),
+            (1_795_844_087_000, "2026-11-28T05:34:47.000Z"),
+            (1_795_844_086_500, "2026-11-28T05:34:46.500Z"),
+            (86_400_000 + 46_500, "1970-01-02T00:00:46.500Z"),
+            (1_795_844_086_001, "2026-11-28T05:34:46.001Z"),
+        ];
+        for (millis, expected) in cases {
+            let time = UNIX_EPOCH + Duration::from_millis(millis);
+            assert_eq!(
+                text(timestamp(time)),
+                expected,
+                "{millis} ms after the epoch"
+            );
+        }
     }
 
     #[test]
