@@ -351,6 +351,21 @@ impl TraceFlags {
         Self(self.0 & (Self::SAMPLED.0 | Self::RANDOM.0))
     }
 
+    /// Only the bits `level` defines: [`defined`](Self::defined) for Level 2, `sampled`
+    /// alone for Level 1.
+    ///
+    /// ```
+    /// use correlation::{TraceContextLevel, TraceFlags};
+    /// assert_eq!(TraceFlags::new(0xff).defined_at(TraceContextLevel::Level1), TraceFlags::SAMPLED);
+    /// ```
+    #[must_use]
+    pub const fn defined_at(self, level: crate::TraceContextLevel) -> Self {
+        match level {
+            crate::TraceContextLevel::Level1 => Self(self.0 & Self::SAMPLED.0),
+            _ => self.defined(),
+        }
+    }
+
     /// These flags with `other`'s bits set too.
     ///
     /// ```

@@ -105,10 +105,12 @@
 //!   which of `x-correlation-id` and `x-request-id` go downstream and back ([`IdHeader`],
 //!   by default the ones the caller sent, with its values).
 //!
-//! Level 1 (the W3C Recommendation) differs in three places, where this crate follows
-//! Level 2: Level 1 masks every flag but `sampled`, splits keys into `tenant@system` with
-//! their own length limits and no `@` elsewhere, and its test suite of the time expected a
-//! `tracestate` with a duplicated key to be dropped whole.
+//! Level 1 (the W3C Recommendation) differs in three places, where the two levels' test
+//! suites contradict each other: Level 1 masks every flag but `sampled`, splits keys into
+//! `tenant@system` with their own length limits and no `@` elsewhere, and its suite expects
+//! a `tracestate` with a duplicated key to be dropped whole. The crate follows Level 2; a
+//! service that must follow Level 1 strictly says so once,
+//! `Propagation::new().level(TraceContextLevel::Level1)` (see [`TraceContextLevel`]).
 //!
 //! # Feature flags
 //!
@@ -185,8 +187,8 @@ pub use crate::{
         continue_trace_sync, global, set_global, start_trace, start_trace_with_id, trace_sync,
     },
     w3c::{
-        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState,
-        TraceStateError,
+        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceContextLevel, TraceParent,
+        TraceParentError, TraceState, TraceStateError,
     },
 };
 

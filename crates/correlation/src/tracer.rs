@@ -577,12 +577,13 @@ impl Lineage {
     }
 
     fn from_incoming(incoming: Incoming) -> Self {
+        // This span sends them on: the reserved bits of a received byte must not go out.
+        let flags = incoming.sent_flags();
         Self {
             correlation_id: incoming.correlation_id,
             trace_id: incoming.trace_id,
             parent_span_id: incoming.parent_span_id,
-            // This span sends them on: the reserved bits of a received byte must not go out.
-            flags: incoming.flags.defined(),
+            flags,
             trace_state: incoming.trace_state,
             participation: incoming.participation,
         }
