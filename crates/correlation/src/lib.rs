@@ -119,6 +119,9 @@
 //!   [`WithCorrelation`], which puts the ids at the top level of another formatter's lines.
 //! - `http`: [`TraceOutcome`] for `http::Response` and `http::StatusCode` (a 5xx status is
 //!   an `error` outcome), and header helpers for `http::HeaderMap` (module [`http`]).
+//! - `tower` (with `http`): [`tower::ServerLayer`], which runs every `http::Request` as a
+//!   trace continued from its headers and echoes the id headers, and [`tower::ClientLayer`],
+//!   which makes every outgoing request a span of its own with that span's headers.
 //! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4 (their trace
 //!   ids do not get the `random` flag: part of a UUID v7's low bytes is a counter).
 //!
@@ -171,6 +174,9 @@ mod line;
 mod policy;
 mod propagate;
 mod random;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod tracer;
 mod w3c;
 

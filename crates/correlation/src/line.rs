@@ -211,6 +211,7 @@ pub(crate) fn duration_ms(duration: Duration) -> f64 {
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-11-28T05:34:46.123Z`, clamped to years 0000-9999.
+#[cfg(any(test, feature = "tracing-subscriber"))]
 pub(crate) fn timestamp(time: SystemTime) -> [u8; 24] {
     timestamp_of_nanos(unix_nanos(time))
 }
