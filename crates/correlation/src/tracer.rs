@@ -754,6 +754,7 @@ pub(crate) fn child_scope(tracer: &Tracer, operation: Cow<'static, str>) -> Trac
 
 /// `future` as the trace of `scope` (made by [`scope_from_incoming`] or [`child_scope`]
 /// with the same `tracer`).
+#[inline]
 pub(crate) fn traced_in<F>(tracer: &Tracer, scope: TraceScope, future: F) -> Traced<F>
 where
     F: Future,
