@@ -12,6 +12,8 @@ mod outcomes;
 mod participant;
 mod propagation;
 mod props;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod spec;
 #[cfg(feature = "tower")]
 mod tower;
