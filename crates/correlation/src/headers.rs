@@ -258,6 +258,7 @@ impl Incoming {
 
     /// [`Incoming::with_propagation`] for headers already looked up by name (a
     /// `HeaderMap` does that by hashing, with no pass over every header).
+    #[cfg(feature = "http")]
     pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
         let incoming = Self::choose_from(propagation, seen);
         for rejection in &incoming.rejections {
