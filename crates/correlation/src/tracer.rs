@@ -64,22 +64,21 @@ pub struct Tracer {
     /// `None` for [`Tracer::off`]: it has no sink and no counters, so cloning and dropping
     /// it (once per trace) touches no reference count.
     inner: Option<Arc<Inner>>,
+    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]); on the handle,
+    /// so a tracer with spans shares its sink and counters with the one it came from.
+    spans: bool,
 }
 
 struct Inner {
     output: Output,
     /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
     write_failures: AtomicU64,
-    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
-    spans: bool,
 }
 
 enum Output {
     Stderr,
     Writer(Mutex<Box<dyn Write + Send>>),
     Tracing,
-    /// No lines: [`Tracer::off`] with spans.
-    Nothing,
 }
 
 impl fmt::Debug for Tracer {
@@ -88,11 +87,11 @@ impl fmt::Debug for Tracer {
             Some(Output::Stderr) => "stderr",
             Some(Output::Writer(_)) => "writer",
             Some(Output::Tracing) => "tracing",
-            Some(Output::Nothing) => "off (spans only)",
             None => "off",
         };
         f.debug_struct("Tracer")
             .field("output", &output)
+            .field("spans", &self.spans)
             .field("write_failures", &self.write_failures())
             .finish()
     }
@@ -293,7 +292,10 @@ impl Tracer {
 
     /// Writes nothing; contexts, ids and propagation still work.
     pub fn off() -> Self {
-        Self { inner: None }
+        Self {
+            inner: None,
+            spans: false,
+        }
     }
 
     fn with_output(output: Output) -> Self {
@@ -301,8 +303,8 @@ impl Tracer {
             inner: Some(Arc::new(Inner {
                 output,
                 write_failures: AtomicU64::new(0),
-                spans: false,
             })),
+            spans: false,
         }
     }
 
@@ -311,7 +313,8 @@ impl Tracer {
     /// there is one) and `operation`, entered around every poll of the trace (and around a
     /// sync trace), so span-based tools (`tracing-subscriber`'s span fields, tower-http's
     /// `TraceLayer`, `tracing-opentelemetry`) see the request. Without it, a trace creates
-    /// no span and pays nothing for them.
+    /// no span and pays nothing for them. The tracer keeps its sink and counters, shared with
+    /// the tracer it came from.
     ///
     /// ```
     /// let tracer = correlation::Tracer::off().with_spans();
@@ -320,35 +323,15 @@ impl Tracer {
     /// ```
     #[must_use]
     pub fn with_spans(self) -> Self {
-        let (output, write_failures) = match self.inner {
-            None => (Output::Nothing, 0),
-            Some(inner) => match Arc::try_unwrap(inner) {
-                Ok(inner) => (inner.output, inner.write_failures.into_inner()),
-                // Shared with clones: those keep their own (span-less) settings; this one
-                // writes to a sink of the same kind only when it could take it over.
-                Err(shared) => (
-                    match &shared.output {
-                        Output::Stderr => Output::Stderr,
-                        Output::Tracing => Output::Tracing,
-                        Output::Writer(_) | Output::Nothing => Output::Nothing,
-                    },
-                    0,
-                ),
-            },
-        };
         Self {
-            inner: Some(Arc::new(Inner {
-                output,
-                write_failures: AtomicU64::new(write_failures),
-                spans: true,
-            })),
+            spans: true,
+            ..self
         }
     }
 
     /// The span a trace of `context` is, when this tracer makes spans.
     fn span_for(&self, context: &TraceContext) -> Option<tracing::Span> {
-        let inner = self.inner.as_deref()?;
-        if !inner.spans {
+        if !self.spans {
             return None;
         }
         let parent = context.parent_span_id.as_ref().map(tracing::field::display);
@@ -365,14 +348,12 @@ impl Tracer {
 
     /// Whether this tracer writes lines.
     fn writes_lines(&self) -> bool {
-        self.inner
-            .as_deref()
-            .is_some_and(|inner| !matches!(inner.output, Output::Nothing))
+        self.inner.is_some()
     }
 
     /// Whether this tracer does nothing per trace: no lines, no spans.
     fn is_off(&self) -> bool {
-        self.inner.is_none()
+        self.inner.is_none() && !self.spans
     }
 
     /// How many lines the sink refused: an I/O error or a panicking writer, or with
@@ -521,7 +502,6 @@ impl Tracer {
                 let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
                 inner.count(matches!(written, Ok(Ok(()))));
             }),
-            Output::Nothing => {}
             Output::Tracing => {
                 // The subscriber's writer may panic too; as with a panicking `Write`, that is
                 // a failed write, not a reason to take the traced work (or, when the end
