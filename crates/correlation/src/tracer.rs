@@ -64,12 +64,17 @@ pub struct Tracer {
     /// `None` for [`Tracer::off`]: it has no sink and no counters, so cloning and dropping
     /// it (once per trace) touches no reference count.
     inner: Option<Arc<Inner>>,
-    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]); on the handle,
-    /// so a tracer with spans shares its sink and counters with the one it came from.
-    spans: bool,
 }
 
 struct Inner {
+    /// The sink and its counters; `None` for [`Tracer::off`] with spans. Shared, so a tracer
+    /// with spans writes to the sink of the one it came from.
+    sink: Option<Arc<Sink>>,
+    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
+    spans: bool,
+}
+
+struct Sink {
     output: Output,
     /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
     write_failures: AtomicU64,
@@ -83,7 +88,7 @@ enum Output {
 
 impl fmt::Debug for Tracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let output = match self.inner.as_deref().map(|inner| &inner.output) {
+        let output = match self.sink().map(|sink| &sink.output) {
             Some(Output::Stderr) => "stderr",
             Some(Output::Writer(_)) => "writer",
             Some(Output::Tracing) => "tracing",
@@ -91,7 +96,10 @@ impl fmt::Debug for Tracer {
         };
         f.debug_struct("Tracer")
             .field("output", &output)
-            .field("spans", &self.spans)
+            .field(
+                "spans",
+                &self.inner.as_ref().is_some_and(|inner| inner.spans),
+            )
             .field("write_failures", &self.write_failures())
             .finish()
     }
@@ -292,20 +300,24 @@ impl Tracer {
 
     /// Writes nothing; contexts, ids and propagation still work.
     pub fn off() -> Self {
-        Self {
-            inner: None,
-            spans: false,
-        }
+        Self { inner: None }
     }
 
     fn with_output(output: Output) -> Self {
         Self {
             inner: Some(Arc::new(Inner {
-                output,
-                write_failures: AtomicU64::new(0),
+                sink: Some(Arc::new(Sink {
+                    output,
+                    write_failures: AtomicU64::new(0),
+                })),
+                spans: false,
             })),
-            spans: false,
         }
+    }
+
+    /// The sink, when this tracer writes lines.
+    fn sink(&self) -> Option<&Sink> {
+        self.inner.as_deref()?.sink.as_deref()
     }
 
     /// This tracer, with every trace also a `tracing` span (target `correlation`, name
@@ -323,15 +335,15 @@ impl Tracer {
     /// ```
     #[must_use]
     pub fn with_spans(self) -> Self {
+        let sink = self.inner.and_then(|inner| inner.sink.clone());
         Self {
-            spans: true,
-            ..self
+            inner: Some(Arc::new(Inner { sink, spans: true })),
         }
     }
 
     /// The span a trace of `context` is, when this tracer makes spans.
     fn span_for(&self, context: &TraceContext) -> Option<tracing::Span> {
-        if !self.spans {
+        if !self.inner.as_deref()?.spans {
             return None;
         }
         let parent = context.parent_span_id.as_ref().map(tracing::field::display);
@@ -348,12 +360,12 @@ impl Tracer {
 
     /// Whether this tracer writes lines.
     fn writes_lines(&self) -> bool {
-        self.inner.is_some()
+        self.sink().is_some()
     }
 
     /// Whether this tracer does nothing per trace: no lines, no spans.
     fn is_off(&self) -> bool {
-        self.inner.is_none() && !self.spans
+        self.inner.is_none()
     }
 
     /// How many lines the sink refused: an I/O error or a panicking writer, or with
@@ -361,9 +373,8 @@ impl Tracer {
     /// subscriber and are not seen here). The traced work is never affected by a failing
     /// sink.
     pub fn write_failures(&self) -> u64 {
-        self.inner
-            .as_ref()
-            .map_or(0, |inner| inner.write_failures.load(Ordering::Relaxed))
+        self.sink()
+            .map_or(0, |sink| sink.write_failures.load(Ordering::Relaxed))
     }
 
     /// Runs `future` as a trace: a new correlation id, or the enclosing trace's id with this
@@ -487,7 +498,7 @@ impl Tracer {
     }
 
     fn emit(&self, context: &TraceContext, end: Option<&End<'_>>) {
-        let Some(inner) = self.inner.as_deref() else {
+        let Some(inner) = self.sink() else {
             return;
         };
         match &inner.output {
@@ -514,7 +525,7 @@ impl Tracer {
     }
 }
 
-impl Inner {
+impl Sink {
     fn count(&self, written: bool) {
         if !written {
             self.write_failures.fetch_add(1, Ordering::Relaxed);
