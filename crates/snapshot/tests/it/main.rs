@@ -13,3 +13,4 @@ mod observability;
 mod persister;
 mod roundtrip;
 mod support;
+mod verdicts;
