@@ -21,7 +21,7 @@ use serde::{
 
 use crate::{
     CacheEntry,
-    insert::{Inserter, Pending, Sink},
+    insert::{Fill, Inserter, Pending, Sink},
     scan::{ScanError, Scanner, Streamed, beyond_reader, text_problem},
 };
 
@@ -62,7 +62,7 @@ impl<V: Serialize> Serialize for EntryRef<'_, V> {
 }
 
 /// The state a restore fills in as it streams the file.
-pub(crate) struct Restoring<V> {
+pub(crate) struct Restoring<V, T = Inserter<V>> {
     pub(crate) now_millis: u64,
     pub(crate) max_entries: u64,
     pub(crate) read: u64,
@@ -72,7 +72,7 @@ pub(crate) struct Restoring<V> {
     pending: Vec<Pending<V>>,
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
-    sink: Option<Sink<V>>,
+    sink: Option<Sink<V, T>>,
     /// Entries per batch; set from the map's size, lowered by tests.
     batch_entries: usize,
     pub(crate) timestamp: Option<u64>,
@@ -81,13 +81,13 @@ pub(crate) struct Restoring<V> {
     pub(crate) failure: Option<Failure>,
 }
 
-impl<V> Restoring<V> {
+impl<V, T: Fill<V>> Restoring<V, T> {
     /// `hasher` must be the one the map that `sink` fills uses.
     pub(crate) fn new(
         now_millis: u64,
         max_entries: u64,
         hasher: RandomState,
-        sink: Sink<V>,
+        sink: Sink<V, T>,
     ) -> Self {
         Self {
             now_millis,
@@ -106,7 +106,7 @@ impl<V> Restoring<V> {
 
     /// Closes the sink, which ends the inserter thread once it has inserted what it was
     /// sent; returns the inserter if it ran on this thread.
-    pub(crate) fn finish(&mut self) -> Option<Inserter<V>> {
+    pub(crate) fn finish(&mut self) -> Option<T> {
         match self.sink.take() {
             Some(Sink::Local(inserter)) => Some(inserter),
             Some(Sink::Thread { .. }) | None => None,
@@ -121,9 +121,9 @@ impl<V> Restoring<V> {
 /// read. If it comes after, the entries are read into the map (they must parse as version
 /// 1 entries) and the version is checked at the end, before the map is returned: the map is
 /// the result we would return anyway, so this costs no extra memory.
-pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
+pub(crate) fn read_document<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
-    restoring: &mut Restoring<V>,
+    restoring: &mut Restoring<V, T>,
     file_size: u64,
 ) -> Result<(), ScanError> {
     let mut version_seen = false;
@@ -175,7 +175,8 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
                     if timestamp_seen {
                         return Err(scanner.error_here("duplicate field `timestamp`"));
                     }
-                    let found = next_strict_value::<_, _, serde_json::Value>(scanner, restoring)?;
+                    let found =
+                        next_strict_value::<_, _, _, serde_json::Value>(scanner, restoring)?;
                     restoring.timestamp = found.as_u64();
                     timestamp_seen = true;
                 }
@@ -187,7 +188,7 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
                     entries_seen = true;
                 }
                 DocumentField::Other => {
-                    next_strict_value::<_, _, Strict>(scanner, restoring)?;
+                    next_strict_value::<_, _, _, Strict>(scanner, restoring)?;
                 }
             }
             if scanner.expect(b",}", "`,` or `}` after a field")? == b'}' {
@@ -209,13 +210,13 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
 
 /// Reads a top-level field's value as `T`; valid JSON this reader cannot hold (a number
 /// beyond `f64`, nesting too deep) is marked as the reader's limit.
-fn next_strict_value<R: Read, V, T: DeserializeOwned>(
+fn next_strict_value<R: Read, V, T, Field: DeserializeOwned>(
     scanner: &mut Scanner<R>,
-    restoring: &mut Restoring<V>,
-) -> Result<T, ScanError> {
+    restoring: &mut Restoring<V, T>,
+) -> Result<Field, ScanError> {
     let mut beyond = false;
     let result = scanner.next_value(|bytes| {
-        serde_json::from_slice::<T>(bytes)
+        serde_json::from_slice::<Field>(bytes)
             .inspect_err(|error| beyond = beyond_this_reader(bytes, error))
     });
     if beyond {
@@ -232,9 +233,9 @@ const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 /// read, the estimate is made again.
 const ESTIMATE_GROWTH: u64 = 4;
 
-fn read_entries<R: Read, V: DeserializeOwned>(
+fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
-    restoring: &mut Restoring<V>,
+    restoring: &mut Restoring<V, T>,
     file_size: u64,
 ) -> Result<(), ScanError> {
     scanner.expect(b"[", "`[` opening the entries")?;
@@ -327,7 +328,7 @@ const FIRST_BATCH_ENTRIES: usize = 1024;
 /// small next to the map itself (about 8 MiB).
 const BATCH_ENTRIES: usize = 64 * 1024;
 
-impl<V> Restoring<V> {
+impl<V, T: Fill<V>> Restoring<V, T> {
     /// Keeps an entry unless it has expired (an expired entry still removes its key, as
     /// the file's last word on it); a repeated key replaces the earlier entry.
     fn accept(&mut self, key: String, entry: CacheEntry<V>) {

@@ -12,5 +12,6 @@ mod hostile;
 mod observability;
 mod persister;
 mod roundtrip;
+mod sinks;
 mod support;
 mod verdicts;
