@@ -145,6 +145,7 @@
 //! `duration_ms`) or `ERROR` (with the error). Sweeping a stale temp file and quarantining
 //! a file are `WARN` events.
 
+mod changes;
 mod check;
 mod entry;
 mod error;
@@ -153,12 +154,14 @@ mod insert;
 mod parallel;
 mod persistence;
 mod scan;
+mod sync;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::Persister;
+pub use asynchronous::{Persister, PersisterBuilder};
+pub use changes::Changes;
 pub use entry::CacheEntry;
 pub use error::SnapshotError;
 pub use persistence::{
