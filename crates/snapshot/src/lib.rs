@@ -145,6 +145,8 @@
 //! `duration_ms`) or `ERROR` (with the error). Sweeping a stale temp file and quarantining
 //! a file are `WARN` events.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod changes;
 mod check;
 mod entry;
@@ -158,6 +160,9 @@ mod sync;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+#[cfg(feature = "moka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
+pub mod moka;
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::{Persister, PersisterBuilder};

@@ -9,6 +9,7 @@ mod corruption;
 mod crash;
 mod faults;
 mod hostile;
+mod moka_cache;
 mod observability;
 mod persister;
 mod roundtrip;

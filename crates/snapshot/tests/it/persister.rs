@@ -238,7 +238,11 @@ async fn an_idle_cache_is_saved_once_not_every_period() {
         tracking_persister(&persistence, Duration::from_secs(2), &cache, &changes);
 
     tokio::time::sleep(Duration::from_secs(21)).await;
-    assert_eq!(saves.load(Ordering::Relaxed), 1, "ten periods, one save: the first");
+    assert_eq!(
+        saves.load(Ordering::Relaxed),
+        1,
+        "ten periods, one save: the first"
+    );
     let first = persistence.last_persist_time();
 
     insert(&cache, "b", 2);
@@ -250,7 +254,11 @@ async fn an_idle_cache_is_saved_once_not_every_period() {
     assert_eq!(saves.load(Ordering::Relaxed), 2);
     persister.request_save();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(saves.load(Ordering::Relaxed), 2, "a request for an unchanged cache");
+    assert_eq!(
+        saves.load(Ordering::Relaxed),
+        2,
+        "a request for an unchanged cache"
+    );
 
     // The final save of an unchanged cache is skipped too, reporting the last save.
     let report = within("shutdown", persister.shutdown()).await.unwrap();
@@ -293,7 +301,11 @@ async fn a_change_during_a_save_and_a_failed_save_are_saved_again() {
     // although nothing changed since.
     assert_eq!(attempts.load(Ordering::Relaxed), 3);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(attempts.load(Ordering::Relaxed), 3, "then unchanged: skipped");
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        3,
+        "then unchanged: skipped"
+    );
     within("shutdown", persister.shutdown()).await.unwrap();
     assert_eq!(attempts.load(Ordering::Relaxed), 3);
     assert_eq!(persistence.restore::<u64>().unwrap().entries["k"].value, 3);
