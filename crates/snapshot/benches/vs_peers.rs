@@ -8,6 +8,7 @@
 //! (see `xtask/src/bench.rs` for the report protocol). Files go to a temp dir under
 //! `target/`.
 //!
+//! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
 //! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `floor-loop`) with
 //! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
 
@@ -339,6 +340,7 @@ fn main() {
     }
     let scratch = tempfile::Builder::new()
         .prefix("snapshot-bench-")
+        .disable_cleanup(std::env::var_os("SNAPSHOT_BENCH_KEEP").is_some())
         .tempdir_in(target_dir())
         .unwrap();
     let directory = scratch.path();
