@@ -39,6 +39,12 @@ fn assert_corrupt(case: &str, bytes: &[u8]) {
     let (directory, result) = restore_bytes::<serde_json::Value>(bytes);
     match result {
         Err(error @ SnapshotError::Corrupt { .. }) => {
+            // Inside an entry whose key was read, the error names it.
+            if let SnapshotError::Corrupt { key: Some(key), .. } = &error {
+                assert_eq!(key, "a", "{case}");
+            } else if case.contains("entry-level") || case.contains("tags") {
+                panic!("{case}: the error does not name the key: {error}");
+            }
             assert!(error.quarantined_to().is_some(), "{case}: {error}");
             assert_eq!(corrupt_files(directory.path()), 1, "{case}");
         }
@@ -127,8 +133,8 @@ fn bytes_that_are_not_json_are_corrupt_wherever_they_sit() {
         );
         let (_directory, result) = restore_bytes::<Named>(&file);
         assert!(
-            matches!(result, Err(SnapshotError::Corrupt { .. })),
-            "{what} in a skipped part of a value: {result:?}"
+            matches!(&result, Err(SnapshotError::Corrupt { key: Some(key), .. }) if key == "a"),
+            "{what} in a skipped part of a value, naming the key: {result:?}"
         );
     }
 }
