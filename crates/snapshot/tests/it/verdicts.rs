@@ -462,3 +462,66 @@ fn raw_values_round_trip_and_their_nesting_counts() {
         "{error:?}"
     );
 }
+
+/// Hostile pieces spliced into a good file at random places.
+const SPLICES: [&[u8]; 12] = [
+    b"\xff",
+    b"\xe2\x82",
+    br"\ud800",
+    br"\udfff",
+    b"1e400",
+    b"\xef\xbb\xbf",
+    b"\"",
+    b",",
+    b"{",
+    b"]",
+    b"\x00",
+    br#","note":[1e400]"#,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever is spliced in, a restore never panics, and it is `Ok` only for a file that
+    /// is valid JSON (an independent parser agrees); a file left in place is one whose
+    /// bytes are JSON text (valid UTF-8).
+    #[test]
+    fn a_restore_is_ok_only_for_valid_json(
+        splice in 0..SPLICES.len(),
+        at in 0..10_000_usize,
+        seed_entries in 1..6_u32,
+    ) {
+        let good: BTreeMap<String, CacheEntry<serde_json::Value>> = (0..seed_entries)
+            .map(|index| {
+                (
+                    format!("k{index}"),
+                    CacheEntry::new(serde_json::json!({"n": index, "s": "text", "f": 0.5}))
+                        .tagged(["t"]),
+                )
+            })
+            .collect();
+        let directory = tempfile::tempdir().unwrap();
+        let persistence = CachePersistence::new(directory.path());
+        persistence.save(&good).unwrap();
+        let mut bytes = fs::read(persistence.path()).unwrap();
+        let at = at % bytes.len();
+        bytes.splice(at..at, SPLICES[splice].iter().copied());
+        fs::write(persistence.path(), &bytes).unwrap();
+        match persistence.restore::<serde_json::Value>() {
+            Ok(_) => prop_assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "restored a file that is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+            Err(error) if error.quarantined_to().is_none() => {
+                prop_assert!(std::str::from_utf8(&bytes).is_ok(), "left in place: {error}");
+                prop_assert_eq!(fs::read(persistence.path()).unwrap(), bytes);
+            }
+            Err(error) => prop_assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+                    || matches!(error, SnapshotError::Corrupt { .. } | SnapshotError::UnsupportedVersion { .. }),
+                "{error}"
+            ),
+        }
+    }
+}
