@@ -479,6 +479,15 @@ const SPLICES: [&[u8]; 12] = [
     br#","note":[1e400]"#,
 ];
 
+/// Values for a spliced-in field, none of which `serde_json` reads as a `Value`.
+const FIELD_VALUES: [&[u8]; 5] = [
+    b"\"\xff\"",
+    br#""\ud800""#,
+    b"1e400",
+    b"[0, -1e400]",
+    br#"{"x": "\udc00"}"#,
+];
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -490,6 +499,7 @@ proptest! {
         splice in 0..SPLICES.len(),
         at in 0..10_000_usize,
         seed_entries in 1..6_u32,
+        as_field in any::<bool>(),
     ) {
         let good: BTreeMap<String, CacheEntry<serde_json::Value>> = (0..seed_entries)
             .map(|index| {
@@ -504,8 +514,18 @@ proptest! {
         let persistence = CachePersistence::new(directory.path());
         persistence.save(&good).unwrap();
         let mut bytes = fs::read(persistence.path()).unwrap();
-        let at = at % bytes.len();
-        bytes.splice(at..at, SPLICES[splice].iter().copied());
+        if as_field {
+            // As a new field of any object: the file's, an entry's, or a value's.
+            let opens: Vec<usize> = (0..bytes.len()).filter(|&index| bytes[index] == b'{').collect();
+            let after = opens[at % opens.len()] + 1;
+            let mut field = br#""note":"#.to_vec();
+            field.extend_from_slice(FIELD_VALUES[splice % FIELD_VALUES.len()]);
+            field.push(b',');
+            bytes.splice(after..after, field);
+        } else {
+            let at = at % bytes.len();
+            bytes.splice(at..at, SPLICES[splice].iter().copied());
+        }
         fs::write(persistence.path(), &bytes).unwrap();
         match persistence.restore::<serde_json::Value>() {
             Ok(_) => prop_assert!(
