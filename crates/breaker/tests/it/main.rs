@@ -4,6 +4,7 @@
 mod backoff;
 mod behaviour;
 mod model;
+mod operations;
 mod pitfalls;
 mod stress;
 mod support;
