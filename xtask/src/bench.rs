@@ -3,21 +3,26 @@
 //! # Protocol between a benchmark and this runner
 //!
 //! Each crate that has `benches/vs_peers.rs` (a `harness = false` target) is run with
-//! `cargo bench -p <crate> --bench vs_peers`, and these environment variables:
+//! `cargo bench -p <crate> --bench vs_peers` and measures its rows with
+//! `xtask::harness` (`xtask/src/harness.rs`), which reads these environment variables:
 //!
-//! - `BENCH_REPORT`: a path; the benchmark appends one JSON object per line to it, with
-//!   `bench` (name of the row), `unit` (e.g. `"ns/call"`, `"MiB"`; lower is better),
-//!   `ours`, `baseline` (name of what we compared against), `baseline_value`, and an
-//!   optional `goal`: the smallest acceptable `ratio`, from the crate's issue.
-//! - `BENCH_QUICK=1`: shorten runs; numbers are then only a smoke test.
+//! - `BENCH_REPORT`: a path; the benchmark appends one JSON object per row to it, with
+//!   `crate`, `bench`, `baseline`, `unit` (lower is better), `ours` and `baseline_value`
+//!   (the medians of each side over the rounds), `ratio` (the median of the per-round
+//!   ratios `baseline / ours`), `min_ratio` and `max_ratio` (their spread), `rounds`,
+//!   `pinned`, and an optional `goal`: the smallest acceptable median ratio, from the
+//!   crate's issue.
+//! - `BENCH_QUICK=1` (`--quick`): short runs; numbers are then only a smoke test.
+//! - `BENCH_ROUNDS=N` (`--rounds N`): every row runs N rounds.
+//! - `BENCH_ONLY=text` (`--only text`): only rows whose crate, name or baseline contain
+//!   `text`; when `text` names a crate, only that crate's benchmark runs.
 //!
-//! Every row must be measured side by side with its baseline in the same run: these
-//! machines are noisy, so ratios, never absolute times, are what we quote.
-//!
-//! The runner adds `ratio = baseline_value / ours` (greater than 1 means we are faster or
-//! smaller) and writes `target/bench/report.json`, an array of the rows.
+//! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
+//! `missed`, or `inconclusive` when the spread straddles the goal), writes
+//! `target/bench/report.json` (a JSON array of the rows) and `target/bench/machine.json`
+//! (CPU, cores, clock source and load average at the start), and prints the table.
 
-use std::{fmt::Write as _, fs, process::Command};
+use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use serde_json::{Map, Value, json};
 
@@ -26,30 +31,70 @@ use crate::{crates_with_file, project_root};
 /// One measured comparison, as written into `report.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Row {
+    pub(crate) krate: String,
     pub(crate) bench: String,
     pub(crate) unit: String,
     pub(crate) ours: f64,
     pub(crate) baseline: String,
     pub(crate) baseline_value: f64,
+    pub(crate) ratio: f64,
+    pub(crate) min_ratio: f64,
+    pub(crate) max_ratio: f64,
+    pub(crate) rounds: u64,
+    pub(crate) pinned: bool,
     pub(crate) goal: Option<f64>,
 }
 
+/// How a row stands against its goal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The row has no goal.
+    None,
+    /// Every round reached the goal.
+    Met,
+    /// No round reached the goal.
+    Missed,
+    /// The spread straddles the goal: some rounds reach it, some do not.
+    Inconclusive,
+}
+
 impl Row {
-    /// `baseline_value / ours`: above 1 means ours is faster (or smaller).
-    pub(crate) fn ratio(&self) -> f64 {
-        self.baseline_value / self.ours
+    /// Whether the median ratio reaches the goal (`None` without a goal).
+    pub(crate) fn goal_met(&self) -> Option<bool> {
+        self.goal.map(|goal| self.ratio >= goal)
+    }
+
+    pub(crate) fn verdict(&self) -> Verdict {
+        match self.goal {
+            None => Verdict::None,
+            Some(goal) if self.min_ratio >= goal => Verdict::Met,
+            Some(goal) if self.max_ratio < goal => Verdict::Missed,
+            Some(_) => Verdict::Inconclusive,
+        }
     }
 
     fn to_json(&self) -> Value {
         let mut object = Map::new();
+        object.insert("crate".into(), json!(self.krate));
         object.insert("bench".into(), json!(self.bench));
         object.insert("unit".into(), json!(self.unit));
         object.insert("ours".into(), json!(self.ours));
         object.insert("baseline".into(), json!(self.baseline));
         object.insert("baseline_value".into(), json!(self.baseline_value));
-        object.insert("ratio".into(), json!(round(self.ratio(), 4)));
+        object.insert("ratio".into(), json!(round(self.ratio, 4)));
+        object.insert("min_ratio".into(), json!(round(self.min_ratio, 4)));
+        object.insert("max_ratio".into(), json!(round(self.max_ratio, 4)));
+        object.insert("rounds".into(), json!(self.rounds));
+        object.insert("pinned".into(), json!(self.pinned));
         if let Some(goal) = self.goal {
             object.insert("goal".into(), json!(goal));
+            object.insert("goal_met".into(), json!(self.ratio >= goal));
+            let verdict = match self.verdict() {
+                Verdict::Met => "met",
+                Verdict::Missed => "missed",
+                Verdict::Inconclusive | Verdict::None => "inconclusive",
+            };
+            object.insert("verdict".into(), json!(verdict));
         }
         Value::Object(object)
     }
@@ -60,13 +105,30 @@ fn round(value: f64, digits: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut quick = false;
-    let mut write_docs = false;
-    for arg in args {
+/// The flags of `cargo xtask bench`.
+#[derive(Debug, Default, PartialEq)]
+struct Flags {
+    quick: bool,
+    write_docs: bool,
+    only: Option<String>,
+    rounds: Option<u64>,
+}
+
+fn parse_flags(args: &[String]) -> Result<Flags, String> {
+    let mut flags = Flags::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--quick" => quick = true,
-            "--write-docs" => write_docs = true,
+            "--quick" => flags.quick = true,
+            "--write-docs" => flags.write_docs = true,
+            "--only" => match args.next() {
+                Some(text) if !text.is_empty() => flags.only = Some(text.clone()),
+                _ => return Err("`--only` needs a crate name or a row substring".into()),
+            },
+            "--rounds" => match args.next().map(|text| text.parse::<u64>()) {
+                Some(Ok(rounds)) if rounds > 0 => flags.rounds = Some(rounds),
+                _ => return Err("`--rounds` needs a positive number".into()),
+            },
             other => {
                 return Err(format!(
                     "unknown bench flag `{other}`; run `cargo xtask help`"
@@ -74,6 +136,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
+    if flags.write_docs && (flags.only.is_some() || flags.quick) {
+        return Err(
+            "`--write-docs` regenerates docs/benchmarks.md from a full run: drop `--only` and `--quick`"
+                .into(),
+        );
+    }
+    Ok(flags)
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let flags = parse_flags(args)?;
     let root = project_root();
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)
@@ -81,22 +154,42 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let rows_path = out_dir.join("rows.jsonl");
     let _ = fs::remove_file(&rows_path);
 
-    let crates = crates_with_file(&root, "benches/vs_peers.rs")?;
+    let machine = machine();
+    let machine_path = out_dir.join("machine.json");
+    let machine_text =
+        serde_json::to_string_pretty(&machine).expect("a JSON value always serializes");
+    fs::write(&machine_path, machine_text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", machine_path.display()))?;
+    println!("machine: {machine}");
+
+    let mut crates = crates_with_file(&root, "benches/vs_peers.rs")?;
+    if let Some(only) = &flags.only
+        && crates.contains(only)
+    {
+        crates.retain(|krate| krate == only);
+    }
     for krate in &crates {
         let args = ["bench", "-p", krate, "--bench", "vs_peers", "--locked"];
-        println!(
-            "\n== cargo {}{}",
-            args.join(" "),
-            if quick { " (BENCH_QUICK=1)" } else { "" }
-        );
         let mut command = Command::new("cargo");
         command
             .args(args)
             .current_dir(&root)
             .env("BENCH_REPORT", &rows_path);
-        if quick {
+        let mut shown = Vec::new();
+        if flags.quick {
             command.env("BENCH_QUICK", "1");
+            shown.push("BENCH_QUICK=1".to_string());
         }
+        if let Some(rounds) = flags.rounds {
+            command.env("BENCH_ROUNDS", rounds.to_string());
+            shown.push(format!("BENCH_ROUNDS={rounds}"));
+        }
+        if let Some(only) = flags.only.as_ref().filter(|only| *only != krate) {
+            command.env("BENCH_ONLY", only);
+            shown.push(format!("BENCH_ONLY=\"{only}\""));
+        }
+        shown.push(format!("cargo {}", args.join(" ")));
+        println!("\n== {}", shown.join(" "));
         let status = command
             .status()
             .map_err(|e| format!("could not start cargo: {e}"))?;
@@ -118,10 +211,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
     let table = render_table(&rows);
     println!("\n{table}");
-    println!("wrote {} ({} rows)", report_path.display(), rows.len());
-    if write_docs {
+    println!(
+        "wrote {} ({} rows) and {}",
+        report_path.display(),
+        rows.len(),
+        machine_path.display()
+    );
+    if flags.write_docs {
         let docs_path = root.join("docs/benchmarks.md");
-        fs::write(&docs_path, render_docs(&table, quick, &crates))
+        fs::write(&docs_path, render_docs(&table, &machine, &crates, &rows))
             .map_err(|e| format!("cannot write {}: {e}", docs_path.display()))?;
         println!("wrote {}", docs_path.display());
     }
@@ -156,14 +254,34 @@ pub(crate) fn parse_rows(text: &str) -> Result<Vec<Row>, String> {
             None | Some(Value::Null) => None,
             Some(_) => Some(number_field("goal")?),
         };
-        rows.push(Row {
+        let rounds = value
+            .get("rounds")
+            .and_then(Value::as_u64)
+            .filter(|&rounds| rounds > 0)
+            .ok_or_else(|| format!("{at} needs a positive integer `rounds`: {line}"))?;
+        let row = Row {
+            krate: text_field("crate")?,
             bench: text_field("bench")?,
             unit: text_field("unit")?,
             ours: number_field("ours")?,
             baseline: text_field("baseline")?,
             baseline_value: number_field("baseline_value")?,
+            ratio: number_field("ratio")?,
+            min_ratio: number_field("min_ratio")?,
+            max_ratio: number_field("max_ratio")?,
+            rounds,
+            pinned: value
+                .get("pinned")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             goal,
-        });
+        };
+        if !(row.min_ratio <= row.ratio && row.ratio <= row.max_ratio) {
+            return Err(format!(
+                "{at} has a median ratio outside its spread (min ≤ ratio ≤ max): {line}"
+            ));
+        }
+        rows.push(row);
     }
     Ok(rows)
 }
@@ -181,24 +299,36 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
         return "no benchmark rows: no crate has a `benches/vs_peers.rs` that reported any".into();
     }
     let mut table = String::from(
-        "| bench | unit | ours | baseline | baseline value | ratio (baseline / ours) | goal |\n\
-         |---|---|---:|---|---:|---:|---|\n",
+        "| crate | bench | unit | ours | baseline | baseline value | ratio (median) | spread (min–max) | rounds | goal |\n\
+         |---|---|---|---:|---|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
-        let goal = match row.goal {
-            Some(goal) if row.ratio() >= goal => format!("≥ {} met", significant(goal)),
-            Some(goal) => format!("≥ {} **missed**", significant(goal)),
-            None => String::new(),
+        let goal = match (row.goal, row.verdict()) {
+            (Some(goal), Verdict::Met) => format!("≥ {} met", significant(goal)),
+            (Some(goal), Verdict::Missed) => format!("≥ {} **missed**", significant(goal)),
+            (Some(goal), _) => {
+                let median = if row.goal_met() == Some(true) {
+                    "median meets it"
+                } else {
+                    "median misses it"
+                };
+                format!("≥ {} inconclusive ({median})", significant(goal))
+            }
+            (None, _) => String::new(),
         };
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {:.2}× | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2}× | {:.2}–{:.2} | {} | {} |",
+            row.krate,
             row.bench,
             row.unit,
             significant(row.ours),
             row.baseline,
             significant(row.baseline_value),
-            row.ratio(),
+            row.ratio,
+            row.min_ratio,
+            row.max_ratio,
+            row.rounds,
             goal
         );
     }
@@ -224,7 +354,8 @@ fn significant(value: f64) -> String {
     }
 }
 
-fn render_docs(table: &str, quick: bool, crates: &[String]) -> String {
+/// What the machine was at the start of the run: `target/bench/machine.json`.
+fn machine() -> Value {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -235,38 +366,88 @@ fn render_docs(table: &str, quick: bool, crates: &[String]) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let memory = fs::read_to_string("/proc/meminfo")
+    let memory_gib = fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        info.lines()
+            .next()
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib / (1024 * 1024))
+    });
+    let clock_source = read_trimmed(Path::new(
+        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+    ));
+    let load_average = read_trimmed(Path::new("/proc/loadavg")).map(|text| {
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    json!({
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": memory_gib,
+        "clock_source": clock_source.unwrap_or_else(|| "unknown".into()),
+        "load_average": load_average.unwrap_or_else(|| "unknown".into()),
+        "kernel": command_output("uname", &["-r"]),
+        "rustc": command_output("rustc", &["--version"]),
+        "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+    })
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    fs::read_to_string(path)
         .ok()
-        .and_then(|info| {
-            info.lines()
-                .next()
-                .map(|line| line.split_whitespace().nth(1).unwrap_or("?").to_string())
-        })
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or_else(
-            || "unknown".into(),
-            |kib| format!("{} GiB", kib / (1024 * 1024)),
-        );
-    let rustc = command_output("rustc", &["--version"]);
-    let date = command_output("date", &["-u", "+%Y-%m-%d"]);
-    let flags = if quick {
-        " --quick` (smoke-test lengths: numbers are rough)"
-    } else {
-        "`"
+        .map(|text| text.trim().to_string())
+}
+
+fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) -> String {
+    let field = |key: &str| match &machine[key] {
+        Value::String(text) => text.clone(),
+        Value::Null => "unknown".into(),
+        other => other.to_string(),
     };
+    let pinned = if rows.iter().all(|row| row.pinned) {
+        "each measuring thread pinned to its own core"
+    } else {
+        "threads NOT pinned on this machine (the OS reported no core ids)"
+    };
+    let inconclusive = rows
+        .iter()
+        .filter(|row| row.verdict() == Verdict::Inconclusive)
+        .count();
     format!(
         "# Benchmarks\n\n\
-         Generated by `cargo xtask bench --write-docs{flags}; do not edit by hand.\n\n\
-         - date: {date}\n- machine: {cpu}, {cores} cores, {memory} memory\n- toolchain: {rustc}\n\
-         - crates measured: {}\n\n\
-         Each row is measured side by side with its baseline in one run. \
-         `ratio = baseline value / ours`: above 1 means ours is faster (or smaller). \
-         A `goal` is the smallest ratio the crate's issue asks for. \
-         Absolute numbers vary from machine to machine and from run to run; compare ratios.\n\n\
+         Generated by `cargo xtask bench --write-docs`; do not edit by hand.\n\n\
+         - date: {date}\n\
+         - machine: {cpu}, {cores} cores, {memory} GiB memory, clock source `{clock}`, \
+           load average at the start {load}\n\
+         - kernel: {kernel}; toolchain: {rustc}\n\
+         - crates measured: {crates}; {pinned}\n\n\
+         ## How to read it\n\n\
+         Every row is measured in rounds: each round times a batch of ours and a batch of the \
+         baseline back to back (the order alternating from round to round) and gives one ratio \
+         `baseline / ours`; above 1 means ours is faster (or smaller). `ratio` is the median of \
+         the rounds' ratios, `spread` their smallest and largest, and `ours` and `baseline \
+         value` each side's median, for scale. Nanosecond rows use a batch calibrated to a few \
+         milliseconds, after a warm-up, with `black_box` on every input and output. A `goal` \
+         is the smallest median ratio the crate's issue asks for: **met** when every round \
+         reaches it, **missed** when none does, and *inconclusive* when the spread straddles \
+         it (the median's side is given; {inconclusive} rows here). Absolute numbers vary \
+         from machine to machine and from run to run; compare ratios.\n\n\
          {table}\n\
-         Reproduce: `cargo xtask bench` (writes `target/bench/report.json`); \
-         `cargo xtask bench --write-docs` regenerates this page.\n",
-        crates.join(", "),
+         Reproduce: `cargo xtask bench` (writes `target/bench/report.json` and \
+         `target/bench/machine.json`); `cargo xtask bench --only <crate or row text>` for one \
+         area, `--rounds N` to change the rounds; `cargo xtask bench --write-docs` regenerates \
+         this page.\n",
+        date = field("date"),
+        cpu = field("cpu"),
+        cores = field("cores"),
+        memory = field("memory_gib"),
+        clock = field("clock_source"),
+        load = field("load_average"),
+        kernel = field("kernel"),
+        rustc = field("rustc"),
+        crates = crates.join(", "),
     )
 }
 
@@ -284,47 +465,113 @@ mod tests {
     use super::*;
 
     const FAKE_ROWS: &str = r#"
-{"bench":"closed success, 1 thread","unit":"ns/call","ours":1.5,"baseline":"failsafe 1.3","baseline_value":12.0,"goal":3.5}
-{"bench":"closed success, 1 thread","unit":"ns/call","ours":1.5,"baseline":"bare call","baseline_value":1.0}
+{"crate":"breaker","bench":"closed success, 1 thread","unit":"ns/call","ours":1.5,"baseline":"failsafe 1.3","baseline_value":12.0,"ratio":8.0,"min_ratio":7.0,"max_ratio":9.0,"rounds":41,"pinned":true,"goal":3.5}
+{"crate":"breaker","bench":"closed success, 1 thread","unit":"ns/call","ours":1.5,"baseline":"bare call","baseline_value":1.0,"ratio":0.66,"min_ratio":0.6,"max_ratio":0.7,"rounds":41,"pinned":true}
 "#;
 
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
-    fn report_has_the_documented_fields_and_ratio() {
+    fn report_has_the_documented_fields() {
         let rows = parse_rows(FAKE_ROWS).unwrap();
         assert_eq!(rows.len(), 2);
         let report: Value = serde_json::from_str(&render_report(&rows)).unwrap();
         let first = &report[0];
-        for key in ["bench", "unit", "baseline"] {
+        for key in ["crate", "bench", "unit", "baseline", "verdict"] {
             assert!(first[key].is_string(), "{key} must be a string in {first}");
         }
-        for key in ["ours", "baseline_value", "ratio"] {
+        for key in [
+            "ours",
+            "baseline_value",
+            "ratio",
+            "min_ratio",
+            "max_ratio",
+            "rounds",
+            "goal",
+        ] {
             assert!(first[key].is_number(), "{key} must be a number in {first}");
         }
-        assert_eq!(first["ratio"], json!(8.0), "ratio is baseline_value / ours");
-        assert!((report[1]["ratio"].as_f64().unwrap() - 1.0 / 1.5).abs() < 1e-3);
+        assert_eq!(first["goal_met"], json!(true));
+        assert_eq!(first["verdict"], json!("met"));
+        assert_eq!(
+            first["ratio"],
+            json!(8.0),
+            "the benchmark's median ratio is kept"
+        );
+        assert!(report[1].get("goal_met").is_none(), "no goal, no verdict");
+    }
+
+    #[test]
+    fn a_spread_that_straddles_the_goal_is_inconclusive() {
+        let straddling = FAKE_ROWS.replace("\"min_ratio\":7.0", "\"min_ratio\":3.0");
+        let rows = parse_rows(&straddling).unwrap();
+        assert_eq!(rows[0].verdict(), Verdict::Inconclusive);
+        assert_eq!(rows[0].goal_met(), Some(true));
+        let table = render_table(&rows);
+        assert!(table.contains("inconclusive (median meets it)"), "{table}");
+        assert!(!table.contains(" met |"), "{table}");
     }
 
     #[test]
     fn table_says_whether_each_goal_was_met() {
         let table = render_table(&parse_rows(FAKE_ROWS).unwrap());
         assert!(table.contains("8.00×"), "{table}");
+        assert!(table.contains("7.00–9.00"), "{table}");
         assert!(table.contains("≥ 3.5 met"), "{table}");
-        let missed = FAKE_ROWS.replace("12.0", "3.0");
+        let missed = FAKE_ROWS
+            .replace("\"ratio\":8.0", "\"ratio\":2.0")
+            .replace("\"min_ratio\":7.0", "\"min_ratio\":1.0")
+            .replace("\"max_ratio\":9.0", "\"max_ratio\":3.0");
         let table = render_table(&parse_rows(&missed).unwrap());
-        assert!(table.contains("**missed**"), "{table}");
+        assert!(table.contains("≥ 3.5 **missed**"), "{table}");
     }
 
     #[test]
     fn rows_that_cannot_be_measurements_are_rejected_with_their_line() {
-        let zero = r#"{"bench":"b","unit":"ns","ours":0,"baseline":"x","baseline_value":1}"#;
-        let error = parse_rows(zero).unwrap_err();
+        let zero = FAKE_ROWS
+            .lines()
+            .nth(1)
+            .unwrap()
+            .replace("\"ours\":1.5", "\"ours\":0");
+        let error = parse_rows(&zero).unwrap_err();
         assert!(
             error.contains("line 1") && error.contains("`ours`"),
             "{error}"
         );
-        let missing = r#"{"bench":"b","ours":1,"baseline":"x","baseline_value":1}"#;
-        assert!(parse_rows(missing).unwrap_err().contains("`unit`"));
+        let no_crate = FAKE_ROWS
+            .lines()
+            .nth(1)
+            .unwrap()
+            .replace("\"crate\"", "\"krate\"");
+        assert!(parse_rows(&no_crate).unwrap_err().contains("`crate`"));
+        let outside = FAKE_ROWS
+            .lines()
+            .nth(1)
+            .unwrap()
+            .replace("\"ratio\":8.0", "\"ratio\":10.0");
+        assert!(parse_rows(&outside).unwrap_err().contains("spread"));
         assert!(parse_rows("not json").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn flags_parse_only_and_rounds_and_refuse_partial_docs() {
+        let flags = parse_flags(&strings(&["--only", "breaker", "--rounds", "7"])).unwrap();
+        assert_eq!(flags.only.as_deref(), Some("breaker"));
+        assert_eq!(flags.rounds, Some(7));
+        assert!(parse_flags(&strings(&["--rounds", "0"])).is_err());
+        assert!(parse_flags(&strings(&["--only"])).is_err());
+        assert!(parse_flags(&strings(&["--only", "x", "--write-docs"])).is_err());
+        assert!(parse_flags(&strings(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn machine_names_cpu_cores_clock_and_load() {
+        let machine = machine();
+        for key in ["cpu", "cores", "clock_source", "load_average"] {
+            assert!(!machine[key].is_null(), "{key} missing from {machine}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! runs every crate's comparison benchmark and writes the report.
 //!
 //! Every command is echoed before it runs, so a failure can be reproduced by copying the
-//! line. The binary has one dependency (`serde_json`, for the benchmark report).
+//! line. The package's library half (`src/lib.rs`) is the benchmark harness the crates'
+//! benchmarks measure with; the binary needs only `serde_json`, for the report.
 
 mod bench;
 #[cfg(test)]
@@ -21,11 +22,14 @@ cargo xtask <task>
 Tasks:
   ci                  format check, clippy, tests (unit, integration, doc, property, tidy),
                       rustdoc, loom models, benches compiled. The whole CI.
-  bench [--quick] [--write-docs]
-                      run every crate's `vs_peers` benchmark side by side with its peers;
-                      writes target/bench/report.json and prints a table.
+  bench [--only <crate|row text>] [--rounds N] [--quick] [--write-docs]
+                      run every crate's `vs_peers` benchmark: each row interleaves ours and
+                      its baseline in rounds and reports the median ratio with its spread;
+                      writes target/bench/report.json and machine.json, prints a table.
+                      --only X      one crate, or the rows whose name or baseline contain X
+                      --rounds N    N rounds for every row (default 41 for nanosecond rows)
                       --quick       short runs, for smoke testing
-                      --write-docs  also regenerate docs/benchmarks.md from this run
+                      --write-docs  also regenerate docs/benchmarks.md from this (full) run
   help                this text
 ";
 
@@ -96,6 +100,7 @@ fn ci() -> Result<(), String> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--locked",
                 "--",
                 "-D",
@@ -105,12 +110,32 @@ fn ci() -> Result<(), String> {
         ),
         Step::new(
             "test",
-            &["cargo", "test", "--workspace", "--locked"],
-            "reproduce one crate with `cargo test -p <crate>`; a tidy failure says how to fix itself",
+            &["cargo", "test", "--workspace", "--all-features", "--locked"],
+            "reproduce one crate with `cargo test -p <crate> --all-features`; a tidy failure says how to fix itself",
         ),
+        // Every feature is tested above; this proves each library still builds without its
+        // optional features (features are additive, so nothing may need one to compile).
+        Step::new(
+            "no-default",
+            &[
+                "cargo",
+                "check",
+                "--locked",
+                "--no-default-features",
+                "-p",
+                "breaker",
+                "-p",
+                "correlation",
+                "-p",
+                "snapshot",
+            ],
+            "a library needs one of its optional features to compile: gate the code that uses it with `#[cfg(feature = \"...\")]`",
+        )
+        .env("RUSTFLAGS", "-D warnings")
+        .env("CARGO_TARGET_DIR", root.join("target/no-default").display().to_string()),
         Step::new(
             "doc",
-            &["cargo", "doc", "--workspace", "--no-deps", "--locked"],
+            &["cargo", "doc", "--workspace", "--all-features", "--no-deps", "--locked"],
             "fix the rustdoc warnings above (broken intra-doc links, missing docs)",
         )
         .env("RUSTDOCFLAGS", "-D warnings"),

@@ -213,3 +213,49 @@ fn libraries_log_through_tracing_never_by_printing() {
          stderr, through `std::io::Write`); replace the printing at {offenders:?}"
     );
 }
+
+#[test]
+fn every_benchmark_measures_through_the_harness() {
+    // A row timed by hand (ours in one pass, the baseline in another) is what made goals
+    // flip from run to run; `xtask::harness` interleaves the two round by round.
+    let root = project_root();
+    let mut offenders = Vec::new();
+    for krate in library_crates(&root) {
+        let bench = krate.join("benches/vs_peers.rs");
+        let Ok(text) = fs::read_to_string(&bench) else {
+            continue;
+        };
+        if !text.contains("Harness::from_env") || text.contains("BENCH_REPORT") {
+            offenders.push(relative(&root, &bench));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "measure every row with `xtask::harness::Harness` (`nanos` or `compare`) and let it \
+         write the report, instead of timing and writing rows by hand: {offenders:?}"
+    );
+}
+
+#[test]
+fn the_harness_is_only_ever_a_dev_dependency() {
+    // `xtask` is never published; a library that depended on it for real would not build
+    // for a user, and would hand them our benchmark code.
+    let root = project_root();
+    let mut offenders = Vec::new();
+    for krate in library_crates(&root) {
+        let manifest = fs::read_to_string(krate.join("Cargo.toml")).unwrap_or_default();
+        let mut section = String::new();
+        for line in manifest.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line.to_string();
+            } else if line.starts_with("xtask") && !section.contains("dev-dependencies") {
+                offenders.push(format!("{} in {section}", relative(&root, &krate)));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "depend on `xtask` (the benchmark harness) only under [dev-dependencies]: {offenders:?}"
+    );
+}

@@ -3,8 +3,10 @@
 //! own process.
 //!
 //! Run: `cargo bench -p snapshot --bench vs_peers` (1 000 000 entries, about 140 MB of
-//! JSON); `BENCH_QUICK=1` uses 50 000 entries. `BENCH_REPORT=<path>` appends the rows as
-//! JSON lines (see `xtask/src/bench.rs`). Files go to a temp dir under `target/`.
+//! JSON); `BENCH_QUICK=1` uses 50 000 entries. Every row is measured by `xtask::harness`:
+//! ours and the baseline alternately, round after round, the median ratio with its spread
+//! (see `xtask/src/bench.rs` for the report protocol). Files go to a temp dir under
+//! `target/`.
 //!
 //! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `floor-loop`) with
 //! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
@@ -16,11 +18,12 @@ use std::{
     io::{BufReader, BufWriter, Write as _},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 use snapshot::{CacheEntry, CachePersistence};
+use xtask::harness::{Harness, Row, seconds};
 
 /// A realistic cached value: a small record with strings, numbers and a flag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,91 +154,6 @@ fn restore_ours(persistence: &CachePersistence) -> HashMap<String, CacheEntry<Pr
     persistence.restore::<Profile>().unwrap().entries
 }
 
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// Times `ours` and `baseline` alternately, `repetitions` times each; medians in seconds.
-///
-/// What each returns is dropped after the clock stops: freeing the result is the
-/// caller's business, not part of a save or restore.
-fn side_by_side<A, B>(
-    repetitions: usize,
-    mut ours: impl FnMut() -> A,
-    mut baseline: impl FnMut() -> B,
-) -> (f64, f64) {
-    let mut ours_samples = Vec::new();
-    let mut baseline_samples = Vec::new();
-    for repetition in 0..repetitions {
-        // Alternate which goes first, so neither always inherits the other's cache state.
-        let ours_first = repetition % 2 == 0;
-        for first in [ours_first, !ours_first] {
-            let started = Instant::now();
-            if first {
-                let result = black_box(ours());
-                ours_samples.push(started.elapsed().as_secs_f64());
-                drop(result);
-            } else {
-                let result = black_box(baseline());
-                baseline_samples.push(started.elapsed().as_secs_f64());
-                drop(result);
-            }
-        }
-    }
-    (median(&mut ours_samples), median(&mut baseline_samples))
-}
-
-struct Row {
-    bench: String,
-    unit: &'static str,
-    ours: f64,
-    baseline: &'static str,
-    baseline_value: f64,
-    goal: Option<f64>,
-}
-
-fn report(rows: &[Row]) {
-    println!(
-        "\n| bench | unit | ours | baseline | baseline value | ratio (baseline / ours) | goal |"
-    );
-    println!("|---|---|---:|---|---:|---:|---|");
-    let mut lines = String::new();
-    for row in rows {
-        let ratio = row.baseline_value / row.ours;
-        let goal = row.goal.map_or(String::new(), |goal| {
-            format!(
-                "≥ {goal:.3} {}",
-                if ratio >= goal { "met" } else { "**missed**" }
-            )
-        });
-        println!(
-            "| {} | {} | {:.4} | {} | {:.4} | {ratio:.2}× | {goal} |",
-            row.bench, row.unit, row.ours, row.baseline, row.baseline_value
-        );
-        let mut object = serde_json::json!({
-            "bench": row.bench,
-            "unit": row.unit,
-            "ours": row.ours,
-            "baseline": row.baseline,
-            "baseline_value": row.baseline_value,
-        });
-        if let Some(goal) = row.goal {
-            object["goal"] = serde_json::json!(goal);
-        }
-        lines.push_str(&object.to_string());
-        lines.push('\n');
-    }
-    if let Some(path) = std::env::var_os("BENCH_REPORT") {
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        file.write_all(lines.as_bytes()).unwrap();
-    }
-}
-
 /// `VmHWM` or `VmRSS` from `/proc/self/status`, in MiB.
 fn proc_status_mib(field: &str) -> f64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -340,18 +258,27 @@ fn main() {
         child(&case);
         return;
     }
-    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|value| value != "0");
-    let (count, repetitions) = if quick { (50_000, 5) } else { (1_000_000, 5) };
+    let mut harness = Harness::from_env("snapshot");
+    let count = if harness.quick() { 50_000 } else { 1_000_000 };
+    let label = if count >= 1_000_000 {
+        format!("{}M entries", count / 1_000_000)
+    } else {
+        format!("{}k entries", count / 1000)
+    };
+    let timing = timing_rows(&label);
+    let memory = memory_rows(&label);
+    if !timing.iter().chain(&memory).any(|row| harness.wants(row)) {
+        harness.finish();
+        return;
+    }
     let scratch = tempfile::Builder::new()
         .prefix("snapshot-bench-")
         .tempdir_in(target_dir())
         .unwrap();
     let directory = scratch.path();
     println!(
-        "snapshot vs_peers: {count} entries in {} ({} repetitions{})",
-        directory.display(),
-        repetitions,
-        if quick { ", BENCH_QUICK" } else { "" }
+        "snapshot vs_peers: {count} entries in {}",
+        directory.display()
     );
 
     let entries = entries(count);
@@ -360,130 +287,126 @@ fn main() {
     #[allow(clippy::cast_precision_loss, reason = "a printed size")]
     let size_mb = fs::metadata(persistence.path()).unwrap().len() as f64 / 1e6;
     println!("snapshot file: {size_mb:.1} MB");
-    let label = if count >= 1_000_000 {
-        format!("{}M entries", count / 1_000_000)
-    } else {
-        format!("{}k entries", count / 1000)
-    };
-    let mut rows = timing_rows(&label, repetitions, directory, &persistence, &entries);
+    measure_timing(&mut harness, timing, directory, &persistence, &entries);
     drop(entries);
-    rows.extend(memory_rows(&label, directory, count));
-    report(&rows);
-    println!(
-        "\nratio = baseline / ours: above 1 means ours is faster or smaller; goal is the smallest acceptable ratio"
-    );
+    measure_memory(&mut harness, memory, directory, count);
+    harness.finish();
+}
+
+/// A save or restore takes about a second at 1M entries: fewer rounds than nanosecond rows.
+const TIMING_ROUNDS: usize = 7;
+
+/// The timing rows, in the order `measure_timing` measures them.
+fn timing_rows(label: &str) -> Vec<Row> {
+    let row =
+        |bench: String, baseline: &str| Row::new(bench, baseline).unit("s").rounds(TIMING_ROUNDS);
+    vec![
+        row(
+            format!("save {label}"),
+            "serde_json::to_writer + BufWriter + fsync + rename (floor)",
+        )
+        .goal(1.0 / 1.15),
+        row(
+            format!("save {label}"),
+            "original plan: to_string_pretty + write .tmp + rename, no fsync",
+        )
+        .goal(2.5),
+        row(
+            format!("restore {label} into a HashMap"),
+            "serde_json::from_reader(BufReader) into a typed Vec (floor)",
+        )
+        .goal(1.0),
+        row(
+            format!("restore {label} into a HashMap"),
+            "read_to_string + serde_json::Value",
+        ),
+    ]
 }
 
 /// Save and restore times, each against its baseline, interleaved.
-fn timing_rows(
-    label: &str,
-    repetitions: usize,
+fn measure_timing(
+    harness: &mut Harness,
+    rows: Vec<Row>,
     directory: &Path,
     persistence: &CachePersistence,
     entries: &[(String, CacheEntry<Profile>)],
-) -> Vec<Row> {
+) {
+    let [
+        save_floor_row,
+        save_plan_row,
+        restore_floor_row,
+        restore_value_row,
+    ] = <[Row; 4]>::try_from(rows).expect("four timing rows");
     let floor = floor_entries(entries);
-    let mut rows = Vec::new();
-    let (ours, baseline) = side_by_side(
-        repetitions,
-        || save_ours(persistence, entries),
-        || save_floor(directory, &floor),
+    harness.compare(
+        save_floor_row,
+        || seconds(|| save_ours(persistence, entries)),
+        || seconds(|| save_floor(directory, &floor)),
     );
-    rows.push(Row {
-        bench: format!("save {label}"),
-        unit: "s",
-        ours,
-        baseline: "serde_json::to_writer + BufWriter + fsync + rename (floor)",
-        baseline_value: baseline,
-        goal: Some(1.0 / 1.15),
-    });
-    let (ours, baseline) = side_by_side(
-        repetitions,
-        || save_ours(persistence, entries),
-        || save_original_plan(directory, &floor),
+    harness.compare(
+        save_plan_row,
+        || seconds(|| save_ours(persistence, entries)),
+        || seconds(|| save_original_plan(directory, &floor)),
     );
-    rows.push(Row {
-        bench: format!("save {label}"),
-        unit: "s",
-        ours,
-        baseline: "original plan: to_string_pretty + write .tmp + rename, no fsync",
-        baseline_value: baseline,
-        goal: Some(2.5),
-    });
     save_floor(directory, &floor);
     drop(floor);
     let floor_path = directory.join("floor.json");
-    let (ours, baseline) = side_by_side(
-        repetitions,
-        || restore_ours(persistence),
-        || restore_floor(&floor_path),
+    harness.compare(
+        restore_floor_row,
+        || seconds(|| restore_ours(persistence)),
+        || seconds(|| restore_floor(&floor_path)),
     );
-    rows.push(Row {
-        bench: format!("restore {label} into a HashMap"),
-        unit: "s",
-        ours,
-        baseline: "serde_json::from_reader(BufReader) into a typed Vec (floor)",
-        baseline_value: baseline,
-        goal: Some(1.0 / 1.3),
-    });
-    let (ours, baseline) = side_by_side(
-        repetitions,
-        || restore_ours(persistence),
-        || restore_value(persistence.path()),
+    harness.compare(
+        restore_value_row,
+        || seconds(|| restore_ours(persistence)),
+        || seconds(|| restore_value(persistence.path())),
     );
-    rows.push(Row {
-        bench: format!("restore {label} into a HashMap"),
-        unit: "s",
-        ours,
-        baseline: "read_to_string + serde_json::Value",
-        baseline_value: baseline,
-        goal: Some(3.0),
-    });
-    // For scale, not a row: how much faster than the `Value` baseline the typed floor
-    // itself is on this machine. A restore into a map does the floor's work and more, so
-    // this bounds what the `Value` row can show without parsing faster than `serde_json`.
-    let (floor, value) = side_by_side(
-        repetitions,
-        || restore_floor(&floor_path),
-        || restore_value(persistence.path()),
-    );
-    println!(
-        "for scale: the typed floor {floor:.3} s vs read_to_string + Value {value:.3} s: {:.2}x",
-        value / floor
-    );
-    rows
+}
+
+/// The memory rows, in the order `measure_memory` measures them. A peak is measured in a
+/// child process of its own; peaks barely vary, so three rounds suffice.
+fn memory_rows(label: &str) -> Vec<Row> {
+    let row = |bench: String, baseline: &str| {
+        Row::new(bench, baseline)
+            .unit("MiB")
+            .rounds(3)
+            .without_warm_up()
+    };
+    vec![
+        row(
+            format!("save {label}: peak memory above the entries"),
+            "budget from issue #5 (32 MiB)",
+        )
+        .goal(1.0),
+        row(
+            format!("save {label}: peak memory above the entries"),
+            "original plan (to_string_pretty)",
+        ),
+        row(
+            format!("restore {label}: peak memory"),
+            "building the same HashMap directly (the map's own size)",
+        )
+        .goal(1.0 / 1.2),
+    ]
 }
 
 /// Peak memory, each case in its own process.
-fn memory_rows(label: &str, directory: &Path, count: u64) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let save_peak = peak_in_child("save", directory, count);
-    rows.push(Row {
-        bench: format!("save {label}: peak memory above the entries"),
-        unit: "MiB",
-        ours: save_peak,
-        baseline: "budget from issue #5 (32 MiB)",
-        baseline_value: 32.0,
-        goal: Some(1.0),
-    });
-    let plan_peak = peak_in_child("save-original-plan", directory, count);
-    rows.push(Row {
-        bench: format!("save {label}: peak memory above the entries"),
-        unit: "MiB",
-        ours: save_peak,
-        baseline: "original plan (to_string_pretty)",
-        baseline_value: plan_peak,
-        goal: None,
-    });
-    let restore_peak = peak_in_child("restore", directory, count);
-    let map_peak = peak_in_child("map", directory, count);
-    rows.push(Row {
-        bench: format!("restore {label}: peak memory"),
-        unit: "MiB",
-        ours: restore_peak,
-        baseline: "building the same HashMap directly (the map's own size)",
-        baseline_value: map_peak,
-        goal: Some(1.0 / 1.2),
-    });
-    rows
+fn measure_memory(harness: &mut Harness, rows: Vec<Row>, directory: &Path, count: u64) {
+    let [budget_row, plan_row, restore_row] =
+        <[Row; 3]>::try_from(rows).expect("three memory rows");
+    harness.compare(
+        budget_row,
+        || peak_in_child("save", directory, count),
+        || 32.0,
+    );
+    harness.compare(
+        plan_row,
+        || peak_in_child("save", directory, count),
+        || peak_in_child("save-original-plan", directory, count),
+    );
+    harness.compare(
+        restore_row,
+        || peak_in_child("restore", directory, count),
+        || peak_in_child("map", directory, count),
+    );
 }
