@@ -38,6 +38,7 @@ fn poll_ready<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
+#[allow(clippy::too_many_lines)] // One block per group of rows reads best as one function.
 fn main() {
     let mut run = Harness::from_env("breaker");
     let hour = Duration::from_secs(3600);
@@ -78,6 +79,21 @@ fn main() {
                 .goal(if wide { 20.0 } else { 4.0 }),
             through_ours,
             through_recloser,
+        );
+    }
+
+    // The same closed success with `count_calls` (metrics on): two relaxed `fetch_add`s per
+    // call on counters both threads share. No goal: the goals are for metrics off.
+    let counted = CircuitBreaker::builder("bench-metrics")
+        .count_calls()
+        .build()
+        .unwrap();
+    let through_counted = |i: u64| counted.call(|| work(i)).ok();
+    for threads in [1, 2] {
+        run.nanos(
+            Row::new("closed success with metrics", "bare call").threads(threads),
+            through_counted,
+            bare,
         );
     }
 
