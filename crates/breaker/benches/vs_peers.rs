@@ -36,6 +36,7 @@ fn work(input: u64) -> Result<u64, u64> {
 /// this function, and the copy's wide loads of the narrow stores that built it stall on
 /// store forwarding: a cost that grows with the future's size (ours is 64 bytes, the
 /// bare one 16) and that no real executor pays per poll.
+#[allow(clippy::inline_always)] // `#[inline]` alone leaves it out of line here.
 #[inline(always)]
 fn poll_ready<F: Future>(future: F) -> Option<F::Output> {
     let future = pin!(future);

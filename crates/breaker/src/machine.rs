@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     pub(crate) half_open_trials: u16,
     pub(crate) successes_to_close: u16,
     pub(crate) clock: Box<dyn Clock>,
+    /// The clock's [`coarse_lag_nanos`](Clock::coarse_lag_nanos), read once.
+    coarse_lag: u64,
     /// `None` unless [`Builder::count_calls`](crate::Builder::count_calls): the hot path
     /// checks one pointer.
     pub(crate) counters: Option<Box<Counters>>,
@@ -213,6 +215,7 @@ impl Inner {
             slow_call_nanos,
             half_open_trials: trials.0,
             successes_to_close: trials.1,
+            coarse_lag: clock.coarse_lag_nanos(),
             clock,
             counters,
             transitions: Transitions::default(),
@@ -315,17 +318,20 @@ impl Inner {
                     return Ok(Admission::new(word.generation(), false));
                 }
                 OPEN => {
-                    let now = *now.get_or_insert_with(|| self.now());
                     let deadline = self.open_deadline(word);
+                    if now.is_none() {
+                        // The cheap check first: a coarse time that is still before the
+                        // deadline by more than its lag proves that the precise one is.
+                        // (The rejection's `retry_after` is then longer than exact by at
+                        // most the lag, never shorter.)
+                        let coarse = nanos_i64(self.clock.coarse_now_nanos());
+                        if i128::from(coarse) + i128::from(self.coarse_lag) < deadline {
+                            return Err(self.open_rejection(deadline, coarse));
+                        }
+                    }
+                    let now = *now.get_or_insert_with(|| self.now());
                     if i128::from(now) < deadline {
-                        // Relaxed: `opened_at` was already read with Acquire above.
-                        let opened_at = self.opened_at.load(Ordering::Relaxed);
-                        return Err(Rejected::Open {
-                            retry_after: time_until(deadline, now),
-                            opened_ago: duration_from_nanos(
-                                i128::from(now) - i128::from(opened_at),
-                            ),
-                        });
+                        return Err(self.open_rejection(deadline, now));
                     }
                     // Release, before the CAS: whoever sees the new HALF_OPEN word sees a
                     // probe start at least this late (pairs with `probe_deadline`'s Acquire).
@@ -376,6 +382,16 @@ impl Inner {
                 }
                 _ => return Err(Rejected::Isolated),
             }
+        }
+    }
+
+    /// The rejection of an open breaker whose deadline is `deadline`, at `now`.
+    fn open_rejection(&self, deadline: i128, now: i64) -> Rejected {
+        // Relaxed: `opened_at` was already read with Acquire by `open_deadline`.
+        let opened_at = self.opened_at.load(Ordering::Relaxed);
+        Rejected::Open {
+            retry_after: time_until(deadline, now),
+            opened_ago: duration_from_nanos(i128::from(now) - i128::from(opened_at)),
         }
     }
 

@@ -448,3 +448,72 @@ fn metrics_feature_exports_through_the_facade() {
         Some(&DebugValue::Gauge(1.0.into()))
     );
 }
+
+/// A manual clock whose coarse reading lags by `lag`, declaring that lag.
+#[derive(Debug, Clone)]
+struct LaggingClock {
+    time: ManualClock,
+    lag: Duration,
+}
+
+impl Clock for LaggingClock {
+    fn now_nanos(&self) -> u64 {
+        self.time.now_nanos()
+    }
+
+    fn coarse_now_nanos(&self) -> u64 {
+        self.time
+            .now_nanos()
+            .saturating_sub(u64::try_from(self.lag.as_nanos()).unwrap())
+    }
+
+    fn coarse_lag_nanos(&self) -> u64 {
+        u64::try_from(self.lag.as_nanos()).unwrap()
+    }
+}
+
+#[test]
+fn a_coarse_clock_never_rejects_past_the_deadline_nor_admits_before_it() {
+    let time = ManualClock::new();
+    let lag = Duration::from_millis(4);
+    let breaker = CircuitBreaker::builder("coarse")
+        .policy(Policy::consecutive_failures(1))
+        .half_open_after(Duration::from_secs(10))
+        .clock(LaggingClock {
+            time: time.clone(),
+            lag,
+        })
+        .build()
+        .unwrap();
+    fail(&breaker);
+    time.advance(Duration::from_secs(1));
+    // Far from the deadline the coarse time answers: `retry_after` is longer by the lag.
+    assert_eq!(
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(9) + lag
+    );
+    // Still rejected a nanosecond before the deadline (the coarse time proves it)...
+    time.advance(Duration::from_secs(9) - Duration::from_nanos(1));
+    assert_eq!(
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_nanos(1) + lag
+    );
+    // ...and admitted at the deadline: within the lag, the precise time decides.
+    time.advance(Duration::from_nanos(1));
+    assert!(
+        breaker
+            .try_acquire()
+            .expect("admitted at the deadline")
+            .is_probe()
+    );
+}
+
+#[test]
+fn the_default_clock_s_coarse_reading_never_leads_it() {
+    let clock = breaker::MonotonicClock::new();
+    for _ in 0..1_000 {
+        let coarse = clock.coarse_now_nanos();
+        assert!(coarse <= clock.now_nanos());
+    }
+    assert!(clock.coarse_lag_nanos() < 1_000_000_000);
+}
