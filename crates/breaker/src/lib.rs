@@ -115,7 +115,7 @@
 //!   ([`Builder::initial_state`]), like Cockatiel's `toJSON()`/`initialState`.
 //! - `metrics`: exports the [`count_calls`](Builder::count_calls) counts, the state and the
 //!   transitions through the [`metrics`](https://docs.rs/metrics) facade, so whatever
-//!   exporter the service installed (Prometheus, OTLP, StatsD) reports them: counters
+//!   exporter the service installed (Prometheus, OTLP, `StatsD`) reports them: counters
 //!   `breaker_admitted_total`, `breaker_calls_total{outcome}` (`success`, `failure`,
 //!   `ignored`, `cancelled`), `breaker_slow_calls_total`,
 //!   `breaker_rejections_total{reason}` (`open`, `half_open_full`, `isolated`),
