@@ -257,3 +257,46 @@ fn a_static_breaker_is_shared_by_reference() {
     assert!(ready(second.call(1)).unwrap_err().is_rejected());
     assert_eq!(first.breaker().name(), "static");
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread")]
+async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after() {
+    use breaker::{HttpStatus, rejection_response};
+    use http::{Response, StatusCode};
+
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 2).build().unwrap();
+    let statuses = Arc::new(std::sync::Mutex::new(vec![200, 503, 404, 429, 502]));
+    let next = statuses.clone();
+    let mut service = ServiceBuilder::new()
+        .layer(BreakerLayer::new(breaker.clone()).classifier(HttpStatus))
+        .service(service_fn(move |(): ()| {
+            let status = next.lock().unwrap().remove(0);
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(String::new())
+                        .unwrap(),
+                )
+            }
+        }));
+    for expected in [200, 503, 404, 429] {
+        let response = service.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(response.status(), expected);
+        assert_eq!(breaker.state(), State::Closed, "after {expected}");
+    }
+    let _ = service.ready().await.unwrap().call(()).await.unwrap(); // 502: the second after 429
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(Duration::from_millis(2_500));
+    let response: Response<String> = match service.ready().await.unwrap().call(()).await {
+        Err(error) => rejection_response(&error.rejected().expect("a rejection")),
+        Ok(response) => panic!("an open breaker answered {}", response.status()),
+    };
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // 7.5 s left, rounded up.
+    assert_eq!(response.headers()["retry-after"], "8");
+    assert!(statuses.lock().unwrap().is_empty());
+    let isolated = rejection_response::<String>(&breaker::Rejected::Isolated);
+    assert!(isolated.headers().get("retry-after").is_none());
+}
