@@ -269,7 +269,7 @@ async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after
     let statuses = Arc::new(std::sync::Mutex::new(vec![200, 503, 404, 429, 502]));
     let next = statuses.clone();
     let mut service = ServiceBuilder::new()
-        .layer(BreakerLayer::new(breaker.clone()).classifier(HttpStatus))
+        .layer(BreakerLayer::new(breaker.clone()).classifier(HttpStatus::new()))
         .service(service_fn(move |(): ()| {
             let status = next.lock().unwrap().remove(0);
             async move {
@@ -299,4 +299,65 @@ async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after
     assert!(statuses.lock().unwrap().is_empty());
     let isolated = rejection_response::<String>(&breaker::Rejected::Isolated);
     assert!(isolated.headers().get("retry-after").is_none());
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn an_upstream_retry_after_holds_the_breaker_open_up_to_the_cap() {
+    use breaker::HttpStatus;
+    use http::Response;
+
+    let respond = |retry_after: Option<&'static str>| {
+        service_fn(move |(): ()| {
+            let mut response = Response::builder().status(503);
+            if let Some(value) = retry_after {
+                response = response.header("retry-after", value);
+            }
+            std::future::ready(Ok::<_, Infallible>(response.body(()).unwrap()))
+        })
+    };
+    let clock = ManualClock::new();
+    for (header, cap, expected) in [
+        (
+            Some("120"),
+            Duration::from_secs(600),
+            Duration::from_secs(120),
+        ),
+        (
+            Some("100000"),
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        ),
+        (Some("120"), Duration::ZERO, Duration::from_secs(10)),
+        (Some("3"), Duration::from_secs(600), Duration::from_secs(10)), // shorter: ignored
+        (
+            Some("soon"),
+            Duration::from_secs(600),
+            Duration::from_secs(10),
+        ),
+        (None, Duration::from_secs(600), Duration::from_secs(10)),
+    ] {
+        let breaker = builder(&clock, 1).build().unwrap();
+        let mut service = ServiceBuilder::new()
+            .layer(
+                BreakerLayer::new(breaker.clone())
+                    .classifier(HttpStatus::new().retry_after_cap(cap)),
+            )
+            .service(respond(header));
+        assert!(ready(service.call(())).is_ok());
+        assert_eq!(breaker.state(), State::Open);
+        let rejected = breaker.try_acquire().unwrap_err();
+        assert_eq!(
+            rejected.retry_after(),
+            Some(expected),
+            "{header:?} capped at {cap:?}"
+        );
+        // The opening it holds ends when it says, and the probe closes as usual.
+        clock.advance(expected);
+        breaker
+            .try_acquire()
+            .expect("the probe after the wait")
+            .success();
+        assert_eq!(breaker.state(), State::Closed);
+    }
 }
