@@ -10,7 +10,7 @@
 //!   `crate`, `bench`, `baseline`, `unit` (lower is better), `ours` and `baseline_value`
 //!   (the medians of each side over the rounds), `ratio` (the median of the per-round
 //!   ratios `baseline / ours`), `min_ratio` and `max_ratio` (their spread), `rounds`,
-//!   `pinned`, and an optional `goal`: the smallest acceptable median ratio, from the
+//!   `pinned`, `timer` (`thread-cpu` or `wall`), and an optional `goal`: the smallest acceptable median ratio, from the
 //!   crate's issue.
 //! - `BENCH_QUICK=1` (`--quick`): short runs; numbers are then only a smoke test.
 //! - `BENCH_ROUNDS=N` (`--rounds N`): every row runs N rounds.
@@ -42,6 +42,7 @@ pub(crate) struct Row {
     pub(crate) max_ratio: f64,
     pub(crate) rounds: u64,
     pub(crate) pinned: bool,
+    pub(crate) timer: String,
     pub(crate) goal: Option<f64>,
 }
 
@@ -86,6 +87,7 @@ impl Row {
         object.insert("max_ratio".into(), json!(round(self.max_ratio, 4)));
         object.insert("rounds".into(), json!(self.rounds));
         object.insert("pinned".into(), json!(self.pinned));
+        object.insert("timer".into(), json!(self.timer));
         if let Some(goal) = self.goal {
             object.insert("goal".into(), json!(goal));
             object.insert("goal_met".into(), json!(self.ratio >= goal));
@@ -274,6 +276,11 @@ pub(crate) fn parse_rows(text: &str) -> Result<Vec<Row>, String> {
                 .get("pinned")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            timer: value
+                .get("timer")
+                .and_then(Value::as_str)
+                .unwrap_or("wall")
+                .to_string(),
             goal,
         };
         if !(row.min_ratio <= row.ratio && row.ratio <= row.max_ratio) {
@@ -411,6 +418,12 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
     } else {
         "threads NOT pinned on this machine (the OS reported no core ids)"
     };
+    let timing = if rows.iter().any(|row| row.timer == "thread-cpu") {
+        "one-thread nanosecond rows timed in the thread's CPU time, multi-thread rows and \
+         whole operations in wall-clock time"
+    } else {
+        "every row timed in wall-clock time (no thread CPU clock on this machine)"
+    };
     let inconclusive = rows
         .iter()
         .filter(|row| row.verdict() == Verdict::Inconclusive)
@@ -422,7 +435,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          - machine: {cpu}, {cores} cores, {memory} GiB memory, clock source `{clock}`, \
            load average at the start {load}\n\
          - kernel: {kernel}; toolchain: {rustc}\n\
-         - crates measured: {crates}; {pinned}\n\n\
+         - crates measured: {crates}; {pinned}; {timing}\n\n\
          ## How to read it\n\n\
          Every row is measured in rounds: each round times a batch of ours and a batch of the \
          baseline back to back (the order alternating from round to round) and gives one ratio \

@@ -18,7 +18,13 @@
 //! - **`black_box`**: the iteration index passed to a body and the value it returns both go
 //!   through [`std::hint::black_box`], so neither the input nor the result can be folded;
 //! - **pinned threads**: each measuring thread is pinned to its own core where the OS allows
-//!   (the output says when it does not), so a thread does not migrate between rounds.
+//!   (the output says when it does not), so a thread does not migrate between rounds;
+//! - **the clock**: a one-thread row times its batches in the thread's own CPU time
+//!   (`CLOCK_THREAD_CPUTIME_ID`), so a moment the thread spent descheduled by another
+//!   process is not charged to whichever side happened to be running. A row of several
+//!   threads times wall-clock time instead: a thread parked on a contended lock costs its
+//!   callers real time, and CPU time would hide exactly that. Where the OS has no thread
+//!   CPU clock, every row uses wall-clock time (the row's `timer` says which).
 //!
 //! # Example
 //!
@@ -179,6 +185,8 @@ pub struct Measured {
     pub goal: Option<f64>,
     /// `pinned`: whether the measuring threads were pinned to cores.
     pub pinned: bool,
+    /// `timer`: `"thread-cpu"` or `"wall"`, the clock the row's batches were timed with.
+    pub timer: &'static str,
 }
 
 impl Measured {
@@ -196,6 +204,7 @@ impl Measured {
             "max_ratio": self.max_ratio,
             "rounds": self.rounds,
             "pinned": self.pinned,
+            "timer": self.timer,
         });
         if let Some(goal) = self.goal {
             object["goal"] = json!(goal);
@@ -212,7 +221,25 @@ pub struct Harness {
     only: Option<String>,
     report: Option<Mutex<File>>,
     cores: Option<Vec<core_affinity::CoreId>>,
+    /// Whether this OS has a per-thread CPU clock (one-thread rows then use it).
+    thread_clock: bool,
     measured: Vec<Measured>,
+}
+
+/// The clock a batch is timed with; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    ThreadCpu,
+    Wall,
+}
+
+impl Timer {
+    fn name(self) -> &'static str {
+        match self {
+            Timer::ThreadCpu => "thread-cpu",
+            Timer::Wall => "wall",
+        }
+    }
 }
 
 impl Harness {
@@ -247,6 +274,7 @@ impl Harness {
             .map(|text| text.to_lowercase());
         let quick = std::env::var_os("BENCH_QUICK").is_some_and(|value| value != "0");
         let cores = core_affinity::get_core_ids().filter(|cores| !cores.is_empty());
+        let thread_clock = cpu_time::ThreadTime::try_now().is_ok();
         let harness = Harness {
             krate: krate.to_string(),
             quick,
@@ -254,16 +282,22 @@ impl Harness {
             only,
             report,
             cores,
+            thread_clock,
             measured: Vec::new(),
         };
         println!(
-            "{krate}: {}{}{}",
+            "{krate}: {}; one-thread rows timed in {}{}{}",
             match &harness.cores {
                 Some(cores) => format!(
                     "measuring threads pinned, one per core ({} cores)",
                     cores.len()
                 ),
                 None => "measuring threads NOT pinned (the OS reports no core ids)".to_string(),
+            },
+            if thread_clock {
+                "thread CPU time"
+            } else {
+                "wall-clock time (no thread CPU clock here)"
             },
             if quick {
                 "; BENCH_QUICK: smoke-test lengths"
@@ -317,13 +351,18 @@ impl Harness {
         let rounds = self.rounds_for(&row, NANOS_ROUNDS);
         let threads = row.threads.unwrap_or(1);
         let core = |thread: usize| self.cores.as_ref().map(|cores| cores[thread % cores.len()]);
+        let timer = if threads == 1 && self.thread_clock {
+            Timer::ThreadCpu
+        } else {
+            Timer::Wall
+        };
         let samples = if threads == 1 {
             // On the calling thread: see `Row::threads`.
             if let Some(core) = core(0) {
                 core_affinity::set_for_current(core);
             }
-            let batch = calibrate(&ours, &baseline, target);
-            measure_rounds(&ours, &baseline, batch, rounds, &|| {})
+            let batch = calibrate(&ours, &baseline, target, timer);
+            measure_rounds(&ours, &baseline, batch, rounds, timer, &|| {})
         } else {
             let batch = Mutex::new(0_u64);
             let barrier = Barrier::new(threads);
@@ -339,12 +378,12 @@ impl Harness {
                             core_affinity::set_for_current(core);
                         }
                         if thread == 0 {
-                            *batch.lock().unwrap() = calibrate(ours, baseline, target);
+                            *batch.lock().unwrap() = calibrate(ours, baseline, target, timer);
                         }
                         barrier.wait();
                         let batch = *batch.lock().unwrap();
                         // Every thread starts each batch together with the others.
-                        let mine = measure_rounds(ours, baseline, batch, rounds, &|| {
+                        let mine = measure_rounds(ours, baseline, batch, rounds, timer, &|| {
                             barrier.wait();
                         });
                         let mut totals = totals.lock().unwrap();
@@ -364,7 +403,7 @@ impl Harness {
                 .map(|(ours, baseline)| (ours / threads, baseline / threads))
                 .collect()
         };
-        Some(self.record(row, &samples))
+        Some(self.record(row, &samples, timer))
     }
 
     /// Measures a row whose one measurement the benchmark takes itself (seconds of a save,
@@ -396,7 +435,7 @@ impl Harness {
             };
             samples.push(sample);
         }
-        Some(self.record(row, &samples))
+        Some(self.record(row, &samples, Timer::Wall))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -433,7 +472,7 @@ impl Harness {
     }
 
     /// Turns per-round `(ours, baseline)` values into the reported row.
-    fn record(&mut self, row: Row, samples: &[(f64, f64)]) -> &Measured {
+    fn record(&mut self, row: Row, samples: &[(f64, f64)], timer: Timer) -> &Measured {
         let ratios: Vec<f64> = samples
             .iter()
             .map(|&(ours, baseline)| baseline / ours)
@@ -453,6 +492,7 @@ impl Harness {
             rounds: samples.len(),
             goal: row.goal,
             pinned: self.cores.is_some(),
+            timer: timer.name(),
         };
         println!(
             "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds)",
@@ -494,14 +534,14 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// The smallest power-of-two batch for which the faster side takes at least `target`.
-fn calibrate<A, B, RA, RB>(ours: &A, baseline: &B, target: Duration) -> u64
+fn calibrate<A, B, RA, RB>(ours: &A, baseline: &B, target: Duration, timer: Timer) -> u64
 where
     A: Fn(u64) -> RA,
     B: Fn(u64) -> RB,
 {
     let mut batch = 1_u64;
     loop {
-        let faster = time_batch(ours, batch, 0).min(time_batch(baseline, batch, 0));
+        let faster = time_batch(ours, batch, 0, timer).min(time_batch(baseline, batch, 0, timer));
         if faster >= target || batch >= 1 << 40 {
             return batch;
         }
@@ -532,32 +572,33 @@ fn measure_rounds<A, B, RA, RB>(
     baseline: &B,
     batch: u64,
     rounds: usize,
+    timer: Timer,
     before_batch: &dyn Fn(),
 ) -> Vec<(f64, f64)>
 where
     A: Fn(u64) -> RA,
     B: Fn(u64) -> RB,
 {
-    time_batch(ours, batch, 0);
-    time_batch(baseline, batch, 0);
+    time_batch(ours, batch, 0, timer);
+    time_batch(baseline, batch, 0, timer);
     let mut samples = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let offset = round as u64 * batch;
-        let timed = |side: bool| {
+        let one_batch = |side: bool| {
             before_batch();
             let elapsed = if side {
-                time_batch(ours, batch, offset)
+                time_batch(ours, batch, offset, timer)
             } else {
-                time_batch(baseline, batch, offset)
+                time_batch(baseline, batch, offset, timer)
             };
             per_call(elapsed, batch)
         };
         let sample = if round % 2 == 0 {
-            let first = timed(true);
-            (first, timed(false))
+            let first = one_batch(true);
+            (first, one_batch(false))
         } else {
-            let first = timed(false);
-            (timed(true), first)
+            let first = one_batch(false);
+            (one_batch(true), first)
         };
         samples.push(sample);
     }
@@ -568,15 +609,27 @@ where
 ///
 /// Not inlined, so every row's loop is the same shape of code around its body.
 #[inline(never)]
-fn time_batch<F, R>(body: &F, batch: u64, offset: u64) -> Duration
+fn time_batch<F, R>(body: &F, batch: u64, offset: u64, timer: Timer) -> Duration
 where
     F: Fn(u64) -> R,
 {
-    let started = Instant::now();
-    for index in offset..offset + batch {
-        black_box(body(black_box(index)));
+    match timer {
+        Timer::ThreadCpu => {
+            // `from_env` checked that this clock exists, so `now` cannot fail here.
+            let started = cpu_time::ThreadTime::now();
+            for index in offset..offset + batch {
+                black_box(body(black_box(index)));
+            }
+            started.elapsed()
+        }
+        Timer::Wall => {
+            let started = Instant::now();
+            for index in offset..offset + batch {
+                black_box(body(black_box(index)));
+            }
+            started.elapsed()
+        }
     }
-    started.elapsed()
 }
 
 fn per_call(elapsed: Duration, batch: u64) -> f64 {
@@ -611,6 +664,7 @@ mod tests {
             only: only.map(str::to_lowercase),
             report: None,
             cores: None,
+            thread_clock: cpu_time::ThreadTime::try_now().is_ok(),
             measured: Vec::new(),
         }
     }
