@@ -22,6 +22,7 @@ const TRIALS: u32 = 2;
 const SUCCESSES_TO_CLOSE: u32 = 2;
 const INITIAL_MS: u64 = 10;
 const MAX_MS: u64 = 40;
+const PROBE_TIMEOUT_FLOOR_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -42,6 +43,10 @@ enum Command {
     Isolate,
     /// Drop the isolation guard at this index (modulo the count).
     Release(usize),
+    /// An operator's `close()`.
+    Close,
+    /// An operator's `trip()`.
+    Trip,
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -55,8 +60,13 @@ fn command() -> impl Strategy<Value = Command> {
         3 => (any::<usize>(), outcome.clone()).prop_map(|(i, o)| Command::Complete(i, o)),
         4 => outcome.prop_map(Command::Call),
         3 => (0..25u64).prop_map(Command::Advance),
+        // Now and then past the probe timeout's one-second floor, so hung probes are
+        // superseded.
+        1 => (900..1_100u64).prop_map(Command::Advance),
         1 => Just(Command::Isolate),
         1 => any::<usize>().prop_map(Command::Release),
+        1 => Just(Command::Close),
+        1 => Just(Command::Trip),
     ]
 }
 
@@ -118,7 +128,10 @@ impl Model {
                 State::Open => {
                     let deadline = self.opened_at + self.delay();
                     if now < deadline {
-                        return Err(open_for(deadline - now));
+                        return Err(Rejected::Open {
+                            retry_after: Duration::from_millis(deadline - now),
+                            opened_ago: Duration::from_millis(now - self.opened_at),
+                        });
                     }
                     self.go(State::HalfOpen);
                 }
@@ -131,9 +144,12 @@ impl Model {
                             probe: true,
                         });
                     }
-                    let deadline = self.probe_started + self.delay();
+                    // The default probe timeout: the open time, at least one second.
+                    let deadline = self.probe_started + self.delay().max(PROBE_TIMEOUT_FLOOR_MS);
                     if now < deadline {
-                        return Err(open_for(deadline - now));
+                        return Err(Rejected::HalfOpenFull {
+                            retry_after: Duration::from_millis(deadline - now),
+                        });
                     }
                     self.go(State::HalfOpen); // supersede the hung probes
                 }
@@ -187,17 +203,34 @@ impl Model {
         }
     }
 
+    /// `close()`: from open or half-open only; reports whether it closed.
+    fn close(&mut self) -> bool {
+        if !matches!(self.state(), State::Open | State::HalfOpen) {
+            return false;
+        }
+        self.go(State::Closed);
+        true
+    }
+
+    /// `trip()`: opens as the policy would (from half-open with the next delay; an open
+    /// breaker restarts its open time); never while isolated.
+    fn trip(&mut self, now: u64) -> bool {
+        match self.state() {
+            State::Isolated => return false,
+            State::Closed => self.attempt = 0,
+            State::HalfOpen => self.attempt += 1,
+            State::Open => {}
+        }
+        self.opened_at = now;
+        self.go(State::Open);
+        true
+    }
+
     fn release(&mut self) {
         self.isolations -= 1;
         if self.isolations == 0 {
             self.go(State::Closed);
         }
-    }
-}
-
-fn open_for(millis: u64) -> Rejected {
-    Rejected::Open {
-        retry_after: Duration::from_millis(millis),
     }
 }
 
@@ -298,6 +331,12 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
                 }
                 drop(guards.remove(index % guards.len()));
                 model.release();
+            }
+            Command::Close => {
+                prop_assert_eq!(breaker.close(), model.close(), "close at step {}", step);
+            }
+            Command::Trip => {
+                prop_assert_eq!(breaker.trip(), model.trip(now), "trip at step {}", step);
             }
         }
         prop_assert_eq!(breaker.state(), model.state(), "state after step {}", step);
