@@ -174,6 +174,9 @@ mod id;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod line;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod opentelemetry;
 mod policy;
 mod propagate;
 mod random;

@@ -347,7 +347,7 @@ impl Tracer {
             return None;
         }
         let parent = context.parent_span_id.as_ref().map(tracing::field::display);
-        Some(tracing::info_span!(
+        let span = tracing::info_span!(
             target: "correlation",
             "trace",
             correlation_id = %context.correlation_id,
@@ -355,7 +355,12 @@ impl Tracer {
             span_id = %context.span_id,
             parent_span_id = parent,
             operation = &*context.operation,
-        ))
+        );
+        // The one hook of the `opentelemetry` integration: the span exported for this trace
+        // gets the trace's own ids and parent.
+        #[cfg(feature = "opentelemetry")]
+        crate::opentelemetry::open(&span, context);
+        Some(span)
     }
 
     /// Whether this tracer writes lines.

@@ -10,6 +10,8 @@ mod isolation;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod mirror;
+#[cfg(feature = "opentelemetry")]
+mod opentelemetry;
 mod outcomes;
 mod participant;
 mod propagation;
