@@ -124,3 +124,15 @@ fn spans_that_are_not_a_traces_get_random_ids() {
     assert_ne!(spans[0].span_context.span_id(), SpanId::INVALID);
     assert_ne!(spans[0].span_context.trace_id(), TraceId::INVALID);
 }
+
+#[test]
+fn a_trace_polled_on_another_thread_keeps_its_ids() {
+    let (lines, spans) = exported(|tracer| {
+        let future = tracer.start_trace("moved", async {});
+        // First polled (and so first entered) on another thread, as on a multi-threaded
+        // runtime: the exported span was built when the trace opened, with its ids.
+        std::thread::scope(|scope| scope.spawn(|| ready(future)).join().unwrap());
+    });
+    assert_eq!((lines.len(), spans.len()), (1, 1), "{lines:?} {spans:#?}");
+    assert_joins(&lines[0], span_of(&lines[0], &spans));
+}
