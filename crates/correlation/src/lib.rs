@@ -125,6 +125,10 @@
 //!   which makes every outgoing request a span of its own with that span's headers.
 //! - `reqwest` (with `http`): [`reqwest::Middleware`] for `reqwest-middleware` clients,
 //!   set up once per client: every request a span of its own with that span's headers.
+//! - `opentelemetry`: with [`Tracer::with_spans`] and `tracing-opentelemetry` installed,
+//!   each trace's span is exported with the trace's own trace-id, span-id, parent span-id,
+//!   flags and tracestate, so log lines and exported spans join on one id; install
+//!   [`opentelemetry::TraceIds`] as the SDK's id generator (module [`opentelemetry`]).
 //! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4 (their trace
 //!   ids do not get the `random` flag: part of a UUID v7's low bytes is a counter).
 //!
