@@ -5,6 +5,11 @@ use std::{fmt, str::FromStr, sync::Arc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+/// Whether [`CorrelationId::new`] makes ids whose trace id is random in its right-most 7
+/// bytes (Trace Context Level 2's `random` flag): a UUID v4 is random there; the `v7`
+/// feature's UUID v7 holds part of a counter in those bytes.
+pub(crate) const FRESH_IDS_ARE_RANDOM: bool = !cfg!(feature = "v7");
+
 /// The longest correlation id accepted from outside (`x-correlation-id`, `x-request-id`).
 pub const MAX_CORRELATION_ID_LEN: usize = 128;
 
@@ -298,10 +303,11 @@ impl SpanId {
     }
 }
 
-/// The W3C `trace-flags` byte. W3C Trace Context (Level 1, the Recommendation this crate
-/// implements) defines only [`TraceFlags::SAMPLED`]; the other bits are reserved and
-/// "Vendors MUST set those to zero". A parsed byte keeps every bit as received; what this
-/// crate sends ([`TraceParent`](crate::TraceParent)'s `Display`, a trace's
+/// The W3C `trace-flags` byte. W3C Trace Context Level 2 (the version this crate
+/// implements, see the crate docs) defines [`TraceFlags::SAMPLED`] and
+/// [`TraceFlags::RANDOM`]; the other bits are reserved and "Vendors MUST set those to zero".
+/// A parsed byte keeps every bit as received; what this crate sends
+/// ([`TraceParent`](crate::TraceParent)'s `Display`, a trace's
 /// [`flags`](crate::TraceContext::flags)) is [`TraceFlags::defined`].
 ///
 /// ```
@@ -309,7 +315,8 @@ impl SpanId {
 ///
 /// assert!(TraceFlags::SAMPLED.is_sampled());
 /// assert_eq!(TraceFlags::new(0x09).to_string(), "09");
-/// assert_eq!(TraceFlags::new(0xff).defined(), TraceFlags::SAMPLED);
+/// assert_eq!(TraceFlags::new(0xff).defined(), TraceFlags::new(0x03));
+/// assert!(TraceFlags::new(0x02).is_random());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TraceFlags(u8);
@@ -317,6 +324,15 @@ pub struct TraceFlags(u8);
 impl TraceFlags {
     /// The caller may have recorded trace data.
     pub const SAMPLED: Self = Self(0x01);
+
+    /// Level 2's `random-trace-id` flag: at least the right-most 7 bytes of the trace id
+    /// are random. A received flag is sent on unchanged with the same trace id; a new trace
+    /// sets it when its trace id is random (a UUID v4 is; a UUID v7, with the `v7` feature,
+    /// is not: its low bytes hold a counter).
+    pub const RANDOM: Self = Self(0x02);
+
+    /// No flag set.
+    pub const NONE: Self = Self(0);
 
     /// Flags from their byte.
     pub const fn new(bits: u8) -> Self {
@@ -328,27 +344,82 @@ impl TraceFlags {
         self.0
     }
 
-    /// Only the bits the specification defines (`sampled`), the reserved ones zeroed: the
-    /// flags to send downstream.
+    /// Only the bits the specification defines (`sampled`, `random`), the reserved ones
+    /// zeroed: the flags to send downstream.
     #[must_use]
     pub const fn defined(self) -> Self {
-        Self(self.0 & Self::SAMPLED.0)
+        Self(self.0 & (Self::SAMPLED.0 | Self::RANDOM.0))
+    }
+
+    /// Only the bits `level` defines: [`defined`](Self::defined) for Level 2, `sampled`
+    /// alone for Level 1.
+    ///
+    /// ```
+    /// use correlation::{TraceContextLevel, TraceFlags};
+    /// assert_eq!(TraceFlags::new(0xff).defined_at(TraceContextLevel::Level1), TraceFlags::SAMPLED);
+    /// ```
+    #[must_use]
+    pub const fn defined_at(self, level: crate::TraceContextLevel) -> Self {
+        match level {
+            crate::TraceContextLevel::Level1 => Self(self.0 & Self::SAMPLED.0),
+            _ => self.defined(),
+        }
+    }
+
+    /// These flags with `other`'s bits set too.
+    ///
+    /// ```
+    /// use correlation::TraceFlags;
+    /// assert_eq!(TraceFlags::SAMPLED.with(TraceFlags::RANDOM).bits(), 0x03);
+    /// ```
+    #[must_use]
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// These flags with `other`'s bits cleared.
+    ///
+    /// ```
+    /// use correlation::TraceFlags;
+    /// assert_eq!(TraceFlags::new(0x03).without(TraceFlags::SAMPLED), TraceFlags::RANDOM);
+    /// ```
+    #[must_use]
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
     }
 
     /// Whether the `sampled` bit is set (masked, as the specification asks).
     pub const fn is_sampled(self) -> bool {
         self.0 & Self::SAMPLED.0 == Self::SAMPLED.0
     }
+
+    /// Whether the `random-trace-id` bit is set (masked).
+    pub const fn is_random(self) -> bool {
+        self.0 & Self::RANDOM.0 == Self::RANDOM.0
+    }
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `value` as `N` lowercase hex digits into a stack buffer.
+/// Two lowercase hex digits for every byte value, so a byte is one table load.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [HEX_DIGITS[byte >> 4], HEX_DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    table
+};
+
+/// Writes the low `N / 2` bytes of `value` as `N` lowercase hex digits into a stack buffer
+/// (`N` even: the crate's ids are whole bytes).
 pub(crate) fn hex<const N: usize>(value: u128) -> [u8; N] {
     let mut out = [b'0'; N];
-    for (index, slot) in out.iter_mut().enumerate() {
-        let shift = 4 * (N - 1 - index);
-        *slot = HEX_DIGITS[usize::try_from((value >> shift) & 0xf).unwrap_or(0)];
+    let bytes = value.to_be_bytes();
+    let used = &bytes[16 - N / 2..];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(used) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
     out
 }
@@ -385,21 +456,42 @@ hex_display!(TraceId, 32, "TraceId");
 hex_display!(SpanId, 16, "SpanId");
 hex_display!(TraceFlags, 2, "TraceFlags");
 
+/// The value of each lowercase hex digit, `0xff` for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut digit: u8 = 0;
+    while digit < 16 {
+        table[HEX_DIGITS[digit as usize] as usize] = digit;
+        digit += 1;
+    }
+    table
+};
+
+/// Parses 1 to 16 lowercase hex digits into a `u64` (one table load per digit).
+fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut invalid = 0u8;
+    for &digit in digits {
+        let nibble = HEX_VALUES[usize::from(digit)];
+        // Checked once at the end: no branch per digit.
+        invalid |= nibble;
+        value = (value << 4) | u64::from(nibble & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(value)
+}
+
 /// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.
 pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
-    if digits.is_empty() || digits.len() > 32 {
-        return None;
+    match digits.len() {
+        0 | 33.. => None,
+        1..=16 => parse_hex_u64(digits).map(u128::from),
+        len => {
+            let (high, low) = digits.split_at(len - 16);
+            let high = parse_hex_u64(high)?;
+            let low = parse_hex_u64(low)?;
+            Some((u128::from(high) << 64) | u128::from(low))
+        }
     }
-    let mut value: u128 = 0;
-    for &digit in digits {
-        let nibble = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(nibble);
-    }
-    Some(value)
 }
 
 #[cfg(test)]

@@ -17,13 +17,14 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
+use tracing::{Instrument as _, instrument::Instrumented};
 
 use crate::{
     context::{
         CURRENT, InScope, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
     },
-    headers::Incoming,
-    id::{CorrelationId, SpanId, TraceFlags, TraceId},
+    headers::{Incoming, Participation},
+    id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
     line::{End, duration_ms, error_text, with_line},
     w3c::TraceState,
 };
@@ -69,12 +70,16 @@ struct Inner {
     output: Output,
     /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
     write_failures: AtomicU64,
+    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
+    spans: bool,
 }
 
 enum Output {
     Stderr,
     Writer(Mutex<Box<dyn Write + Send>>),
     Tracing,
+    /// No lines: [`Tracer::off`] with spans.
+    Nothing,
 }
 
 impl fmt::Debug for Tracer {
@@ -83,6 +88,7 @@ impl fmt::Debug for Tracer {
             Some(Output::Stderr) => "stderr",
             Some(Output::Writer(_)) => "writer",
             Some(Output::Tracing) => "tracing",
+            Some(Output::Nothing) => "off (spans only)",
             None => "off",
         };
         f.debug_struct("Tracer")
@@ -142,8 +148,10 @@ impl fmt::Display for Outcome {
 ///
 /// `Result<T, E: Display>` reports [`Outcome::Error`] with the error's `Display` text for
 /// `Err`; `Box<T>` delegates; plain values report success: `()`, numbers, strings, `bool`,
-/// references, `Arc`, `Rc`, `Option`, `Vec`, arrays, maps, sets, tuples up to 8, and this
-/// crate's own types. Rust has no specialisation, so a blanket "everything else is a
+/// references, `Arc`, `Rc`, `Option`, `Vec`, arrays, maps, sets, and this crate's own types;
+/// a tuple (up to 8) reports the first error of its elements. With the `http` feature,
+/// `http::Response` and `http::StatusCode` report a 5xx status as an error (see the
+/// `http` module for other rules). Rust has no specialisation, so a blanket "everything else is a
 /// success" is impossible next to the `Result` impl. For your own type, the default method reports success, so one line does it:
 ///
 /// ```
@@ -202,6 +210,10 @@ always_success!(
     SpanId,
     TraceContext,
     Incoming,
+    TraceFlags,
+    crate::TraceParent,
+    TraceState,
+    crate::Propagation,
 );
 
 impl<T: ?Sized> TraceOutcome for &T {}
@@ -218,12 +230,22 @@ impl<T, S> TraceOutcome for std::collections::HashSet<T, S> {}
 impl<T> TraceOutcome for std::collections::BTreeSet<T> {}
 impl<T> TraceOutcome for std::collections::VecDeque<T> {}
 
-/// Tuples report success (a tuple holding a `Result` is treated as a plain value).
-macro_rules! tuple_success {
-    ($(($($name:ident),+))*) => { $(impl<$($name),+> TraceOutcome for ($($name,)+) {})* };
+/// A tuple reports the first error any of its elements reports, so
+/// `(StatusCode::INTERNAL_SERVER_ERROR, body)` (with the `http` feature) is an error; every
+/// element must implement `TraceOutcome`.
+macro_rules! tuple_outcome {
+    ($(($($name:ident),+))*) => {$(
+        impl<$($name: TraceOutcome),+> TraceOutcome for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn trace_error(&self) -> Option<&dyn fmt::Display> {
+                let ($($name,)+) = self;
+                None$(.or_else(|| $name.trace_error()))+
+            }
+        }
+    )*};
 }
 
-tuple_success! {
+tuple_outcome! {
     (A) (A, B) (A, B, C) (A, B, C, D) (A, B, C, D, E) (A, B, C, D, E, G) (A, B, C, D, E, G, H)
     (A, B, C, D, E, G, H, I)
 }
@@ -279,11 +301,76 @@ impl Tracer {
             inner: Some(Arc::new(Inner {
                 output,
                 write_failures: AtomicU64::new(0),
+                spans: false,
             })),
         }
     }
 
-    /// Whether this tracer writes nothing, so a trace needs no start or end line.
+    /// This tracer, with every trace also a `tracing` span (target `correlation`, name
+    /// `trace`) carrying `correlation_id`, `trace_id`, `span_id`, `parent_span_id` (when
+    /// there is one) and `operation`, entered around every poll of the trace (and around a
+    /// sync trace), so span-based tools (`tracing-subscriber`'s span fields, tower-http's
+    /// `TraceLayer`, `tracing-opentelemetry`) see the request. Without it, a trace creates
+    /// no span and pays nothing for them.
+    ///
+    /// ```
+    /// let tracer = correlation::Tracer::off().with_spans();
+    /// let name = tracer.trace_sync("job", || tracing::Span::current().metadata().map(|m| m.name()));
+    /// # let _ = name; // `None` here: no subscriber is installed to record spans.
+    /// ```
+    #[must_use]
+    pub fn with_spans(self) -> Self {
+        let (output, write_failures) = match self.inner {
+            None => (Output::Nothing, 0),
+            Some(inner) => match Arc::try_unwrap(inner) {
+                Ok(inner) => (inner.output, inner.write_failures.into_inner()),
+                // Shared with clones: those keep their own (span-less) settings; this one
+                // writes to a sink of the same kind only when it could take it over.
+                Err(shared) => (
+                    match &shared.output {
+                        Output::Stderr => Output::Stderr,
+                        Output::Tracing => Output::Tracing,
+                        Output::Writer(_) | Output::Nothing => Output::Nothing,
+                    },
+                    0,
+                ),
+            },
+        };
+        Self {
+            inner: Some(Arc::new(Inner {
+                output,
+                write_failures: AtomicU64::new(write_failures),
+                spans: true,
+            })),
+        }
+    }
+
+    /// The span a trace of `context` is, when this tracer makes spans.
+    fn span_for(&self, context: &TraceContext) -> Option<tracing::Span> {
+        let inner = self.inner.as_deref()?;
+        if !inner.spans {
+            return None;
+        }
+        let parent = context.parent_span_id.as_ref().map(tracing::field::display);
+        Some(tracing::info_span!(
+            target: "correlation",
+            "trace",
+            correlation_id = %context.correlation_id,
+            trace_id = %context.trace_id,
+            span_id = %context.span_id,
+            parent_span_id = parent,
+            operation = &*context.operation,
+        ))
+    }
+
+    /// Whether this tracer writes lines.
+    fn writes_lines(&self) -> bool {
+        self.inner
+            .as_deref()
+            .is_some_and(|inner| !matches!(inner.output, Output::Nothing))
+    }
+
+    /// Whether this tracer does nothing per trace: no lines, no spans.
     fn is_off(&self) -> bool {
         self.inner.is_none()
     }
@@ -369,9 +456,41 @@ impl Tracer {
         operation: impl Into<Cow<'static, str>>,
         f: impl FnOnce() -> R,
     ) -> R {
-        let scope = Lineage::current().start(self, operation.into());
+        self.traced_sync(Lineage::current(), operation.into(), f)
+    }
+
+    /// Like [`Tracer::trace_sync`], but continuing the trace described by incoming headers:
+    /// for thread-per-request servers, no async runtime needed.
+    ///
+    /// ```
+    /// let incoming = correlation::Incoming::from_headers([
+    ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    /// ]);
+    /// let trace_id = correlation::Tracer::off().continue_trace_sync(incoming, "GET /orders", || {
+    ///     correlation::current().unwrap().trace_id().to_string()
+    /// });
+    /// assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// ```
+    pub fn continue_trace_sync<R: TraceOutcome>(
+        &self,
+        incoming: Incoming,
+        operation: impl Into<Cow<'static, str>>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        self.traced_sync(Lineage::from_incoming(incoming), operation.into(), f)
+    }
+
+    fn traced_sync<R: TraceOutcome>(
+        &self,
+        lineage: Lineage,
+        operation: Cow<'static, str>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let scope = lineage.start(self, operation);
+        let span = scope.context().and_then(|context| self.span_for(context));
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let context = match scope.context() {
-            Some(context) if !self.is_off() => Arc::clone(context),
+            Some(context) if self.writes_lines() => Arc::clone(context),
             // No lines to write, so no guard and no second reference to the context.
             _ => return enter_scope(scope, f),
         };
@@ -402,6 +521,7 @@ impl Tracer {
                 let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
                 inner.count(matches!(written, Ok(Ok(()))));
             }),
+            Output::Nothing => {}
             Output::Tracing => {
                 // The subscriber's writer may panic too; as with a panicking `Write`, that is
                 // a failed write, not a reason to take the traced work (or, when the end
@@ -459,19 +579,30 @@ struct Lineage {
     parent_span_id: Option<SpanId>,
     flags: TraceFlags,
     trace_state: Option<TraceState>,
+    participation: Option<Arc<Participation>>,
+}
+
+/// The flags of a trace this crate starts without a policy: sampled, and random when the
+/// trace id is.
+const fn new_trace_flags(random: bool) -> TraceFlags {
+    if random {
+        TraceFlags::SAMPLED.with(TraceFlags::RANDOM)
+    } else {
+        TraceFlags::SAMPLED
+    }
 }
 
 impl Lineage {
     /// A child of the running trace, or a fresh root outside one.
     fn current() -> Self {
         if !context_is_current() {
-            return Self::with_id(CorrelationId::new());
+            return Self::fresh();
         }
         CURRENT
             .try_with(|scope| scope.context().map(|parent| Self::child_of(parent)))
             .ok()
             .flatten()
-            .unwrap_or_else(|| Self::with_id(CorrelationId::new()))
+            .unwrap_or_else(Self::fresh)
     }
 
     fn child_of(parent: &TraceContext) -> Self {
@@ -481,34 +612,61 @@ impl Lineage {
             parent_span_id: Some(parent.span_id),
             flags: parent.flags,
             trace_state: parent.trace_state.clone(),
+            participation: parent.participation.clone(),
         }
     }
 
-    fn with_id(correlation_id: CorrelationId) -> Self {
+    /// A new trace with a new id.
+    fn fresh() -> Self {
+        let correlation_id = CorrelationId::new();
+        let (trace_id, random) = match correlation_id.trace_id() {
+            Some(trace_id) => (trace_id, FRESH_IDS_ARE_RANDOM),
+            None => (TraceId::random(), true),
+        };
         Self {
-            trace_id: correlation_id.trace_id().unwrap_or_else(TraceId::random),
+            trace_id,
             correlation_id,
             parent_span_id: None,
-            flags: TraceFlags::SAMPLED,
+            flags: new_trace_flags(random),
             trace_state: None,
+            participation: None,
+        }
+    }
+
+    /// A new trace carrying a received id: a UUID doubles as the trace id (not generated
+    /// here, so not known to be random); other text gets a random trace id.
+    fn with_id(correlation_id: CorrelationId) -> Self {
+        let (trace_id, random) = match correlation_id.trace_id() {
+            Some(trace_id) => (trace_id, false),
+            None => (TraceId::random(), true),
+        };
+        Self {
+            trace_id,
+            correlation_id,
+            parent_span_id: None,
+            flags: new_trace_flags(random),
+            trace_state: None,
+            participation: None,
         }
     }
 
     fn from_incoming(incoming: Incoming) -> Self {
+        // This span sends them on: the reserved bits of a received byte must not go out.
+        let flags = incoming.sent_flags();
         Self {
             correlation_id: incoming.correlation_id,
             trace_id: incoming.trace_id,
             parent_span_id: incoming.parent_span_id,
-            // This span sends them on: the reserved bits of a received byte must not go out.
-            flags: incoming.flags.defined(),
+            flags,
             trace_state: incoming.trace_state,
+            participation: incoming.participation,
         }
     }
 
     /// The context of a span starting now, in its `Arc`, in the scope that makes it current.
     fn start(self, tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
         // Only lines need the start; see `TraceContext::elapsed`.
-        let started = (!tracer.is_off()).then(Instant::now);
+        let started = tracer.writes_lines().then(Instant::now);
         let span_id = SpanId::random();
         let tracer = tracer.clone();
         // `new_cyclic` allocates first and then builds the value in place; `Arc::new` built
@@ -524,6 +682,7 @@ impl Lineage {
             operation,
             started,
             tracer,
+            participation: self.participation,
         });
         TraceScope::new(context)
     }
@@ -612,9 +771,11 @@ pin_project! {
     /// exactly a task-local scope holding one `Arc` (an `async fn` doing nothing but
     /// awaiting in that case cost about 8 ns per trace).
     #[project = TracedProjection]
-    enum Traced<F> {
+    pub(crate) enum Traced<F> {
         Quiet { #[pin] future: InScope<F> },
         Logged { #[pin] future: InScope<Logged<F>> },
+        LoggedInSpan { #[pin] future: InScope<Instrumented<Logged<F>>> },
+        InSpan { #[pin] future: InScope<Instrumented<F>> },
     }
 }
 
@@ -629,6 +790,8 @@ where
         match self.project() {
             TracedProjection::Quiet { future } => future.poll(cx),
             TracedProjection::Logged { future } => future.poll(cx),
+            TracedProjection::LoggedInSpan { future } => future.poll(cx),
+            TracedProjection::InSpan { future } => future.poll(cx),
         }
     }
 }
@@ -647,15 +810,57 @@ where
     F: Future,
     F::Output: TraceOutcome,
 {
-    let scope = lineage().start(tracer, operation);
-    match scope.context() {
-        Some(context) if !tracer.is_off() => {
+    traced_in(tracer, lineage().start(tracer, operation), future)
+}
+
+/// The scope of a span continuing `incoming`, for middleware that must run code inside the
+/// span before it has the future to trace (see [`traced_in`]).
+#[cfg(feature = "tower")]
+pub(crate) fn scope_from_incoming(
+    tracer: &Tracer,
+    incoming: Incoming,
+    operation: Cow<'static, str>,
+) -> TraceScope {
+    Lineage::from_incoming(incoming).start(tracer, operation)
+}
+
+/// The scope of a child span of the running trace (a new trace outside one).
+#[cfg(feature = "tower")]
+pub(crate) fn child_scope(tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
+    Lineage::current().start(tracer, operation)
+}
+
+/// `future` as the trace of `scope` (made by [`scope_from_incoming`] or [`child_scope`]
+/// with the same `tracer`).
+#[inline]
+pub(crate) fn traced_in<F>(tracer: &Tracer, scope: TraceScope, future: F) -> Traced<F>
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    let Some(context) = scope.context().filter(|_| !tracer.is_off()) else {
+        return Traced::Quiet {
+            future: scoped(scope, future),
+        };
+    };
+    let span = tracer.span_for(context);
+    match (tracer.writes_lines(), span) {
+        (true, None) => {
             let guard = EndGuard::new(Arc::clone(context));
             Traced::Logged {
                 future: scoped(scope, Logged { future, guard }),
             }
         }
-        _ => Traced::Quiet {
+        (true, Some(span)) => {
+            let guard = EndGuard::new(Arc::clone(context));
+            Traced::LoggedInSpan {
+                future: scoped(scope, Logged { future, guard }.instrument(span)),
+            }
+        }
+        (false, Some(span)) => Traced::InSpan {
+            future: scoped(scope, future.instrument(span)),
+        },
+        (false, None) => Traced::Quiet {
             future: scoped(scope, future),
         },
     }
@@ -781,7 +986,76 @@ pub fn trace_sync<R: TraceOutcome>(
     current_tracer().trace_sync(operation, f)
 }
 
-fn current_tracer() -> Tracer {
+/// [`Tracer::continue_trace_sync`] with the enclosing trace's tracer, or the [`global`] one.
+///
+/// ```
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let incoming = correlation::Incoming::from_headers([("x-request-id", "req-3")]);
+/// let id = correlation::continue_trace_sync(incoming, "GET /", correlation::correlation_id);
+/// assert_eq!(id.unwrap().to_string(), "req-3");
+/// ```
+pub fn continue_trace_sync<R: TraceOutcome>(
+    incoming: Incoming,
+    operation: impl Into<Cow<'static, str>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    current_tracer().continue_trace_sync(incoming, operation, f)
+}
+
+/// One outgoing call as a span of its own: opens a child span of the running trace (a new
+/// trace outside one), hands `call` the headers to send with it, from that span (so every
+/// call carries its own parent-id), and traces the call's outcome.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// correlation::start_trace("GET /orders", async {
+///     let mut parents = Vec::new();
+///     for _ in 0..3 {
+///         let traceparent: Result<String, String> = correlation::client_call("GET inventory", |headers| async move {
+///             // e.g. `request.header(name, value)` for each, then `.send().await`
+///             Ok(headers[0].1.clone())
+///         }).await;
+///         parents.push(traceparent.unwrap()[36..52].to_owned());
+///     }
+///     parents.dedup();
+///     assert_eq!(parents.len(), 3);
+/// }).await;
+/// # }
+/// ```
+pub fn client_call<C, F>(
+    operation: impl Into<Cow<'static, str>>,
+    call: C,
+) -> impl Future<Output = F::Output>
+where
+    C: FnOnce(Vec<(&'static str, String)>) -> F,
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    start_trace(operation, async move {
+        let headers = crate::outgoing_headers();
+        call(headers).await
+    })
+}
+
+/// [`client_call`] for a blocking call: `call` runs inside a child span with that span's
+/// headers.
+///
+/// ```
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let parents: Vec<String> = correlation::trace_sync("job", || {
+///     (0..2).map(|_| correlation::client_call_sync("POST /hook", |headers| headers[0].1.clone())).collect()
+/// });
+/// assert_ne!(parents[0], parents[1]);
+/// ```
+pub fn client_call_sync<R: TraceOutcome>(
+    operation: impl Into<Cow<'static, str>>,
+    call: impl FnOnce(Vec<(&'static str, String)>) -> R,
+) -> R {
+    trace_sync(operation, || call(crate::outgoing_headers()))
+}
+
+pub(crate) fn current_tracer() -> Tracer {
     crate::with_current(|context| {
         context.map_or_else(|| global().clone(), |context| context.tracer.clone())
     })

@@ -1,8 +1,16 @@
 //! Crash-safe, streaming persistence of an in-memory cache to a versioned JSON snapshot.
 //!
 //! A service keeps a cache keyed by string, each [`CacheEntry`] a value with an optional
-//! absolute expiry (epoch milliseconds) and optional tags. [`CachePersistence`] saves it to
-//! `<dir>/cache-snapshot.json` and restores it after a restart:
+//! absolute expiry (epoch milliseconds) and optional tags, and wants it back after a
+//! restart. Two types, two jobs:
+//!
+//! | type | what it is | what it does |
+//! |---|---|---|
+//! | [`CachePersistence`] | **the snapshot file** `<dir>/cache-snapshot.json` | every save and restore, on the calling thread: `save`, `restore`, `restore_into`, `save_moka` / `restore_moka` |
+//! | `Persister` (feature `tokio`) | **the periodic task** | decides *when* to save: every period, on request, at shutdown, skipping unchanged caches; it calls a `CachePersistence` to do it |
+//!
+//! Start with `CachePersistence` (restore at startup, save at shutdown); add a
+//! `Persister` when the cache should also be saved while the service runs.
 //!
 //! ```json
 //! { "version": 1, "timestamp": 1700000000000,
@@ -11,7 +19,8 @@
 //!
 //! The file is plain JSON (`jq '.entries | length' .cache/cache-snapshot.json` works).
 //! Saving streams from any iterator of `(key, &CacheEntry<V>)`; restoring streams into
-//! the result map, dropping expired entries as they are read.
+//! the result map (or, with [`restore_into`](CachePersistence::restore_into), into any
+//! map or cache), dropping expired entries as they are read.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -34,8 +43,12 @@
 //!
 //! - `tokio` (off by default): `CachePersistence::save_async` and
 //!   `CachePersistence::restore_async`, which run the file work on tokio's blocking pool,
-//!   and `Persister`, a task that saves periodically, coalesces requests, and saves a
-//!   last time on shutdown.
+//!   and `Persister`, a task that saves periodically, coalesces requests, skips saves of
+//!   an unchanged cache (with a [`Changes`] counter), and saves a last time on shutdown.
+//! - `moka` (off by default): the `moka` module. `save_moka` and `restore_moka` save a
+//!   moka `sync` or `future` `Cache<String, CacheEntry<V>>` and restore straight into one;
+//!   the `ExpiresAt` expiry policy makes each entry expire at its wall-clock `expiresAt`,
+//!   so a restarted cache keeps every entry's remaining time to live.
 //!
 //! # Crash safety
 //!
@@ -62,17 +75,24 @@
 //!   inode each rename replaces). Each save is whole; the last to finish wins. Readers take
 //!   no lock: they always see one complete file.
 //! - **Corrupt is not missing.** A file whose bytes are bad (truncated or invalid JSON,
-//!   wrong shape, `version` not 1) is a typed [`SnapshotError`] naming the file and the
-//!   position, and the file is renamed to `cache-snapshot.json.corrupt-<epoch ms>` so no
-//!   later save can destroy the evidence. Only a missing file restores as empty.
+//!   wrong shape, a repeated field, `version` not 1) is a typed [`SnapshotError`] naming
+//!   the file and the position, and the file is renamed to
+//!   `cache-snapshot.json.corrupt-<epoch ms>` so no later save can destroy the evidence.
+//!   Bytes that are not JSON (invalid UTF-8, an unpaired surrogate escape, a byte order
+//!   mark) are corrupt wherever they sit: in a key, a value, tags, or an unknown field.
+//!   Only a missing file restores as empty.
 //! - **A good file is never moved for the reader's reasons.** A valid snapshot whose
-//!   values do not fit the requested type ([`SnapshotError::Incompatible`]) or that is over
+//!   values do not fit the requested type, or that holds valid JSON `serde_json` cannot
+//!   hold (a number beyond `f64` such as `1e400`, nesting deeper than 127 levels), in a
+//!   value or an unknown field ([`SnapshotError::Incompatible`]), or that is over
 //!   this reader's size or entry limit ([`SnapshotError::TooLarge`],
 //!   [`SnapshotError::TooManyEntries`]) is an error too, but the file stays where it is.
 //! - **Unrepresentable values are refused, not corrupted.** `serde_json` writes NaN and
 //!   infinities as `null`. Each value is checked before it is written; a save containing
 //!   one fails with [`SnapshotError::Unrepresentable`] naming the entry's key, and the
-//!   previous snapshot stays. Map keys are refused the same way unless `serde_json`
+//!   previous snapshot stays. So is a value nested more than 126 levels deep (the entry
+//!   object makes 127, `serde_json`'s limit): whatever `save` accepts, `restore` reads
+//!   back. Map keys are refused the same way unless `serde_json`
 //!   writes them as strings that read back as the same key: strings, chars, integers,
 //!   bools, unit enum variants (and newtype structs of those) are accepted; floats, `None`
 //!   and `Option`s, `()`, unit structs, byte arrays, sequences, tuples, maps, structs and
@@ -113,7 +133,7 @@
 //! map, so parsing and inserting overlap; the entries cross to that thread, which is why
 //! `restore` requires `V: Send`. After the first 1024 entries the map is sized for
 //! the rest of the file, estimated from the bytes those entries took, instead of
-//! rehashing as it doubles; the reservation is capped at 4× the entries read so far (and
+//! rehashing as it doubles; the reservation is capped at 8× the entries read so far (and
 //! made again once those are read), so whitespace padding or a sparse hole cannot make
 //! it reserve more than the entries justify, and a failed reservation is ignored. In a large map, each batch is sorted by the bucket its keys
 //! hash to before it is inserted, because inserting in file order touches a random page
@@ -123,7 +143,10 @@
 //! map and the version is checked before anything is returned, so an unsupported version
 //! is still an error (if its entries do not even parse as version 1 entries, the error
 //! is [`Incompatible`](SnapshotError::Incompatible) or [`Corrupt`](SnapshotError::Corrupt)
-//! instead). Unknown fields are ignored. An entry is
+//! instead). Unknown fields are checked as values are (valid JSON that this reader can
+//! hold), then ignored. Every field, known or not, appears at most once in its object. Errors and logs quote at
+//! most 48 characters of a key (and about 240 of any other text from the file), with its
+//! length. An entry is
 //! expired when `expiresAt <= now`. If a key appears twice, the later entry wins and the
 //! earlier one is counted as `rejected` in the [`RestoreReport`]. A value that does not
 //! fit `V` fails the restore with [`SnapshotError::Incompatible`] naming the entry's key
@@ -135,6 +158,9 @@
 //! `duration_ms`) or `ERROR` (with the error). Sweeping a stale temp file and quarantining
 //! a file are `WARN` events.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod changes;
 mod check;
 mod entry;
 mod error;
@@ -143,12 +169,17 @@ mod insert;
 mod parallel;
 mod persistence;
 mod scan;
+mod sync;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+#[cfg(feature = "moka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
+pub mod moka;
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::Persister;
+pub use asynchronous::{Persister, PersisterBuilder};
+pub use changes::Changes;
 pub use entry::CacheEntry;
 pub use error::SnapshotError;
 pub use persistence::{

@@ -44,6 +44,88 @@ pub(crate) enum Streamed<T> {
     Reframe,
     /// A syntax error inside the buffer: the file is broken right here.
     Syntax,
+    /// Parsed, but its bytes are not valid JSON text (see [`text_problem`]): the value,
+    /// to name it in the error, and the error.
+    Invalid(T, ScanError),
+}
+
+/// Whether `error` is `serde_json` refusing valid JSON it cannot hold: a number beyond
+/// `f64`, or nesting deeper than its recursion limit. Both are the reader's limits, not
+/// faults of the file (`serde_json` classifies them as syntax errors).
+pub(crate) fn beyond_reader(error: &serde_json::Error) -> bool {
+    if error.classify() != serde_json::error::Category::Syntax {
+        return false;
+    }
+    let message = error.to_string();
+    message.starts_with("number out of range") || message.starts_with("recursion limit exceeded")
+}
+
+/// The first byte of `bytes` (a value `serde_json` parsed) that makes it invalid JSON
+/// text although the parse succeeded, with what is wrong there.
+///
+/// `serde_json` does not validate what it skips (unknown fields, and whatever a value's
+/// type ignores): invalid UTF-8 and unpaired surrogate escapes pass there. Every parsed
+/// value is checked here, so a file that is not JSON is refused wherever the bytes sit.
+/// `str::from_utf8` is fast, and escapes are looked at only if there is a backslash.
+pub(crate) fn text_problem(bytes: &[u8]) -> Option<(usize, &'static str)> {
+    if let Err(error) = std::str::from_utf8(bytes) {
+        return Some((error.valid_up_to(), "invalid UTF-8"));
+    }
+    if !bytes.contains(&b'\\') {
+        return None;
+    }
+    let hex = |at: usize| -> Option<u16> {
+        let digits = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'\\' {
+            index += 1;
+            continue;
+        }
+        // A backslash in a value `serde_json` accepted starts a valid escape.
+        if bytes.get(index + 1) != Some(&b'u') {
+            index += 2;
+            continue;
+        }
+        let Some(unit) = hex(index + 2) else {
+            return Some((index, "invalid escape"));
+        };
+        match unit {
+            0xD800..=0xDBFF => {
+                let trailing = (bytes.get(index + 6..index + 8) == Some(b"\\u"))
+                    .then(|| hex(index + 8))
+                    .flatten();
+                if !matches!(trailing, Some(0xDC00..=0xDFFF)) {
+                    return Some((index, "lone leading surrogate in hex escape"));
+                }
+                index += 12;
+            }
+            0xDC00..=0xDFFF => return Some((index, "lone trailing surrogate in hex escape")),
+            _ => index += 6,
+        }
+    }
+    None
+}
+
+/// How close to the end of the buffered bytes a syntax error must be to be taken for a
+/// value cut short by the buffer (a number needs a byte or two of look-ahead).
+const NEAR_THE_END: usize = 8;
+
+/// The offset in `bytes` of the position `error` reports (its line and byte column).
+fn error_offset(bytes: &[u8], error: &serde_json::Error) -> usize {
+    let line_start = if error.line() <= 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &byte)| byte == b'\n')
+            .nth(error.line() - 2)
+            .map_or(bytes.len(), |(at, _)| at + 1)
+    };
+    (line_start + error.column().saturating_sub(1)).min(bytes.len())
 }
 
 /// A chunked window over the file.
@@ -223,6 +305,9 @@ impl<R: Read> Scanner<R> {
         let bytes = &self.buffer[start..start + length];
         match parse(bytes) {
             Ok(value) => {
+                if let Some((at, reason)) = text_problem(bytes) {
+                    return Err(self.error_at(start + at, reason, false));
+                }
                 self.position += length;
                 Ok(value)
             }
@@ -263,17 +348,36 @@ impl<R: Read> Scanner<R> {
                 return Ok(Streamed::Reframe);
             }
             let outcome = {
-                let mut stream =
-                    serde_json::Deserializer::from_slice(&self.buffer[self.position..self.filled])
-                        .into_iter::<T>();
+                let window = &self.buffer[self.position..self.filled];
+                let mut stream = serde_json::Deserializer::from_slice(window).into_iter::<T>();
                 match stream.next() {
                     Some(Ok(value)) => Ok((value, stream.byte_offset())),
+                    // Valid JSON that `serde_json` cannot hold is the reader's limit, which
+                    // the caller tells from a broken file on the framed value.
+                    Some(Err(error)) if beyond_reader(&error) => {
+                        Err(serde_json::error::Category::Data)
+                    }
+                    // When it skips a value (`IgnoredAny`, `RawValue`), `serde_json` calls
+                    // a number cut short by the end of the window invalid, not the end of
+                    // the input: near the end of the window, read on and parse again.
+                    Some(Err(error))
+                        if error.classify() == serde_json::error::Category::Syntax
+                            && !self.at_eof
+                            && error_offset(window, &error) + NEAR_THE_END >= window.len() =>
+                    {
+                        Err(serde_json::error::Category::Eof)
+                    }
                     Some(Err(error)) => Err(error.classify()),
                     None => Err(serde_json::error::Category::Eof),
                 }
             };
             match outcome {
                 Ok((value, length)) => {
+                    let start = self.position;
+                    if let Some((at, reason)) = text_problem(&self.buffer[start..start + length]) {
+                        let error = self.error_at(start + at, reason, false);
+                        return Ok(Streamed::Invalid(value, error));
+                    }
                     self.position += length;
                     return Ok(Streamed::Value(value));
                 }
@@ -302,7 +406,11 @@ impl<R: Read> Scanner<R> {
             None => &message,
         };
         ScanError::Syntax {
-            reason: format!("{reason} at line {line} column {column}"),
+            // serde_json quotes the text it refused, which may be megabytes long.
+            reason: format!(
+                "{} at line {line} column {column}",
+                crate::error::shortened(reason)
+            ),
             line,
             column,
             truncated: error.is_eof(),

@@ -1,15 +1,26 @@
 //! Integration tests of `correlation`: one binary, one module per area.
 
+#[cfg(all(feature = "tower", feature = "reqwest"))]
+mod axum;
 mod bad_input;
 mod headers;
+#[cfg(feature = "http")]
+mod http;
 mod isolation;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod mirror;
 mod outcomes;
+mod participant;
 mod propagation;
 mod props;
+#[cfg(feature = "reqwest")]
+mod reqwest;
+#[cfg(feature = "tracing-subscriber")]
+mod spans;
 mod spec;
+#[cfg(feature = "tower")]
+mod tower;
 
 use std::{
     future::Future,
