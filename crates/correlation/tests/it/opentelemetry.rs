@@ -136,3 +136,32 @@ fn a_trace_polled_on_another_thread_keeps_its_ids() {
     assert_eq!((lines.len(), spans.len()), (1, 1), "{lines:?} {spans:#?}");
     assert_joins(&lines[0], span_of(&lines[0], &spans));
 }
+
+#[test]
+fn an_unsampled_continued_trace_is_not_exported() {
+    // The received flags are the parent's: the SDK's default parent-based sampler drops it.
+    let (lines, spans) = exported(|tracer| {
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let incoming = Incoming::from_headers([("traceparent", unsampled)]);
+        tracer.continue_trace_sync(incoming, "GET /orders", || {});
+    });
+    assert_eq!(lines.len(), 1);
+    assert!(spans.is_empty(), "{spans:#?}");
+}
+
+#[test]
+fn a_tracer_without_spans_exports_nothing() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_id_generator(correlation::opentelemetry::TraceIds::default())
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("correlation-test")));
+    let capture = Capture::default();
+    tracing::subscriber::with_default(subscriber, || {
+        capture.tracer().trace_sync("job", || {});
+    });
+    assert_eq!(capture.lines().len(), 2);
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+}
