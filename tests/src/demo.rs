@@ -574,17 +574,14 @@ async fn handle(
                         .insert(key.clone(), entry);
                     Ok(Served::Upstream)
                 }
-                Err(BreakerError::Open { .. } | BreakerError::Isolated) if cached() => {
-                    Ok(Served::CacheBreakerOpen)
-                }
-                Err(BreakerError::Open { retry_after }) => {
-                    Err(RequestError::Rejected { retry_after })
-                }
-                Err(BreakerError::Isolated) => Err(RequestError::Rejected {
-                    retry_after: Duration::ZERO,
-                }),
                 Err(BreakerError::Inner(_)) if cached() => Ok(Served::CacheUpstreamFailed),
                 Err(BreakerError::Inner(error)) => Err(RequestError::Failed(error)),
+                Err(_) if cached() => Ok(Served::CacheBreakerOpen),
+                // Open or half-open with every probe slot taken: wait as told; isolated:
+                // no deadline to tell.
+                Err(rejected) => Err(RequestError::Rejected {
+                    retry_after: rejected.retry_after().unwrap_or(Duration::ZERO),
+                }),
             }
         })
         .await

@@ -19,6 +19,11 @@ use crate::ConfigError;
 /// assert_eq!(backoff.delay(0), Duration::from_secs(1));
 /// assert_eq!(backoff.delay(3), Duration::from_secs(8));
 /// assert_eq!(backoff.delay(200), Duration::from_secs(60));
+///
+/// // Any start reaches any cap, without overflow:
+/// let day = Duration::from_secs(24 * 3600);
+/// let slow_start = Backoff::exponential(Duration::from_micros(1), day);
+/// assert_eq!(slow_start.delay(40), day);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -43,7 +48,8 @@ impl Backoff {
         }
     }
 
-    /// Wait `initial`, doubling after each failed probe, never more than `max`.
+    /// Wait `initial`, doubling after each failed probe, never more than `max`: attempt `n`
+    /// waits exactly `min(initial × 2^n, max)`, so every start reaches every cap.
     pub fn exponential(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             kind: Kind::Exponential {
@@ -55,9 +61,10 @@ impl Backoff {
     }
 
     /// Spreads each exponential delay over `[delay / 2, delay]` ("equal jitter"), so many
-    /// breakers opened together do not probe together. The jitter is a hash of the
-    /// breaker's generation, so every thread computes the same deadline. No effect on a
-    /// constant backoff.
+    /// breakers opened together do not probe together. The jitter is a hash of a random
+    /// seed drawn when the breaker is built (so it differs between breakers and between
+    /// processes) and of the opening's generation (so every thread computes the same
+    /// deadline for one opening). No effect on a constant backoff.
     #[must_use]
     pub fn with_jitter(self) -> Backoff {
         match self.kind {
@@ -77,14 +84,25 @@ impl Backoff {
         match self.kind {
             Kind::Constant(delay) => delay,
             Kind::Exponential { initial, max, .. } => {
-                let factor = 1u32.checked_shl(u32::from(attempt)).unwrap_or(u32::MAX);
-                initial.checked_mul(factor).unwrap_or(max).min(max)
+                // In u128 nanoseconds: `Duration::MAX` is under 2^94 ns, so the product of
+                // any initial delay and 2^attempt either fits or is over every cap, and
+                // `checked_mul` tells which. (A `u32` factor saturated at 2^32 - 1 from
+                // attempt 32 on, so small starts never reached a large cap.)
+                let doubled = 1u128
+                    .checked_shl(u32::from(attempt))
+                    .and_then(|factor| initial.as_nanos().checked_mul(factor));
+                match doubled {
+                    Some(nanos) if nanos < max.as_nanos() => duration_from_u128(nanos),
+                    _ => max,
+                }
             }
         }
     }
 
-    /// The delay with jitter applied, `seed` being the breaker's generation.
-    pub(crate) fn jittered_delay(&self, attempt: u8, seed: u32) -> Duration {
+    /// The delay with jitter applied. `seed` is the breaker's own random seed mixed with
+    /// the generation of the opening, so every thread computes the same deadline for one
+    /// opening while breakers opened at the same instant wait different times.
+    pub(crate) fn jittered_delay(&self, attempt: u8, seed: u64) -> Duration {
         let delay = self.delay(attempt);
         match self.kind {
             Kind::Exponential { jitter: true, .. } => {
@@ -93,7 +111,7 @@ impl Backoff {
                 let offset = if spread == 0 {
                     0
                 } else {
-                    splitmix64(u64::from(seed)) % spread
+                    splitmix64(seed) % spread
                 };
                 half + Duration::from_nanos(offset)
             }
@@ -135,7 +153,29 @@ impl From<Duration> for Backoff {
     }
 }
 
-fn splitmix64(seed: u64) -> u64 {
+/// A `Duration` of `nanos` nanoseconds, which the caller knows is below `Duration::MAX`.
+fn duration_from_u128(nanos: u128) -> Duration {
+    let seconds = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    let subsecond = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    Duration::new(seconds, subsecond)
+}
+
+/// A random 64-bit seed, different for every call and every process: `RandomState` keys
+/// are random per process and distinct per instance. No atomics, so loom models are
+/// unaffected.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// Mixes a breaker's seed with an opening's generation.
+pub(crate) fn jitter_seed(seed: u64, generation: u32) -> u64 {
+    seed ^ u64::from(generation).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+pub(crate) fn splitmix64(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

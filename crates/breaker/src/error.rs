@@ -6,25 +6,110 @@ use std::{error::Error, fmt, time::Duration};
 ///
 /// Returned by [`CircuitBreaker::try_acquire`](crate::CircuitBreaker::try_acquire); the
 /// `call`/`execute` methods wrap it in [`BreakerError`].
+///
+/// # Examples
+///
+/// ```
+/// use breaker::{CircuitBreaker, RejectReason};
+///
+/// let breaker = CircuitBreaker::builder("api").build()?;
+/// breaker.trip();
+/// let rejected = breaker.try_acquire().unwrap_err();
+/// assert_eq!(rejected.reason(), RejectReason::Open);
+/// assert!(rejected.retry_after() <= Some(std::time::Duration::from_secs(30)));
+/// # Ok::<(), breaker::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
-    /// The breaker is open, or half-open with every probe slot taken.
+    /// The breaker is open.
     Open {
-        /// How long until a probe may start: `Duration::MAX` whenever the open time (or,
-        /// half-open with every slot taken, the probe timeout) is `Duration::MAX`, however
-        /// long the breaker has been open.
+        /// How long until a probe may start: `Duration::MAX` whenever the open time is
+        /// `Duration::MAX`, however long the breaker has been open.
+        retry_after: Duration,
+        /// How long ago the breaker opened (it has been open since `now - opened_ago`).
+        opened_ago: Duration,
+    },
+    /// The breaker is half-open and every probe slot is taken.
+    HalfOpenFull {
+        /// How long until the running probes may be superseded (the probe timeout;
+        /// `Duration::MAX` when it is `Duration::MAX`).
         retry_after: Duration,
     },
     /// The breaker is held open by an [`IsolationGuard`](crate::IsolationGuard).
     Isolated,
 }
 
+/// Why a call was rejected, without the details; see [`Rejected::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The breaker is open.
+    Open,
+    /// The breaker is half-open with every probe slot taken.
+    HalfOpenFull,
+    /// The breaker is isolated.
+    Isolated,
+}
+
+impl RejectReason {
+    /// A short lowercase label: `"open"`, `"half_open_full"` or `"isolated"` (the metric
+    /// label value).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(breaker::RejectReason::HalfOpenFull.as_str(), "half_open_full");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Open => "open",
+            RejectReason::HalfOpenFull => "half_open_full",
+            RejectReason::Isolated => "isolated",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Rejected {
+    /// Why the call was rejected.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Rejected::Open { .. } => RejectReason::Open,
+            Rejected::HalfOpenFull { .. } => RejectReason::HalfOpenFull,
+            Rejected::Isolated => RejectReason::Isolated,
+        }
+    }
+
+    /// How long until a call may be admitted, or `None` while isolated (no deadline).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Rejected::Open { retry_after, .. } | Rejected::HalfOpenFull { retry_after } => {
+                Some(*retry_after)
+            }
+            Rejected::Isolated => None,
+        }
+    }
+}
+
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejected::Open { retry_after } => {
-                write!(f, "circuit breaker is open; retry after {retry_after:?}")
-            }
+            Rejected::Open {
+                retry_after,
+                opened_ago,
+            } => write!(
+                f,
+                "circuit breaker is open (since {opened_ago:?} ago); retry after {retry_after:?}"
+            ),
+            Rejected::HalfOpenFull { retry_after } => write!(
+                f,
+                "circuit breaker is half-open with every probe slot taken; retry after {retry_after:?}"
+            ),
             Rejected::Isolated => f.write_str("circuit breaker is isolated (held open manually)"),
         }
     }
@@ -50,6 +135,13 @@ pub enum BreakerError<E> {
     Open {
         /// How long until a probe may start.
         retry_after: Duration,
+        /// How long ago the breaker opened.
+        opened_ago: Duration,
+    },
+    /// The call was not made: the breaker is half-open with every probe slot taken.
+    HalfOpenFull {
+        /// How long until the running probes may be superseded.
+        retry_after: Duration,
     },
     /// The call was not made: the breaker is isolated.
     Isolated,
@@ -62,7 +154,7 @@ impl<E> BreakerError<E> {
     pub fn into_inner(self) -> Option<E> {
         match self {
             BreakerError::Inner(error) => Some(error),
-            BreakerError::Open { .. } | BreakerError::Isolated => None,
+            _ => None,
         }
     }
 
@@ -70,12 +162,47 @@ impl<E> BreakerError<E> {
     pub fn is_rejected(&self) -> bool {
         !matches!(self, BreakerError::Inner(_))
     }
+
+    /// Why the breaker refused the call, or `None` if the call was made.
+    pub fn reason(&self) -> Option<RejectReason> {
+        self.rejected().map(|rejected| rejected.reason())
+    }
+
+    /// How long until a call may be admitted, when the breaker refused it with a deadline.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.rejected().and_then(|rejected| rejected.retry_after())
+    }
+
+    /// The rejection, or `None` if the call was made.
+    pub fn rejected(&self) -> Option<Rejected> {
+        match *self {
+            BreakerError::Open {
+                retry_after,
+                opened_ago,
+            } => Some(Rejected::Open {
+                retry_after,
+                opened_ago,
+            }),
+            BreakerError::HalfOpenFull { retry_after } => {
+                Some(Rejected::HalfOpenFull { retry_after })
+            }
+            BreakerError::Isolated => Some(Rejected::Isolated),
+            BreakerError::Inner(_) => None,
+        }
+    }
 }
 
 impl<E> From<Rejected> for BreakerError<E> {
     fn from(rejected: Rejected) -> BreakerError<E> {
         match rejected {
-            Rejected::Open { retry_after } => BreakerError::Open { retry_after },
+            Rejected::Open {
+                retry_after,
+                opened_ago,
+            } => BreakerError::Open {
+                retry_after,
+                opened_ago,
+            },
+            Rejected::HalfOpenFull { retry_after } => BreakerError::HalfOpenFull { retry_after },
             Rejected::Isolated => BreakerError::Isolated,
         }
     }
@@ -83,13 +210,9 @@ impl<E> From<Rejected> for BreakerError<E> {
 
 impl<E: fmt::Display> fmt::Display for BreakerError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BreakerError::Open { retry_after } => Rejected::Open {
-                retry_after: *retry_after,
-            }
-            .fmt(f),
-            BreakerError::Isolated => Rejected::Isolated.fmt(f),
-            BreakerError::Inner(error) => write!(f, "guarded call failed: {error}"),
+        match (self, self.rejected()) {
+            (BreakerError::Inner(error), _) => write!(f, "guarded call failed: {error}"),
+            (_, rejected) => rejected.map_or(Ok(()), |rejected| rejected.fmt(f)),
         }
     }
 }
@@ -98,7 +221,7 @@ impl<E: Error + 'static> Error for BreakerError<E> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             BreakerError::Inner(error) => Some(error),
-            BreakerError::Open { .. } | BreakerError::Isolated => None,
+            _ => None,
         }
     }
 }

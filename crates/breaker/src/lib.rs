@@ -28,9 +28,9 @@
 //!
 //! match breaker.execute(|| async { fetch_stock("sku-42").await }).await {
 //!     Ok(stock) => println!("{stock} in stock"),
-//!     Err(BreakerError::Open { retry_after }) => println!("try again in {retry_after:?}"),
-//!     Err(BreakerError::Isolated) => println!("switched off for maintenance"),
 //!     Err(BreakerError::Inner(error)) => println!("the call failed: {error}"),
+//!     Err(BreakerError::Isolated) => println!("switched off for maintenance"),
+//!     Err(rejected) => println!("try again in {:?}", rejected.retry_after()),
 //! }
 //! # Ok(())
 //! # }
@@ -122,19 +122,33 @@
 //! result racing a transition, stale results racing an isolate/release (failure and
 //! success counts), and isolation reference counts.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod backoff;
 mod breaker;
+mod builder;
+mod classify;
 mod clock;
 mod error;
+mod isolation;
+mod listeners;
+mod machine;
+mod metrics;
+mod permit;
 mod policy;
 mod state;
 mod sync;
 
 pub use crate::{
     backoff::Backoff,
-    breaker::{Builder, CircuitBreaker, Classified, IsolationGuard, Permit, Snapshot},
+    breaker::CircuitBreaker,
+    builder::{Builder, SavedState},
+    classify::{AllErrors, Classify, ErrorPredicate, Outcome},
     clock::{Clock, ManualClock, MonotonicClock},
-    error::{BreakerError, ConfigError, Rejected},
+    error::{BreakerError, ConfigError, RejectReason, Rejected},
+    isolation::IsolationGuard,
+    metrics::{Metrics, TransitionCounts},
+    permit::{Classified, Permit},
     policy::Policy,
     state::{Event, State},
 };

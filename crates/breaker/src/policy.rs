@@ -9,6 +9,13 @@ use crate::{
 
 /// When a closed breaker opens.
 ///
+/// Every policy decides when a failure is recorded (a success never opens the breaker;
+/// resilience4j also evaluates on a success), counts a panic, a failure the classifier
+/// chose and (if configured) a [slow call](crate::Builder::slow_call_threshold) as
+/// failures, and is reset when the breaker closes. While half-open the policy is not
+/// consulted: any probe failure reopens (Cockatiel's default). A `min_calls` or
+/// `min_throughput` of zero is a [`ConfigError`] (as in every peer; it used to mean one).
+///
 /// | policy | opens when | cost of a successful closed call |
 /// |---|---|---|
 /// | [`consecutive_failures(n)`](Policy::consecutive_failures) (default, n = 5) | the n-th failure in a row | two loads; one compare-and-swap after a failure streak |
@@ -60,8 +67,8 @@ impl Policy {
 
     /// Opens when at least `min_calls` of the last `size` calls are recorded and the
     /// share of failures among them is at least `failure_ratio`. `min_calls` may not
-    /// exceed `size` (the window could never open); `size` is at most 1,048,576
-    /// (2^20; one byte per call).
+    /// exceed `size` (the window could never open) and must be at least 1; `size` is at
+    /// most 1,048,576 (2^20; one byte per call).
     pub fn count_window(size: u32, failure_ratio: f64, min_calls: u32) -> Policy {
         Policy {
             kind: PolicyKind::CountWindow {
@@ -75,7 +82,7 @@ impl Policy {
     /// Opens when at least `min_throughput` calls happened within the last `window`
     /// (split into `buckets` slices) and the share of failures among them is at least
     /// `failure_ratio`. Slices older than `window` never count, however long the breaker
-    /// sat idle. `buckets` is at most 65,536 (2^16).
+    /// sat idle. `buckets` is at most 65,536 (2^16); `min_throughput` must be at least 1.
     pub fn time_window(
         window: Duration,
         buckets: u32,
@@ -106,6 +113,7 @@ impl Policy {
                 nonzero("count_window.size", size)?;
                 at_most("count_window.size", size, MAX_COUNT_WINDOW)?;
                 ratio("count_window.failure_ratio", failure_ratio)?;
+                nonzero("count_window.min_calls", min_calls)?;
                 if min_calls > size {
                     // The window never holds more than `size` calls: it could never open.
                     return Err(ConfigError::TooLarge {
@@ -116,7 +124,7 @@ impl Policy {
                 }
                 Ok(Tracker::Count(CountWindow {
                     failure_ratio,
-                    min_calls: i64::from(min_calls.max(1)),
+                    min_calls: i64::from(min_calls),
                     cursor: AtomicU64::new(0),
                     slots: (0..size).map(|_| AtomicU8::new(EMPTY)).collect(),
                     calls: AtomicI64::new(0),
@@ -132,6 +140,7 @@ impl Policy {
                 nonzero("time_window.buckets", buckets)?;
                 at_most("time_window.buckets", buckets, MAX_BUCKETS)?;
                 ratio("time_window.failure_ratio", failure_ratio)?;
+                nonzero("time_window.min_throughput", min_throughput)?;
                 let bucket_nanos = window.as_nanos() / u128::from(buckets);
                 if bucket_nanos == 0 {
                     return Err(ConfigError::Duration {
@@ -143,7 +152,7 @@ impl Policy {
                 Ok(Tracker::Time(TimeWindow {
                     bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
                     failure_ratio,
-                    min_throughput: u64::from(min_throughput.max(1)),
+                    min_throughput: u64::from(min_throughput),
                     last_bucket: AtomicU64::new(0),
                     buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
                 }))
@@ -233,6 +242,19 @@ impl Tracker {
         }
     }
 
+    /// The calls and failures the window holds at `now_nanos` (zero for the
+    /// consecutive-failures policy, whose streak lives in the breaker).
+    pub(crate) fn window(&self, now_nanos: u64) -> (u64, u64) {
+        match self {
+            Tracker::Consecutive { .. } => (0, 0),
+            Tracker::Count(window) => {
+                let (calls, failures) = window.counts();
+                (calls.unsigned_abs(), failures.unsigned_abs())
+            }
+            Tracker::Time(window) => window.counts(now_nanos / window.bucket_nanos),
+        }
+    }
+
     /// Forgets every recorded outcome (the breaker is closing).
     pub(crate) fn clear(&self) {
         match self {
@@ -309,9 +331,15 @@ impl CountWindow {
         }
     }
 
-    fn over_threshold(&self) -> bool {
+    /// The calls and failures in the ring, clamped into range while records are in flight.
+    fn counts(&self) -> (i64, i64) {
         let calls = self.calls.load(Ordering::Relaxed).max(0);
         let failures = self.failures.load(Ordering::Relaxed).clamp(0, calls);
+        (calls, failures)
+    }
+
+    fn over_threshold(&self) -> bool {
+        let (calls, failures) = self.counts();
         calls >= self.min_calls && ratio_reached(failures, calls, self.failure_ratio)
     }
 
@@ -405,7 +433,8 @@ impl TimeWindow {
         }
     }
 
-    fn over_threshold(&self, slice: u64) -> bool {
+    /// The calls and failures of the buckets within the window ending at `slice`.
+    fn counts(&self, slice: u64) -> (u64, u64) {
         let len = self.buckets.len() as u64;
         let (mut calls, mut failures) = (0u64, 0u64);
         for bucket in &self.buckets {
@@ -416,6 +445,11 @@ impl TimeWindow {
                 failures += word & COUNT_MAX;
             }
         }
+        (calls, failures)
+    }
+
+    fn over_threshold(&self, slice: u64) -> bool {
+        let (calls, failures) = self.counts(slice);
         calls >= self.min_throughput
             && ratio_reached(
                 i64::try_from(failures).unwrap_or(i64::MAX),

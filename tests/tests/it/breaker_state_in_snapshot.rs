@@ -23,11 +23,11 @@ fn an_open_breaker_restored_from_a_snapshot_stays_open_for_the_remaining_time() 
 
     let dir = tempfile::tempdir().unwrap();
     let persistence = CachePersistence::new(dir.path());
-    let entry = CacheEntry::new(before_restart.snapshot());
+    let entry = CacheEntry::new(before_restart.saved_state());
     persistence.save([("breaker:payments", &entry)]).unwrap();
     drop(before_restart);
 
-    let restored = persistence.restore::<breaker::Snapshot>().unwrap();
+    let restored = persistence.restore::<breaker::SavedState>().unwrap();
     let saved = restored.entries["breaker:payments"].value.clone();
     let clock = ManualClock::new(); // a new process: a new clock origin
     let after_restart = CircuitBreaker::builder("payments")
@@ -40,7 +40,9 @@ fn an_open_breaker_restored_from_a_snapshot_stays_open_for_the_remaining_time() 
 
     assert_eq!(after_restart.state(), State::Open);
     match after_restart.try_acquire() {
-        Err(Rejected::Open { retry_after }) => assert_eq!(retry_after, Duration::from_secs(18)),
+        Err(Rejected::Open { retry_after, .. }) => {
+            assert_eq!(retry_after, Duration::from_secs(18));
+        }
         other => panic!("expected a rejection with 18 s left, got {other:?}"),
     }
     clock.advance(Duration::from_secs(18) - Duration::from_millis(1));

@@ -9,7 +9,7 @@ use breaker::{
     Backoff, BreakerError, CircuitBreaker, ConfigError, Event, ManualClock, Policy, Rejected, State,
 };
 
-use crate::support::{Recorder, builder, fail, succeed};
+use crate::support::{Recorder, builder, fail, full_wait, open_wait, succeed};
 
 #[test]
 fn opens_on_the_nth_consecutive_failure_and_success_resets_the_count() {
@@ -52,7 +52,8 @@ fn open_rejects_with_time_until_probe_then_half_opens() {
     assert_eq!(
         result,
         Err(BreakerError::Open {
-            retry_after: Duration::from_secs(6)
+            retry_after: Duration::from_secs(6),
+            opened_ago: Duration::from_secs(4),
         })
     );
     clock.advance(Duration::from_secs(6));
@@ -60,10 +61,8 @@ fn open_rejects_with_time_until_probe_then_half_opens() {
     assert!(probe.is_probe());
     assert_eq!(breaker.state(), State::HalfOpen);
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(10)
-        }
+        full_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(10)
     );
     probe.success();
     assert_eq!(breaker.state(), State::Closed);
@@ -83,10 +82,7 @@ fn probe_failure_reopens_with_the_next_backoff_and_close_resets_it() {
     let mut expected = [1, 2, 4, 4].into_iter();
     for _ in 0..4 {
         let delay = Duration::from_secs(expected.next().unwrap());
-        assert_eq!(
-            breaker.try_acquire().unwrap_err(),
-            Rejected::Open { retry_after: delay }
-        );
+        assert_eq!(open_wait(breaker.try_acquire().unwrap_err()), delay);
         clock.advance(delay);
         fail(&breaker); // the probe fails
         assert_eq!(breaker.state(), State::Open);
@@ -96,10 +92,8 @@ fn probe_failure_reopens_with_the_next_backoff_and_close_resets_it() {
     assert_eq!(breaker.state(), State::Closed);
     fail(&breaker);
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(1)
-        }
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(1)
     );
 }
 
@@ -113,7 +107,7 @@ fn jittered_backoff_stays_within_half_and_full_delay() {
         .build()
         .unwrap();
     fail(&breaker);
-    let Err(Rejected::Open { retry_after }) = breaker.try_acquire() else {
+    let Err(Rejected::Open { retry_after, .. }) = breaker.try_acquire() else {
         panic!("open breaker admitted a call");
     };
     assert!(retry_after >= Duration::from_secs(4) && retry_after <= Duration::from_secs(8));
@@ -413,7 +407,7 @@ fn snapshot_restores_remaining_open_time_failures_and_attempt() {
         .unwrap();
     fail(&breaker);
     fail(&breaker);
-    let closed = breaker.snapshot();
+    let closed = breaker.saved_state();
     assert_eq!(closed.consecutive_failures, 2);
     let restored_clock = ManualClock::new();
     let restored = builder(&restored_clock, 3)
@@ -431,7 +425,7 @@ fn snapshot_restores_remaining_open_time_failures_and_attempt() {
     clock.advance(Duration::from_secs(10));
     fail(&breaker); // probe fails: attempt 1, open for 20 s
     clock.advance(Duration::from_secs(5));
-    let open = breaker.snapshot();
+    let open = breaker.saved_state();
     assert_eq!(open.state, State::Open);
     assert_eq!(open.backoff_attempt, 1);
     assert_eq!(open.open_remaining, Duration::from_secs(15));
@@ -447,18 +441,14 @@ fn snapshot_restores_remaining_open_time_failures_and_attempt() {
         .build()
         .unwrap();
     assert_eq!(
-        restored.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(15)
-        }
+        open_wait(restored.try_acquire().unwrap_err()),
+        Duration::from_secs(15)
     );
     restored_clock.advance(Duration::from_secs(15));
     fail(&restored); // probe fails again: attempt 2, 40 s
     assert_eq!(
-        restored.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(40)
-        }
+        open_wait(restored.try_acquire().unwrap_err()),
+        Duration::from_secs(40)
     );
 }
 
@@ -469,18 +459,16 @@ fn snapshot_round_trips_through_json() {
     let breaker = builder(&clock, 1).build().unwrap();
     fail(&breaker);
     clock.advance(Duration::from_secs(3));
-    let json = serde_json::to_string(&breaker.snapshot()).unwrap();
-    let saved: breaker::Snapshot = serde_json::from_str(&json).unwrap();
-    assert_eq!(saved, breaker.snapshot());
+    let json = serde_json::to_string(&breaker.saved_state()).unwrap();
+    let saved: breaker::SavedState = serde_json::from_str(&json).unwrap();
+    assert_eq!(saved, breaker.saved_state());
     let restored = builder(&ManualClock::new(), 1)
         .initial_state(saved)
         .build()
         .unwrap();
     assert_eq!(
-        restored.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(7)
-        }
+        open_wait(restored.try_acquire().unwrap_err()),
+        Duration::from_secs(7)
     );
 }
 
@@ -526,9 +514,23 @@ fn transitions_are_logged_in_the_cockatiel_format() {
 fn errors_display_what_happened() {
     let open: BreakerError<std::io::Error> = Rejected::Open {
         retry_after: Duration::from_secs(2),
+        opened_ago: Duration::from_secs(3),
     }
     .into();
-    assert_eq!(open.to_string(), "circuit breaker is open; retry after 2s");
+    assert_eq!(
+        open.to_string(),
+        "circuit breaker is open (since 3s ago); retry after 2s"
+    );
+    assert_eq!(open.reason(), Some(breaker::RejectReason::Open));
+    let full: BreakerError<std::io::Error> = Rejected::HalfOpenFull {
+        retry_after: Duration::from_secs(1),
+    }
+    .into();
+    assert!(
+        full.to_string().contains("every probe slot taken"),
+        "{full}"
+    );
+    assert_eq!(full.retry_after(), Some(Duration::from_secs(1)));
     assert!(
         BreakerError::<std::io::Error>::Isolated
             .to_string()

@@ -22,6 +22,7 @@ const TRIALS: u32 = 2;
 const SUCCESSES_TO_CLOSE: u32 = 2;
 const INITIAL_MS: u64 = 10;
 const MAX_MS: u64 = 40;
+const PROBE_TIMEOUT_FLOOR_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -55,6 +56,9 @@ fn command() -> impl Strategy<Value = Command> {
         3 => (any::<usize>(), outcome.clone()).prop_map(|(i, o)| Command::Complete(i, o)),
         4 => outcome.prop_map(Command::Call),
         3 => (0..25u64).prop_map(Command::Advance),
+        // Now and then past the probe timeout's one-second floor, so hung probes are
+        // superseded.
+        1 => (900..1_100u64).prop_map(Command::Advance),
         1 => Just(Command::Isolate),
         1 => any::<usize>().prop_map(Command::Release),
     ]
@@ -118,7 +122,10 @@ impl Model {
                 State::Open => {
                     let deadline = self.opened_at + self.delay();
                     if now < deadline {
-                        return Err(open_for(deadline - now));
+                        return Err(Rejected::Open {
+                            retry_after: Duration::from_millis(deadline - now),
+                            opened_ago: Duration::from_millis(now - self.opened_at),
+                        });
                     }
                     self.go(State::HalfOpen);
                 }
@@ -131,9 +138,12 @@ impl Model {
                             probe: true,
                         });
                     }
-                    let deadline = self.probe_started + self.delay();
+                    // The default probe timeout: the open time, at least one second.
+                    let deadline = self.probe_started + self.delay().max(PROBE_TIMEOUT_FLOOR_MS);
                     if now < deadline {
-                        return Err(open_for(deadline - now));
+                        return Err(Rejected::HalfOpenFull {
+                            retry_after: Duration::from_millis(deadline - now),
+                        });
                     }
                     self.go(State::HalfOpen); // supersede the hung probes
                 }
@@ -192,12 +202,6 @@ impl Model {
         if self.isolations == 0 {
             self.go(State::Closed);
         }
-    }
-}
-
-fn open_for(millis: u64) -> Rejected {
-    Rejected::Open {
-        retry_after: Duration::from_millis(millis),
     }
 }
 

@@ -13,7 +13,9 @@ use std::{
 
 use breaker::{CircuitBreaker, Event, ManualClock, Policy, Rejected, State};
 
-use crate::support::{Recorder, builder, fail, poll_once, quiet_panics, succeed};
+use crate::support::{
+    Recorder, builder, fail, full_wait, open_wait, poll_once, quiet_panics, succeed,
+};
 
 #[test]
 fn half_open_never_over_admits() {
@@ -25,7 +27,10 @@ fn half_open_never_over_admits() {
     let second = breaker.try_acquire().unwrap();
     assert!(first.is_probe() && second.is_probe());
     for _ in 0..100 {
-        assert!(matches!(breaker.try_acquire(), Err(Rejected::Open { .. })));
+        assert!(matches!(
+            breaker.try_acquire(),
+            Err(Rejected::HalfOpenFull { .. })
+        ));
     }
     // A finished probe frees its slot for exactly one more.
     drop(first);
@@ -95,23 +100,21 @@ fn duration_max_open_time_does_not_panic() {
         .build()
         .unwrap();
     fail(&breaker);
-    let unbounded = Rejected::Open {
-        retry_after: Duration::MAX,
-    };
-    assert_eq!(breaker.try_acquire().unwrap_err(), unbounded);
+    let unbounded = Duration::MAX;
+    assert_eq!(open_wait(breaker.try_acquire().unwrap_err()), unbounded);
     // Unbounded stays unbounded however much time passes, not `Duration::MAX - elapsed`.
     clock.advance(Duration::from_secs(3600));
-    assert_eq!(breaker.try_acquire().unwrap_err(), unbounded);
-    assert_eq!(breaker.snapshot().open_remaining, Duration::MAX);
+    assert_eq!(open_wait(breaker.try_acquire().unwrap_err()), unbounded);
+    assert_eq!(breaker.saved_state().open_remaining, Duration::MAX);
     clock.advance(Duration::MAX); // saturates the clock itself
-    assert_eq!(breaker.try_acquire().unwrap_err(), unbounded);
-    assert_eq!(breaker.snapshot().state, State::Open);
+    assert_eq!(open_wait(breaker.try_acquire().unwrap_err()), unbounded);
+    assert_eq!(breaker.saved_state().state, State::Open);
     let restored = CircuitBreaker::builder("restored")
         .half_open_after(Duration::MAX)
-        .initial_state(breaker.snapshot())
+        .initial_state(breaker.saved_state())
         .build()
         .unwrap();
-    assert_eq!(restored.try_acquire().unwrap_err(), unbounded);
+    assert_eq!(open_wait(restored.try_acquire().unwrap_err()), unbounded);
 
     let exponential = builder(&clock, 1)
         .half_open_after(breaker::Backoff::exponential(
@@ -154,10 +157,8 @@ fn hung_probe_is_superseded() {
     let hung = breaker.try_acquire().unwrap();
     clock.advance(Duration::from_secs(4));
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(1)
-        }
+        full_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(1)
     );
     clock.advance(Duration::from_secs(1));
     let fresh = breaker.try_acquire().expect("the hung probe is superseded");
@@ -371,13 +372,13 @@ fn panicking_predicate_releases_the_probe_slot() {
 }
 
 /// A breaker opened for `open_for`, saved at once.
-fn saved_open(open_for: Duration) -> breaker::Snapshot {
+fn saved_open(open_for: Duration) -> breaker::SavedState {
     let old = builder(&ManualClock::new(), 1)
         .half_open_after(open_for)
         .build()
         .unwrap();
     fail(&old);
-    old.snapshot()
+    old.saved_state()
 }
 
 #[test]
@@ -392,10 +393,8 @@ fn restored_future_opened_at_delays_later_openings() {
         .unwrap();
     // The restored remainder is capped at the configured open time.
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(30)
-        }
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(30)
     );
     drop(breaker.isolate()); // released: closed
     assert_eq!(breaker.state(), State::Closed);
@@ -404,10 +403,8 @@ fn restored_future_opened_at_delays_later_openings() {
     assert_eq!(breaker.state(), State::Open);
     clock.advance(Duration::from_secs(29));
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: Duration::from_secs(1)
-        }
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(1)
     );
     clock.advance(Duration::from_secs(1));
     let probe = breaker
@@ -545,10 +542,122 @@ fn probe_timeout_defaults_to_the_unjittered_open_time() {
     clock.advance(Duration::from_secs(4)); // the jittered open time is at most 4 s
     let hung = breaker.try_acquire().unwrap();
     assert_eq!(
-        breaker.try_acquire().unwrap_err(),
-        Rejected::Open {
-            retry_after: backoff.delay(0)
-        }
+        full_wait(breaker.try_acquire().unwrap_err()),
+        backoff.delay(0)
     );
     drop(hung);
+}
+
+// Found by black-box ports of Cockatiel's, resilience4j's and Polly's test scenarios
+// (issue 11).
+
+#[test]
+fn zero_open_time_still_admits_at_most_half_open_trials() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .half_open_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    let probe = breaker
+        .try_acquire()
+        .expect("the first caller probes at once");
+    assert!(probe.is_probe());
+    for caller in 0..4 {
+        assert!(
+            breaker.try_acquire().is_err(),
+            "caller {caller} was admitted beside the running probe"
+        );
+    }
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[test]
+fn zero_probe_timeout_is_a_config_error() {
+    let clock = ManualClock::new();
+    let error = builder(&clock, 1)
+        .probe_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            breaker::ConfigError::Duration {
+                setting: "probe_timeout",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn zero_min_calls_and_min_throughput_are_config_errors() {
+    let count = CircuitBreaker::builder("count")
+        .policy(Policy::count_window(10, 0.5, 0))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        count,
+        breaker::ConfigError::Zero {
+            setting: "count_window.min_calls"
+        }
+    );
+    let time = CircuitBreaker::builder("time")
+        .policy(Policy::time_window(Duration::from_secs(10), 10, 0.5, 0))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        time,
+        breaker::ConfigError::Zero {
+            setting: "time_window.min_throughput"
+        }
+    );
+}
+
+#[test]
+fn jitter_differs_between_breakers_opened_at_the_same_instant() {
+    let clock = ManualClock::new();
+    let backoff = breaker::Backoff::exponential(Duration::from_secs(8), Duration::from_secs(60))
+        .with_jitter();
+    let waits: std::collections::BTreeSet<Duration> = (0..10)
+        .map(|_| {
+            let breaker = builder(&clock, 1).half_open_after(backoff).build().unwrap();
+            fail(&breaker);
+            match breaker.try_acquire() {
+                Err(rejected) => rejected.retry_after().unwrap(),
+                Ok(_) => panic!("an open breaker admitted a call"),
+            }
+        })
+        .collect();
+    // Each wait is drawn from 4 s of nanoseconds: ten equal draws would mean one shared seed.
+    assert!(
+        waits.len() >= 9,
+        "ten breakers opened together wait only {} distinct times: {waits:?}",
+        waits.len()
+    );
+    assert!(
+        waits
+            .iter()
+            .all(|wait| *wait >= Duration::from_secs(4) && *wait <= Duration::from_secs(8))
+    );
+}
+
+#[test]
+fn operation_panic_wins_over_a_failure_listener_panic_in_execute() {
+    quiet_panics();
+    let breaker = CircuitBreaker::builder("loud")
+        .count_calls()
+        .on_failure(|| panic!("listener panic"))
+        .build()
+        .unwrap();
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        crate::support::ready(breaker.execute(|| async { panic!("model panic") as Result<(), ()> }))
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"model panic"));
+    // The failure was still recorded.
+    assert_eq!(breaker.metrics().failures, 1);
+    assert_eq!(breaker.state(), State::Closed);
 }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{Builder, CircuitBreaker, Event, ManualClock, Policy};
+use breaker::{Builder, CircuitBreaker, Event, ManualClock, Policy, Rejected};
 
 /// Events a breaker delivered, in order.
 #[derive(Clone, Default)]
@@ -55,15 +55,32 @@ pub(crate) fn ready<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Runs `f`, swallowing the panic message of panics whose payload is `"model panic"`.
+/// Swallows the panic message of panics whose payload is `"model panic"` or `"listener panic"`.
 pub(crate) fn quiet_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&"model panic") {
+            let payload = info.payload().downcast_ref::<&str>();
+            if payload != Some(&"model panic") && payload != Some(&"listener panic") {
                 default(info);
             }
         }));
     });
+}
+
+/// The `retry_after` of an `Open` rejection; anything else fails the test.
+pub(crate) fn open_wait(rejected: Rejected) -> Duration {
+    match rejected {
+        Rejected::Open { retry_after, .. } => retry_after,
+        other => panic!("expected an Open rejection, got {other:?}"),
+    }
+}
+
+/// The `retry_after` of a `HalfOpenFull` rejection; anything else fails the test.
+pub(crate) fn full_wait(rejected: Rejected) -> Duration {
+    match rejected {
+        Rejected::HalfOpenFull { retry_after } => retry_after,
+        other => panic!("expected a HalfOpenFull rejection, got {other:?}"),
+    }
 }
