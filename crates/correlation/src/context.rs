@@ -14,8 +14,10 @@ use pin_project_lite::pin_project;
 
 use crate::{
     Tracer,
+    headers::Participation,
     id::{CorrelationId, SpanId, TraceFlags, TraceId},
-    w3c::{TraceParent, TraceState},
+    policy::Mode,
+    w3c::{MAX_TRACESTATE_LEN, TraceParent, TraceState},
 };
 
 tokio::task_local! {
@@ -200,6 +202,9 @@ pub struct TraceContext {
     /// `None` when the tracer writes no lines (see [`TraceContext::elapsed`]).
     pub(crate) started: Option<Instant>,
     pub(crate) tracer: Tracer,
+    /// The request's propagation choices and received id headers, shared by every span of
+    /// a trace continued from a request; `None` for the defaults and nothing received.
+    pub(crate) participation: Option<Arc<Participation>>,
 }
 
 impl TraceContext {
@@ -223,8 +228,8 @@ impl TraceContext {
         self.parent_span_id
     }
 
-    /// The W3C trace flags this span sends downstream: only the defined ones (`sampled`);
-    /// reserved bits of a received `traceparent` are zeroed (see [`TraceFlags`]).
+    /// The W3C trace flags this span sends downstream: only the defined ones (`sampled`,
+    /// `random`); reserved bits of a received `traceparent` are zeroed (see [`TraceFlags`]).
     pub fn flags(&self) -> TraceFlags {
         self.flags
     }
@@ -271,8 +276,12 @@ impl TraceContext {
         &self.tracer
     }
 
-    /// The `traceparent` to send downstream: this trace id, this span as the parent.
+    /// The `traceparent` to send downstream: this trace id, this span as the parent (in
+    /// [`Mode::PassThrough`], the `traceparent` as received).
     pub fn traceparent(&self) -> TraceParent {
+        if let Some(upstream) = self.pass_through() {
+            return upstream;
+        }
         TraceParent {
             trace_id: self.trace_id,
             parent_id: self.span_id,
@@ -280,25 +289,78 @@ impl TraceContext {
         }
     }
 
-    /// The headers to send downstream: `traceparent`, `tracestate` (when not empty) and
-    /// `x-correlation-id`, names in lowercase.
+    fn pass_through(&self) -> Option<TraceParent> {
+        self.participation
+            .as_deref()
+            .filter(|participation| participation.policy().mode == Mode::PassThrough)
+            .and_then(|participation| participation.upstream)
+    }
+
+    /// The headers to send downstream from this span: `traceparent`, `tracestate` (when not
+    /// empty; with the service's own entry in front when it configured a key, truncated to
+    /// 512 characters) and the id headers the [`Propagation`](crate::Propagation) selects
+    /// (by default the ones the caller sent), names in lowercase.
+    ///
+    /// Every outgoing call should carry its own parent-id: open a span per call with
+    /// [`client_call`](crate::client_call), which hands the call these headers of its own
+    /// span.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// correlation::Tracer::off().start_trace("call-inventory", async {
     ///     let headers = correlation::current().unwrap().outgoing_headers();
     ///     assert_eq!(headers[0].0, "traceparent");
-    ///     assert_eq!(headers.last().unwrap().0, "x-correlation-id");
+    ///     assert_eq!(headers.len(), 1);
     /// }).await;
     /// # }
     /// ```
     pub fn outgoing_headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![("traceparent", self.traceparent().to_string())];
-        if let Some(state) = self.trace_state.as_ref().filter(|state| !state.is_empty()) {
-            headers.push(("tracestate", state.to_string()));
+        if let Some(state) = self.outgoing_trace_state() {
+            headers.push(("tracestate", state));
         }
-        headers.push(("x-correlation-id", self.correlation_id.to_string()));
+        headers.extend(Participation::id_headers(
+            self.participation.as_deref(),
+            &self.correlation_id,
+            true,
+        ));
         headers
+    }
+
+    fn outgoing_trace_state(&self) -> Option<String> {
+        if self.pass_through().is_some() {
+            // "If the value of the traceparent field wasn't changed before propagation,
+            // tracestate MUST NOT be modified as well."
+            return self.trace_state.as_ref().map(ToString::to_string);
+        }
+        let key = self
+            .participation
+            .as_deref()
+            .and_then(|participation| participation.policy().tracestate_key.as_deref());
+        let mut state = self.trace_state.clone().unwrap_or_default();
+        if let Some(key) = key {
+            // The key was validated when configured, and a span id is a valid value.
+            let _ = state.insert(key, &self.span_id.to_string());
+        }
+        state.truncate(MAX_TRACESTATE_LEN);
+        (!state.is_empty()).then(|| state.to_string())
+    }
+
+    /// The headers to send back on the response to the request this trace continues:
+    /// `x-correlation-id` and `x-request-id` as the [`Propagation`](crate::Propagation)
+    /// says (by default, the valid ones the caller sent, with its values).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let incoming = correlation::Incoming::from_headers([("X-Request-Id", "req-9")]);
+    /// let back = correlation::Tracer::off()
+    ///     .continue_trace(incoming, "GET /", async { correlation::current().unwrap().response_headers() })
+    ///     .await;
+    /// assert_eq!(back, vec![("x-request-id", "req-9".to_owned())]);
+    /// # }
+    /// ```
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        Participation::id_headers(self.participation.as_deref(), &self.correlation_id, false)
     }
 }
 

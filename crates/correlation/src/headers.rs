@@ -1,15 +1,22 @@
 //! Incoming request headers: choosing and validating the id to continue.
 
+use std::sync::Arc;
+
 use crate::{
     id::{CorrelationId, InvalidCorrelationId, SpanId, TraceFlags, TraceId},
+    policy::{HeaderRule, Mode, Policy, Propagation, default_policy},
     w3c::{TraceParent, TraceParentError, TraceState, TraceStateError},
 };
 
 /// The trace to continue, chosen from incoming request headers.
 ///
 /// Precedence: a valid `traceparent` (its trace id becomes the correlation id, its parent-id
-/// the parent span, and a valid `tracestate` travels with it), then `x-correlation-id`, then
-/// `x-request-id`, then a fresh id. Header names are matched case-insensitively. A header
+/// the parent span, its `sampled` and `random` flags are kept, and a valid `tracestate`
+/// travels with it), then `x-correlation-id`, then `x-request-id`, then a fresh id. A new
+/// trace gets the `sampled` flag the [`Propagation`]'s [`Sampling`](crate::Sampling)
+/// decides (always, by default) and the `random` flag when its trace id is random.
+/// Valid `x-correlation-id` and `x-request-id` values are kept even when another header
+/// won, so they can be echoed back ([`Incoming::response_headers`]) and sent downstream. Header names are matched case-insensitively. A header
 /// sent twice (`traceparent`, `x-correlation-id`, `x-request-id`) is invalid; several
 /// `tracestate` fields are joined with `,`. An invalid `traceparent` is ignored together
 /// with its `tracestate`, as the W3C specification asks, and the next header is tried.
@@ -38,6 +45,71 @@ pub struct Incoming {
     pub(crate) trace_state: Option<TraceState>,
     source: IdSource,
     rejections: Vec<Rejection>,
+    /// What the trace's outgoing and response headers need to know; `None` when that is
+    /// nothing (the default policy and no id header received).
+    pub(crate) participation: Option<Arc<Participation>>,
+}
+
+/// What a trace continued from a request remembers for its outgoing and response headers;
+/// shared by the trace and every span nested in it.
+#[derive(Debug)]
+pub(crate) struct Participation {
+    pub(crate) propagation: Option<Propagation>,
+    /// The caller's valid `x-correlation-id`.
+    pub(crate) correlation_header: Option<CorrelationId>,
+    /// The caller's valid `x-request-id`.
+    pub(crate) request_id: Option<CorrelationId>,
+    /// The received `traceparent`, sent on unchanged in [`Mode::PassThrough`].
+    pub(crate) upstream: Option<TraceParent>,
+}
+
+impl Participation {
+    pub(crate) fn policy(&self) -> &Policy {
+        match &self.propagation {
+            Some(propagation) => propagation.policy(),
+            None => default_policy(),
+        }
+    }
+
+    /// The `x-correlation-id` and `x-request-id` headers `rule` selects, for a trace whose
+    /// correlation id is `correlation_id`.
+    pub(crate) fn id_headers(
+        participation: Option<&Self>,
+        correlation_id: &CorrelationId,
+        downstream: bool,
+    ) -> Vec<(&'static str, String)> {
+        let policy = match participation {
+            Some(participation) => participation.policy(),
+            None => default_policy(),
+        };
+        let pick = |rule: crate::policy::IdHeader| {
+            if downstream {
+                rule.downstream
+            } else {
+                rule.response
+            }
+        };
+        let mut headers = Vec::new();
+        let mut add = |name: &'static str, rule: HeaderRule, received: Option<&CorrelationId>| {
+            let value = match (rule, received) {
+                (HeaderRule::Never, _) | (HeaderRule::WhenReceived, None) => return,
+                (_, Some(received)) => received,
+                (HeaderRule::Always, None) => correlation_id,
+            };
+            headers.push((name, value.to_string()));
+        };
+        add(
+            "x-correlation-id",
+            pick(policy.correlation_id_header),
+            participation.and_then(|p| p.correlation_header.as_ref()),
+        );
+        add(
+            "x-request-id",
+            pick(policy.request_id_header),
+            participation.and_then(|p| p.request_id.as_ref()),
+        );
+        headers
+    }
 }
 
 /// Which header the correlation id came from.
@@ -78,17 +150,32 @@ pub enum RejectionReason {
 }
 
 impl std::fmt::Display for Rejection {
+    /// `header: reason`, e.g. `x-request-id: sent more than once`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: ", self.header)?;
-        match &self.reason {
-            RejectionReason::TraceParent(error) => write!(f, "{error}"),
-            RejectionReason::TraceState(error) => write!(f, "{error}"),
-            RejectionReason::Id(error) => write!(f, "{error}"),
-            RejectionReason::NotUtf8 => f.write_str("not valid UTF-8"),
-            RejectionReason::Repeated => f.write_str("sent more than once"),
+        write!(f, "{}: {}", self.header, self.reason)
+    }
+}
+
+impl std::fmt::Display for RejectionReason {
+    /// What was wrong, without the rejected value.
+    ///
+    /// ```
+    /// let incoming = correlation::Incoming::from_headers([("x-request-id", "a b")]);
+    /// let reason = incoming.rejections()[0].reason;
+    /// assert_eq!(reason.to_string(), "correlation id has a character outside [A-Za-z0-9-_.:+/=@] at byte 1");
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TraceParent(error) => write!(f, "{error}"),
+            Self::TraceState(error) => write!(f, "{error}"),
+            Self::Id(error) => write!(f, "{error}"),
+            Self::NotUtf8 => f.write_str("not valid UTF-8"),
+            Self::Repeated => f.write_str("sent more than once"),
         }
     }
 }
+
+impl std::error::Error for RejectionReason {}
 
 /// Occurrences of one header: none, one value, or repeated.
 enum Seen<'a> {
@@ -109,14 +196,23 @@ impl<'a> Seen<'a> {
 impl Incoming {
     /// Chooses the trace to continue from `(name, value)` header pairs, e.g.
     /// `headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()))` for an
-    /// `http::HeaderMap`. Other headers are ignored.
+    /// `http::HeaderMap`, with the default [`Propagation`]. Other headers are ignored.
     pub fn from_headers<I, K, V>(headers: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let incoming = Self::choose(headers);
+        Self::with_propagation(None, headers)
+    }
+
+    pub(crate) fn with_propagation<I, K, V>(propagation: Option<&Propagation>, headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let incoming = Self::choose(propagation, headers);
         for rejection in &incoming.rejections {
             // Only the reason: the rejected value itself must never reach a log.
             tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
@@ -124,12 +220,16 @@ impl Incoming {
         incoming
     }
 
-    fn choose<I, K, V>(headers: I) -> Self
+    fn choose<I, K, V>(propagation: Option<&Propagation>, headers: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
+        let policy = match propagation {
+            Some(propagation) => propagation.policy(),
+            None => default_policy(),
+        };
         let headers: Vec<(K, V)> = headers.into_iter().collect();
         let mut traceparent = Seen::None;
         let mut correlation = Seen::None;
@@ -149,7 +249,29 @@ impl Incoming {
             }
         }
         let mut rejections = Vec::new();
-        if let Some(parent) = parse_traceparent(&traceparent, &mut rejections) {
+        // Every id header is validated (and kept, for echoing back) whichever one wins.
+        let parent = match policy.mode {
+            // At a trust boundary the caller's trace is not even parsed.
+            Mode::Restart => None,
+            Mode::Continue | Mode::PassThrough => parse_traceparent(&traceparent, &mut rejections),
+        };
+        let correlation_header = parse_id("x-correlation-id", &correlation, &mut rejections);
+        let request_id = parse_id("x-request-id", &request, &mut rejections);
+        let participation = |upstream: Option<TraceParent>| {
+            let needed = propagation.is_some()
+                || correlation_header.is_some()
+                || request_id.is_some()
+                || upstream.is_some();
+            needed.then(|| {
+                Arc::new(Participation {
+                    propagation: propagation.cloned(),
+                    correlation_header: correlation_header.clone(),
+                    request_id: request_id.clone(),
+                    upstream,
+                })
+            })
+        };
+        if let Some(parent) = parent {
             // The tracestate is only read when the traceparent is valid.
             let trace_state = match parse_trace_state(&trace_state_fields) {
                 Ok(state) => state,
@@ -161,6 +283,7 @@ impl Incoming {
                     None
                 }
             };
+            let upstream = (policy.mode == Mode::PassThrough).then_some(parent);
             return Self {
                 correlation_id: CorrelationId::from_uuid(uuid::Uuid::from_u128(
                     parent.trace_id.to_u128(),
@@ -171,25 +294,59 @@ impl Incoming {
                 trace_state,
                 source: IdSource::TraceParent,
                 rejections,
+                participation: participation(upstream),
             };
         }
-        let id = parse_id("x-correlation-id", &correlation, &mut rejections)
-            .map(|id| (id, IdSource::CorrelationId))
-            .or_else(|| {
-                parse_id("x-request-id", &request, &mut rejections)
-                    .map(|id| (id, IdSource::RequestId))
-            });
-        let (correlation_id, source) =
-            id.unwrap_or_else(|| (CorrelationId::new(), IdSource::Generated));
+        let chosen = match policy.mode {
+            Mode::Restart => None,
+            Mode::Continue | Mode::PassThrough => correlation_header
+                .clone()
+                .map(|id| (id, IdSource::CorrelationId))
+                .or_else(|| request_id.clone().map(|id| (id, IdSource::RequestId))),
+        };
+        let (correlation_id, source, trace_id, random) = if let Some((id, source)) = chosen {
+            match id.trace_id() {
+                // A caller's UUID: not generated here, so not known to be random.
+                Some(trace_id) => (id, source, trace_id, false),
+                None => (id, source, TraceId::random(), true),
+            }
+        } else {
+            let id = CorrelationId::new();
+            let trace_id = id.trace_id().unwrap_or_else(TraceId::random);
+            let random = crate::id::FRESH_IDS_ARE_RANDOM;
+            (id, IdSource::Generated, trace_id, random)
+        };
         Self {
-            trace_id: correlation_id.trace_id().unwrap_or_else(TraceId::random),
+            flags: policy.new_trace_flags(trace_id, random),
+            trace_id,
             correlation_id,
             parent_span_id: None,
-            flags: TraceFlags::SAMPLED,
             trace_state: None,
             source,
             rejections,
+            participation: participation(None),
         }
+    }
+
+    /// The W3C trace id the trace will carry.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    /// The headers to send back on the response: `x-correlation-id` and `x-request-id` as
+    /// the [`Propagation`] says (by default, exactly the valid ones the caller sent, with
+    /// its values). Also available inside the trace as
+    /// [`TraceContext::response_headers`](crate::TraceContext::response_headers).
+    ///
+    /// ```
+    /// let incoming = correlation::Incoming::from_headers([
+    ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ///     ("x-request-id", "req-1"),
+    /// ]);
+    /// assert_eq!(incoming.response_headers(), vec![("x-request-id", "req-1".to_owned())]);
+    /// ```
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        Participation::id_headers(self.participation.as_deref(), &self.correlation_id, false)
     }
 
     /// The correlation id the trace will carry.
@@ -207,8 +364,9 @@ impl Incoming {
         self.parent_span_id
     }
 
-    /// The trace flags of a valid `traceparent` as received, reserved bits included
-    /// (`sampled` otherwise). The trace continued from this sends only the defined ones.
+    /// The trace flags of a valid `traceparent` as received, reserved bits included (for a
+    /// new trace, the sampling decision and `random`). The trace continued from this sends
+    /// only the defined ones.
     ///
     /// ```
     /// let incoming = correlation::Incoming::from_headers([

@@ -5,6 +5,11 @@ use std::{fmt, str::FromStr, sync::Arc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+/// Whether [`CorrelationId::new`] makes ids whose trace id is random in its right-most 7
+/// bytes (Trace Context Level 2's `random` flag): a UUID v4 is random there; the `v7`
+/// feature's UUID v7 holds part of a counter in those bytes.
+pub(crate) const FRESH_IDS_ARE_RANDOM: bool = !cfg!(feature = "v7");
+
 /// The longest correlation id accepted from outside (`x-correlation-id`, `x-request-id`).
 pub const MAX_CORRELATION_ID_LEN: usize = 128;
 
@@ -298,10 +303,11 @@ impl SpanId {
     }
 }
 
-/// The W3C `trace-flags` byte. W3C Trace Context (Level 1, the Recommendation this crate
-/// implements) defines only [`TraceFlags::SAMPLED`]; the other bits are reserved and
-/// "Vendors MUST set those to zero". A parsed byte keeps every bit as received; what this
-/// crate sends ([`TraceParent`](crate::TraceParent)'s `Display`, a trace's
+/// The W3C `trace-flags` byte. W3C Trace Context Level 2 (the version this crate
+/// implements, see the crate docs) defines [`TraceFlags::SAMPLED`] and
+/// [`TraceFlags::RANDOM`]; the other bits are reserved and "Vendors MUST set those to zero".
+/// A parsed byte keeps every bit as received; what this crate sends
+/// ([`TraceParent`](crate::TraceParent)'s `Display`, a trace's
 /// [`flags`](crate::TraceContext::flags)) is [`TraceFlags::defined`].
 ///
 /// ```
@@ -309,7 +315,8 @@ impl SpanId {
 ///
 /// assert!(TraceFlags::SAMPLED.is_sampled());
 /// assert_eq!(TraceFlags::new(0x09).to_string(), "09");
-/// assert_eq!(TraceFlags::new(0xff).defined(), TraceFlags::SAMPLED);
+/// assert_eq!(TraceFlags::new(0xff).defined(), TraceFlags::new(0x03));
+/// assert!(TraceFlags::new(0x02).is_random());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TraceFlags(u8);
@@ -317,6 +324,15 @@ pub struct TraceFlags(u8);
 impl TraceFlags {
     /// The caller may have recorded trace data.
     pub const SAMPLED: Self = Self(0x01);
+
+    /// Level 2's `random-trace-id` flag: at least the right-most 7 bytes of the trace id
+    /// are random. A received flag is sent on unchanged with the same trace id; a new trace
+    /// sets it when its trace id is random (a UUID v4 is; a UUID v7, with the `v7` feature,
+    /// is not: its low bytes hold a counter).
+    pub const RANDOM: Self = Self(0x02);
+
+    /// No flag set.
+    pub const NONE: Self = Self(0);
 
     /// Flags from their byte.
     pub const fn new(bits: u8) -> Self {
@@ -328,16 +344,43 @@ impl TraceFlags {
         self.0
     }
 
-    /// Only the bits the specification defines (`sampled`), the reserved ones zeroed: the
-    /// flags to send downstream.
+    /// Only the bits the specification defines (`sampled`, `random`), the reserved ones
+    /// zeroed: the flags to send downstream.
     #[must_use]
     pub const fn defined(self) -> Self {
-        Self(self.0 & Self::SAMPLED.0)
+        Self(self.0 & (Self::SAMPLED.0 | Self::RANDOM.0))
+    }
+
+    /// These flags with `other`'s bits set too.
+    ///
+    /// ```
+    /// use correlation::TraceFlags;
+    /// assert_eq!(TraceFlags::SAMPLED.with(TraceFlags::RANDOM).bits(), 0x03);
+    /// ```
+    #[must_use]
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// These flags with `other`'s bits cleared.
+    ///
+    /// ```
+    /// use correlation::TraceFlags;
+    /// assert_eq!(TraceFlags::new(0x03).without(TraceFlags::SAMPLED), TraceFlags::RANDOM);
+    /// ```
+    #[must_use]
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
     }
 
     /// Whether the `sampled` bit is set (masked, as the specification asks).
     pub const fn is_sampled(self) -> bool {
         self.0 & Self::SAMPLED.0 == Self::SAMPLED.0
+    }
+
+    /// Whether the `random-trace-id` bit is set (masked).
+    pub const fn is_random(self) -> bool {
+        self.0 & Self::RANDOM.0 == Self::RANDOM.0
     }
 }
 

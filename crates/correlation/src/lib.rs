@@ -58,16 +58,67 @@
 //! which is logged as a placeholder text.
 //!
 //! Incoming requests: [`Incoming::from_headers`] picks `traceparent` > `x-correlation-id` >
-//! `x-request-id`, validates them and hands [`continue_trace`] the context to continue;
-//! [`outgoing_headers`] gives the headers for calls downstream ([`TraceParent`],
-//! [`TraceState`] implement the W3C formats).
+//! `x-request-id`, validates them and hands [`continue_trace`] (or, without a runtime,
+//! [`continue_trace_sync`]) the context to continue. Each outgoing call is a span of its
+//! own: [`client_call`] opens it and hands the call its headers, so every call carries its
+//! own parent-id ([`TraceParent`], [`TraceState`] implement the W3C formats).
+//! [`Incoming::response_headers`] gives the id headers to send back.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let incoming = correlation::Incoming::from_headers([
+//!     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"),
+//!     ("x-request-id", "req-1"),
+//! ]);
+//! assert_eq!(incoming.response_headers(), vec![("x-request-id", "req-1".to_owned())]);
+//! correlation::Tracer::off().continue_trace(incoming, "GET /orders", async {
+//!     let sent: Result<Vec<(&str, String)>, String> =
+//!         correlation::client_call("GET inventory", |headers| async move { Ok(headers) }).await;
+//!     let sent = sent.unwrap();
+//!     assert!(sent[0].1.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+//!     assert!(sent[0].1.ends_with("-03")); // sampled, random: as received
+//!     assert_eq!(sent[1], ("x-request-id", "req-1".to_owned())); // as the caller sent it
+//! }).await;
+//! # }
+//! ```
+//!
+//! # W3C Trace Context
+//!
+//! The crate implements **W3C Trace Context Level 2** as currently published (the Editor's
+//! Draft of the `w3c/trace-context` repository, whose test suite's `TraceContextTest`,
+//! `AdvancedTest` and `TraceContext2Test` classes it is written against):
+//!
+//! - `traceparent`: lowercase hex, exact lengths, version `ff` and all-zero ids invalid,
+//!   version `00` exactly 55 characters, higher versions read for their known fields;
+//!   flags `sampled` (0x01) and `random` (0x02) kept from a received header and sent on
+//!   with the same trace id, the reserved bits sent as zero; a new trace sets `random` when
+//!   its trace id is random (a UUID v4 is) and `sampled` as the [`Sampling`] decides.
+//! - `tracestate`: Level 2's key grammar (`(lcalpha / DIGIT) 0*255(keychar)`, `@` allowed
+//!   after the first character), values as before, at most 32 members, several header
+//!   fields combined, empty members and optional whitespace allowed; a duplicated key drops
+//!   only its later entries; an invalid member drops the header. A service's own entry
+//!   ([`Propagation::tracestate_key`]) is added or updated at the front, and a sent
+//!   `tracestate` is truncated to 512 characters, whole entries, those over 128 characters
+//!   first.
+//! - Participant choices, one [`Propagation`]: continue (the default), restart at a trust
+//!   boundary, or pass through unchanged ([`Mode`]); the sampling decision for new traces;
+//!   which of `x-correlation-id` and `x-request-id` go downstream and back ([`IdHeader`],
+//!   by default the ones the caller sent, with its values).
+//!
+//! Level 1 (the W3C Recommendation) differs in three places, where this crate follows
+//! Level 2: Level 1 masks every flag but `sampled`, splits keys into `tenant@system` with
+//! their own length limits and no `@` elsewhere, and its test suite of the time expected a
+//! `tracestate` with a duplicated key to be dropped whole.
 //!
 //! # Feature flags
 //!
-//! - `tracing-subscriber` (default): [`WithCorrelation`] and [`json_layer`], which put
-//!   `correlation_id`, `trace_id` and `span_id` at the top level of every event that
-//!   `tracing-subscriber`'s formatters write inside a trace.
-//! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4.
+//! - `tracing-subscriber` (default): [`json_layer`] and [`JsonFormat`], which write the
+//!   application's events in the schema of the crate's own lines (below), and
+//!   [`WithCorrelation`], which puts the ids at the top level of another formatter's lines.
+//! - `http`: [`TraceOutcome`] for `http::Response` and `http::StatusCode` (a 5xx status is
+//!   an `error` outcome), and header helpers for `http::HeaderMap` (module [`http`]).
+//! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4 (their trace
+//!   ids do not get the `random` flag: part of a UUID v7's low bytes is a counter).
 //!
 //! # Log format
 //!
@@ -95,14 +146,27 @@
 //!
 //! All text goes through `serde_json`, so a newline in an error message is written as `\n`
 //! and can never start a second line.
+//!
+//! With [`json_layer`], the application's `tracing` events are written in the same schema:
+//! `timestamp`, `level` (lowercase), inside a trace `correlation_id`, `trace_id` and
+//! `span_id` (always the trace's own, exactly once), then `target` and the event's fields at
+//! the top level (`message` for the message; a field named like one of the schema's own is
+//! written as `field.<name>`). [`Tracer::tracing`]'s start and end events come out exactly
+//! as the lines above.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod context;
 mod headers;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod id;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod line;
+mod policy;
 mod propagate;
 mod random;
 mod tracer;
@@ -114,16 +178,21 @@ pub use crate::{
     id::{
         CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN, SpanId, TraceFlags, TraceId,
     },
+    policy::{HeaderRule, IdHeader, Mode, Propagation, Sampling},
     propagate::{InTrace, TraceFutureExt, bind, spawn, spawn_blocking},
     tracer::{
-        Outcome, TraceOutcome, Tracer, continue_trace, global, set_global, start_trace,
-        start_trace_with_id, trace_sync,
+        Outcome, TraceOutcome, Tracer, client_call, client_call_sync, continue_trace,
+        continue_trace_sync, global, set_global, start_trace, start_trace_with_id, trace_sync,
     },
-    w3c::{MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState, TraceStateError},
+    w3c::{
+        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState,
+        TraceStateError,
+    },
 };
 
 #[cfg(feature = "tracing-subscriber")]
-pub use crate::layer::{WithCorrelation, json_layer};
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
+pub use crate::layer::{JsonFormat, WithCorrelation, json_layer};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

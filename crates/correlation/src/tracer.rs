@@ -22,8 +22,8 @@ use crate::{
     context::{
         CURRENT, InScope, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
     },
-    headers::Incoming,
-    id::{CorrelationId, SpanId, TraceFlags, TraceId},
+    headers::{Incoming, Participation},
+    id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
     line::{End, duration_ms, error_text, with_line},
     w3c::TraceState,
 };
@@ -142,8 +142,10 @@ impl fmt::Display for Outcome {
 ///
 /// `Result<T, E: Display>` reports [`Outcome::Error`] with the error's `Display` text for
 /// `Err`; `Box<T>` delegates; plain values report success: `()`, numbers, strings, `bool`,
-/// references, `Arc`, `Rc`, `Option`, `Vec`, arrays, maps, sets, tuples up to 8, and this
-/// crate's own types. Rust has no specialisation, so a blanket "everything else is a
+/// references, `Arc`, `Rc`, `Option`, `Vec`, arrays, maps, sets, and this crate's own types;
+/// a tuple (up to 8) reports the first error of its elements. With the `http` feature,
+/// `http::Response` and `http::StatusCode` report a 5xx status as an error (see the
+/// `http` module for other rules). Rust has no specialisation, so a blanket "everything else is a
 /// success" is impossible next to the `Result` impl. For your own type, the default method reports success, so one line does it:
 ///
 /// ```
@@ -202,6 +204,10 @@ always_success!(
     SpanId,
     TraceContext,
     Incoming,
+    TraceFlags,
+    crate::TraceParent,
+    TraceState,
+    crate::Propagation,
 );
 
 impl<T: ?Sized> TraceOutcome for &T {}
@@ -218,12 +224,22 @@ impl<T, S> TraceOutcome for std::collections::HashSet<T, S> {}
 impl<T> TraceOutcome for std::collections::BTreeSet<T> {}
 impl<T> TraceOutcome for std::collections::VecDeque<T> {}
 
-/// Tuples report success (a tuple holding a `Result` is treated as a plain value).
-macro_rules! tuple_success {
-    ($(($($name:ident),+))*) => { $(impl<$($name),+> TraceOutcome for ($($name,)+) {})* };
+/// A tuple reports the first error any of its elements reports, so
+/// `(StatusCode::INTERNAL_SERVER_ERROR, body)` (with the `http` feature) is an error; every
+/// element must implement `TraceOutcome`.
+macro_rules! tuple_outcome {
+    ($(($($name:ident),+))*) => {$(
+        impl<$($name: TraceOutcome),+> TraceOutcome for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn trace_error(&self) -> Option<&dyn fmt::Display> {
+                let ($($name,)+) = self;
+                None$(.or_else(|| $name.trace_error()))+
+            }
+        }
+    )*};
 }
 
-tuple_success! {
+tuple_outcome! {
     (A) (A, B) (A, B, C) (A, B, C, D) (A, B, C, D, E) (A, B, C, D, E, G) (A, B, C, D, E, G, H)
     (A, B, C, D, E, G, H, I)
 }
@@ -369,7 +385,37 @@ impl Tracer {
         operation: impl Into<Cow<'static, str>>,
         f: impl FnOnce() -> R,
     ) -> R {
-        let scope = Lineage::current().start(self, operation.into());
+        self.traced_sync(Lineage::current(), operation.into(), f)
+    }
+
+    /// Like [`Tracer::trace_sync`], but continuing the trace described by incoming headers:
+    /// for thread-per-request servers, no async runtime needed.
+    ///
+    /// ```
+    /// let incoming = correlation::Incoming::from_headers([
+    ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    /// ]);
+    /// let trace_id = correlation::Tracer::off().continue_trace_sync(incoming, "GET /orders", || {
+    ///     correlation::current().unwrap().trace_id().to_string()
+    /// });
+    /// assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// ```
+    pub fn continue_trace_sync<R: TraceOutcome>(
+        &self,
+        incoming: Incoming,
+        operation: impl Into<Cow<'static, str>>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        self.traced_sync(Lineage::from_incoming(incoming), operation.into(), f)
+    }
+
+    fn traced_sync<R: TraceOutcome>(
+        &self,
+        lineage: Lineage,
+        operation: Cow<'static, str>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let scope = lineage.start(self, operation);
         let context = match scope.context() {
             Some(context) if !self.is_off() => Arc::clone(context),
             // No lines to write, so no guard and no second reference to the context.
@@ -459,19 +505,30 @@ struct Lineage {
     parent_span_id: Option<SpanId>,
     flags: TraceFlags,
     trace_state: Option<TraceState>,
+    participation: Option<Arc<Participation>>,
+}
+
+/// The flags of a trace this crate starts without a policy: sampled, and random when the
+/// trace id is.
+const fn new_trace_flags(random: bool) -> TraceFlags {
+    if random {
+        TraceFlags::SAMPLED.with(TraceFlags::RANDOM)
+    } else {
+        TraceFlags::SAMPLED
+    }
 }
 
 impl Lineage {
     /// A child of the running trace, or a fresh root outside one.
     fn current() -> Self {
         if !context_is_current() {
-            return Self::with_id(CorrelationId::new());
+            return Self::fresh();
         }
         CURRENT
             .try_with(|scope| scope.context().map(|parent| Self::child_of(parent)))
             .ok()
             .flatten()
-            .unwrap_or_else(|| Self::with_id(CorrelationId::new()))
+            .unwrap_or_else(Self::fresh)
     }
 
     fn child_of(parent: &TraceContext) -> Self {
@@ -481,16 +538,41 @@ impl Lineage {
             parent_span_id: Some(parent.span_id),
             flags: parent.flags,
             trace_state: parent.trace_state.clone(),
+            participation: parent.participation.clone(),
         }
     }
 
-    fn with_id(correlation_id: CorrelationId) -> Self {
+    /// A new trace with a new id.
+    fn fresh() -> Self {
+        let correlation_id = CorrelationId::new();
+        let (trace_id, random) = match correlation_id.trace_id() {
+            Some(trace_id) => (trace_id, FRESH_IDS_ARE_RANDOM),
+            None => (TraceId::random(), true),
+        };
         Self {
-            trace_id: correlation_id.trace_id().unwrap_or_else(TraceId::random),
+            trace_id,
             correlation_id,
             parent_span_id: None,
-            flags: TraceFlags::SAMPLED,
+            flags: new_trace_flags(random),
             trace_state: None,
+            participation: None,
+        }
+    }
+
+    /// A new trace carrying a received id: a UUID doubles as the trace id (not generated
+    /// here, so not known to be random); other text gets a random trace id.
+    fn with_id(correlation_id: CorrelationId) -> Self {
+        let (trace_id, random) = match correlation_id.trace_id() {
+            Some(trace_id) => (trace_id, false),
+            None => (TraceId::random(), true),
+        };
+        Self {
+            trace_id,
+            correlation_id,
+            parent_span_id: None,
+            flags: new_trace_flags(random),
+            trace_state: None,
+            participation: None,
         }
     }
 
@@ -502,6 +584,7 @@ impl Lineage {
             // This span sends them on: the reserved bits of a received byte must not go out.
             flags: incoming.flags.defined(),
             trace_state: incoming.trace_state,
+            participation: incoming.participation,
         }
     }
 
@@ -524,6 +607,7 @@ impl Lineage {
             operation,
             started,
             tracer,
+            participation: self.participation,
         });
         TraceScope::new(context)
     }
@@ -779,6 +863,75 @@ pub fn trace_sync<R: TraceOutcome>(
     f: impl FnOnce() -> R,
 ) -> R {
     current_tracer().trace_sync(operation, f)
+}
+
+/// [`Tracer::continue_trace_sync`] with the enclosing trace's tracer, or the [`global`] one.
+///
+/// ```
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let incoming = correlation::Incoming::from_headers([("x-request-id", "req-3")]);
+/// let id = correlation::continue_trace_sync(incoming, "GET /", correlation::correlation_id);
+/// assert_eq!(id.unwrap().to_string(), "req-3");
+/// ```
+pub fn continue_trace_sync<R: TraceOutcome>(
+    incoming: Incoming,
+    operation: impl Into<Cow<'static, str>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    current_tracer().continue_trace_sync(incoming, operation, f)
+}
+
+/// One outgoing call as a span of its own: opens a child span of the running trace (a new
+/// trace outside one), hands `call` the headers to send with it, from that span (so every
+/// call carries its own parent-id), and traces the call's outcome.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// correlation::start_trace("GET /orders", async {
+///     let mut parents = Vec::new();
+///     for _ in 0..3 {
+///         let traceparent: Result<String, String> = correlation::client_call("GET inventory", |headers| async move {
+///             // e.g. `request.header(name, value)` for each, then `.send().await`
+///             Ok(headers[0].1.clone())
+///         }).await;
+///         parents.push(traceparent.unwrap()[36..52].to_owned());
+///     }
+///     parents.dedup();
+///     assert_eq!(parents.len(), 3);
+/// }).await;
+/// # }
+/// ```
+pub fn client_call<C, F>(
+    operation: impl Into<Cow<'static, str>>,
+    call: C,
+) -> impl Future<Output = F::Output>
+where
+    C: FnOnce(Vec<(&'static str, String)>) -> F,
+    F: Future,
+    F::Output: TraceOutcome,
+{
+    start_trace(operation, async move {
+        let headers = crate::outgoing_headers();
+        call(headers).await
+    })
+}
+
+/// [`client_call`] for a blocking call: `call` runs inside a child span with that span's
+/// headers.
+///
+/// ```
+/// # let _ = correlation::set_global(correlation::Tracer::off());
+/// let parents: Vec<String> = correlation::trace_sync("job", || {
+///     (0..2).map(|_| correlation::client_call_sync("POST /hook", |headers| headers[0].1.clone())).collect()
+/// });
+/// assert_ne!(parents[0], parents[1]);
+/// ```
+pub fn client_call_sync<R: TraceOutcome>(
+    operation: impl Into<Cow<'static, str>>,
+    call: impl FnOnce(Vec<(&'static str, String)>) -> R,
+) -> R {
+    trace_sync(operation, || call(crate::outgoing_headers()))
 }
 
 fn current_tracer() -> Tracer {

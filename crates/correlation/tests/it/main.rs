@@ -2,11 +2,14 @@
 
 mod bad_input;
 mod headers;
+#[cfg(feature = "http")]
+mod http;
 mod isolation;
 #[cfg(feature = "tracing-subscriber")]
 mod layer;
 mod mirror;
 mod outcomes;
+mod participant;
 mod propagation;
 mod props;
 mod spec;

@@ -26,8 +26,9 @@ proptest! {
         };
         let text = parent.to_string();
         prop_assert_eq!(text.len(), 55);
-        // Only the defined flag, `sampled`, is written: the other bits are sent as zero.
-        let sent = TraceParent { flags: TraceFlags::new(flags & 0x01), ..parent };
+        // Only the defined flags, `sampled` and `random`, are written: the other bits are
+        // sent as zero.
+        let sent = TraceParent { flags: TraceFlags::new(flags & 0x03), ..parent };
         prop_assert_eq!(text.parse::<TraceParent>(), Ok(sent));
     }
 
@@ -84,5 +85,85 @@ proptest! {
         prop_assert_eq!(&lines[0]["operation"], &serde_json::Value::String(operation.clone()));
         prop_assert_eq!(&lines[1]["operation"], &serde_json::Value::String(operation));
         prop_assert_eq!(&lines[1]["error"], &serde_json::Value::String(error));
+    }
+
+    #[test]
+    fn tracestate_parse_keeps_the_first_of_duplicated_keys(
+        members in proptest::collection::vec(("[a-z0-9][a-z0-9_*/@-]{0,6}", "[!-+--<>-~]{1,8}"), 0..40),
+    ) {
+        let text = members.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",");
+        // Reference model: first occurrence of each key, in order, then the 32-member limit.
+        let mut model: Vec<(String, String)> = Vec::new();
+        for (key, value) in &members {
+            if !model.iter().any(|(existing, _)| existing == key) {
+                model.push((key.clone(), value.clone()));
+            }
+        }
+        let parsed = text.parse::<TraceState>();
+        if model.len() > 32 {
+            prop_assert!(parsed.is_err());
+        } else {
+            let state = parsed.unwrap();
+            let got: Vec<(String, String)> = state.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            prop_assert_eq!(got, model);
+        }
+    }
+
+    #[test]
+    fn tracestate_insert_matches_a_model(
+        start in proptest::collection::btree_map("[a-e][a-e0-9@]{0,2}", "[a-z]{1,4}", 0..=32),
+        inserts in proptest::collection::vec(("[a-e][a-e0-9@]{0,2}", "[a-z]{1,4}"), 0..40),
+    ) {
+        let text = start.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",");
+        let mut state: TraceState = text.parse().unwrap();
+        let mut model: Vec<(String, String)> = start.into_iter().collect();
+        for (key, value) in inserts {
+            state.insert(&key, &value).unwrap();
+            // The specification's mutation: the entry moves to the front, updated; the
+            // right-most member goes when there would be more than 32.
+            model.retain(|(existing, _)| *existing != key);
+            model.insert(0, (key, value));
+            model.truncate(32);
+            let got: Vec<(String, String)> = state.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            prop_assert_eq!(&got, &model);
+        }
+    }
+
+    #[test]
+    fn tracestate_truncation_removes_long_entries_first_then_from_the_end(
+        lengths in proptest::collection::vec(1usize..200, 0..=32),
+        max_len in 0usize..1200,
+    ) {
+        let members: Vec<(String, String)> = lengths
+            .iter()
+            .enumerate()
+            .map(|(index, length)| (format!("k{index}"), "v".repeat(*length)))
+            .collect();
+        let text = members.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",");
+        let mut state: TraceState = text.parse().unwrap();
+        let before = state.header_len();
+        prop_assert_eq!(before, text.len());
+        state.truncate(max_len);
+        let kept: Vec<(String, String)> = state.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        prop_assert!(state.header_len() <= max_len || kept.is_empty());
+        prop_assert_eq!(state.to_string().len(), state.header_len());
+        if before <= max_len {
+            prop_assert_eq!(&kept, &members, "nothing removed when it fits");
+        }
+        // Whole entries, in their order: a subsequence of what came in.
+        let mut rest = members.iter();
+        for entry in &kept {
+            prop_assert!(rest.any(|member| member == entry), "{:?} out of order or changed", entry);
+        }
+        let is_long = |(key, value): &(String, String)| key.len() + 1 + value.len() > 128;
+        let removed: Vec<&(String, String)> = members.iter().filter(|member| !kept.contains(member)).collect();
+        // A short entry goes only once every long one is gone, and short entries go from
+        // the end: the kept short entries are the first ones.
+        if removed.iter().any(|member| !is_long(member)) {
+            prop_assert!(!kept.iter().any(is_long));
+            let short: Vec<&(String, String)> = members.iter().filter(|member| !is_long(member)).collect();
+            let kept_short: Vec<&(String, String)> = kept.iter().collect();
+            prop_assert_eq!(&short[..kept_short.len()], &kept_short[..]);
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! W3C Trace Context rules, one table row per rule (values from the specification's text).
 
 use correlation::{
-    Incoming, RejectionReason, TraceFlags, TraceParent, TraceParentError, TraceState,
-    TraceStateError,
+    IdSource, Incoming, Mode, Propagation, RejectionReason, Sampling, TraceFlags, TraceParent,
+    TraceParentError, TraceState, TraceStateError, Tracer,
 };
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -40,9 +40,19 @@ fn traceparent_table() {
             Ok(0xff),
         ),
         (
-            "Level 2's random-trace-id flag is not a Level 1 flag",
+            "Level 2's random-trace-id flag is read and sent on",
             format!("00-{TRACE}-{PARENT}-02"),
             Ok(0x02),
+        ),
+        (
+            "random and sampled",
+            format!("00-{TRACE}-{PARENT}-03"),
+            Ok(0x03),
+        ),
+        (
+            "a reserved bit next to random",
+            format!("00-{TRACE}-{PARENT}-06"),
+            Ok(0x06),
         ),
         (
             "OWS around the value",
@@ -174,7 +184,7 @@ fn traceparent_table() {
                 assert_eq!(parsed.flags, TraceFlags::new(flags), "{rule}");
                 assert_eq!(
                     parsed.to_string(),
-                    format!("00-{TRACE}-{PARENT}-{:02x}", flags & 0x01),
+                    format!("00-{TRACE}-{PARENT}-{:02x}", flags & 0x03),
                     "{rule}: re-sent as version 00 with only the defined flags"
                 );
             }
@@ -202,7 +212,7 @@ fn sampled_flag_is_masked() {
 #[test]
 #[allow(clippy::too_many_lines)] // A table: one row per rule of the specification.
 fn tracestate_table() {
-    use TraceStateError::{BadKey, BadValue, DuplicateKey, MissingEquals, TooManyMembers};
+    use TraceStateError::{BadKey, BadValue, MissingEquals, TooManyMembers};
     let members = |count: usize| {
         (0..count)
             .map(|index| format!("k{index}=v"))
@@ -259,16 +269,89 @@ fn tracestate_table() {
         ),
         ("33 members", members(33), Err(TooManyMembers)),
         (
-            "duplicate key",
+            "duplicate key: only the later entry is dropped",
             "a=1,b=2,a=3".into(),
-            Err(DuplicateKey { member: 2 }),
+            Ok("a=1,b=2"),
         ),
-        ("uppercase key", "Congo=1".into(), Err(BadKey { member: 0 })),
         (
-            "simple key starting with a digit",
+            "duplicate key with the same value",
+            "foo=1,foo=1".into(),
+            Ok("foo=1"),
+        ),
+        (
+            "33 members with a duplicate are 32 distinct",
+            format!("{},k0=w", members(32)),
+            Ok(Box::leak(members(32).into_boxed_str())),
+        ),
+        (
+            "key ending in @ (Level 2)",
+            "foo@=1,bar=2".into(),
+            Ok("foo@=1,bar=2"),
+        ),
+        (
+            "key with @@ (Level 2)",
+            "foo@@bar=1,bar=2".into(),
+            Ok("foo@@bar=1,bar=2"),
+        ),
+        (
+            "key with two @ (Level 2)",
+            "foo@bar@baz=1,bar=2".into(),
+            Ok("foo@bar@baz=1,bar=2"),
+        ),
+        (
+            "simple key starting with a digit (Level 2)",
             "1a=1".into(),
+            Ok("1a=1"),
+        ),
+        (
+            "tenant of 241 and system of 14 characters",
+            format!("{}@{}=1", "t".repeat(241), "v".repeat(14)),
+            Ok(Box::leak(
+                format!("{}@{}=1", "t".repeat(241), "v".repeat(14)).into_boxed_str(),
+            )),
+        ),
+        (
+            "tenant of 242 characters (Level 2: only the total counts)",
+            format!("{}@v=1", "t".repeat(242)),
+            Ok(Box::leak(
+                format!("{}@v=1", "t".repeat(242)).into_boxed_str(),
+            )),
+        ),
+        (
+            "system of 15 characters (Level 2)",
+            format!("t@{}=1", "v".repeat(15)),
+            Ok(Box::leak(
+                format!("t@{}=1", "v".repeat(15)).into_boxed_str(),
+            )),
+        ),
+        (
+            "system starting with a digit (Level 2)",
+            "t@1sys=1".into(),
+            Ok("t@1sys=1"),
+        ),
+        (
+            "key of 257 characters with @",
+            format!("{}@{}=1", "t".repeat(200), "v".repeat(56)),
             Err(BadKey { member: 0 }),
         ),
+        (
+            "key starting with @",
+            "@foo=1,bar=2".into(),
+            Err(BadKey { member: 0 }),
+        ),
+        (
+            "key with a dot",
+            "foo.bar=1".into(),
+            Err(BadKey { member: 0 }),
+        ),
+        ("empty key", "=1".into(), Err(BadKey { member: 0 })),
+        (
+            "empty value before a valid member",
+            "foo=,bar=3".into(),
+            Err(BadValue { member: 0 }),
+        ),
+        ("trailing OWS after a value", "foo=1 \t".into(), Ok("foo=1")),
+        ("uppercase key", "Congo=1".into(), Err(BadKey { member: 0 })),
         (
             "key of 257 characters",
             format!("a{}=1", "b".repeat(256)),
@@ -280,26 +363,10 @@ fn tracestate_table() {
             Err(BadKey { member: 0 }),
         ),
         (
-            "two @ in a key",
-            "a@b@c=1".into(),
+            "empty part before @",
+            "@sys=1".into(),
             Err(BadKey { member: 0 }),
         ),
-        (
-            "tenant of 242 characters",
-            format!("{}@sys=1", "t".repeat(242)),
-            Err(BadKey { member: 0 }),
-        ),
-        (
-            "system of 15 characters",
-            format!("t@{}=1", "s".repeat(15)),
-            Err(BadKey { member: 0 }),
-        ),
-        (
-            "system starting with a digit",
-            "t@1sys=1".into(),
-            Err(BadKey { member: 0 }),
-        ),
-        ("empty tenant", "@sys=1".into(), Err(BadKey { member: 0 })),
         ("empty value", "a=".into(), Err(BadValue { member: 0 })),
         ("value with =", "a=b=c".into(), Err(BadValue { member: 0 })),
         (
@@ -382,13 +449,232 @@ fn repeated_tracestate_fields_are_combined() {
     assert_eq!(incoming.trace_state().unwrap().to_string(), "a=1,b=2");
     let duplicate = Incoming::from_headers([
         ("traceparent", value.as_str()),
-        ("tracestate", "a=1"),
+        ("tracestate", "a=1,b=3"),
         ("tracestate", "a=2"),
     ]);
-    assert!(duplicate.trace_state().is_none());
+    assert_eq!(
+        duplicate.trace_state().map(ToString::to_string).as_deref(),
+        Some("a=1,b=3"),
+        "only the duplicated entry is dropped"
+    );
     assert_eq!(
         duplicate.source(),
         correlation::IdSource::TraceParent,
         "a bad tracestate does not affect traceparent"
     );
+}
+
+/// The `traceparent` a service built on the crate sends on one outgoing call, for `headers`
+/// received, under `propagation`.
+fn sent_traceparent(propagation: &Propagation, headers: &[(&str, &str)]) -> TraceParent {
+    let incoming = propagation.incoming(headers.iter().copied());
+    Tracer::off().continue_trace_sync(incoming, "GET /", || {
+        correlation::client_call_sync("call", |headers| {
+            headers
+                .iter()
+                .find(|(name, _)| *name == "traceparent")
+                .map(|(_, value)| value.parse::<TraceParent>().unwrap())
+                .unwrap()
+        })
+    })
+}
+
+/// A row of a header table: the rule, the headers received, the flags sent.
+type Row<'a> = (&'a str, Vec<(&'a str, String)>, u8);
+
+fn sent_flags(propagation: &Propagation, headers: &[(&str, &str)]) -> u8 {
+    sent_traceparent(propagation, headers).flags.bits()
+}
+
+#[test]
+fn random_flag_is_propagated_and_set_on_new_traces() {
+    let defaults = Propagation::new();
+    let received = |flags: &str| format!("00-{TRACE}-{PARENT}-{flags}");
+    // (rule, headers, flags sent)
+    let fresh = if cfg!(feature = "v7") { 0x01 } else { 0x03 };
+    let rows: Vec<Row<'_>> = vec![
+        (
+            "received random is sent on",
+            vec![("traceparent", received("02"))],
+            0x02,
+        ),
+        (
+            "received random and sampled",
+            vec![("traceparent", received("03"))],
+            0x03,
+        ),
+        (
+            "received without random stays without",
+            vec![("traceparent", received("01"))],
+            0x01,
+        ),
+        (
+            "reserved bits are zeroed, random kept",
+            vec![("traceparent", received("fe"))],
+            0x02,
+        ),
+        ("new trace: its UUID v4 trace id is random", vec![], fresh),
+        (
+            "invalid traceparent restarts with a random trace id",
+            vec![("traceparent", format!("00-{}-{PARENT}-02", "0".repeat(32)))],
+            fresh,
+        ),
+        (
+            "a text correlation id gets a random trace id",
+            vec![("x-correlation-id", "order-7".to_owned())],
+            0x03,
+        ),
+        (
+            "a caller's UUID is not known to be random",
+            vec![(
+                "x-correlation-id",
+                "4bf92f35-77b3-4da6-a3ce-929d0e0e4736".to_owned(),
+            )],
+            0x01,
+        ),
+    ];
+    for (rule, headers, expected) in rows {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        assert_eq!(sent_flags(&defaults, &headers), expected, "{rule}");
+    }
+    // A trace started without a request: a fresh UUID v4 as trace id.
+    let flags = Tracer::off().trace_sync("job", || correlation::current().unwrap().flags());
+    assert_eq!(flags.bits(), fresh, "start_trace sets random on a fresh id");
+}
+
+#[test]
+fn sampling_decides_only_new_traces() {
+    let received = format!("00-{TRACE}-{PARENT}-01");
+    let never = Propagation::new().sampling(Sampling::Never);
+    let random = if cfg!(feature = "v7") { 0 } else { 0x02 };
+    assert_eq!(sent_flags(&never, &[]), random, "never: not sampled");
+    assert_eq!(
+        sent_flags(&never, &[("traceparent", &received)]),
+        0x01,
+        "a continued trace keeps the caller's decision"
+    );
+    let none = Propagation::new().sampling(Sampling::Ratio(0.0));
+    let all = Propagation::new().sampling(Sampling::Ratio(1.0));
+    let half = Propagation::new().sampling(Sampling::Ratio(0.5));
+    let mut sampled = 0;
+    for _ in 0..200 {
+        assert_eq!(sent_flags(&none, &[]) & 1, 0);
+        assert_eq!(sent_flags(&all, &[]) & 1, 1);
+        sampled += u32::from(sent_flags(&half, &[]) & 1);
+    }
+    // 200 fair coin flips: outside 40..160 has probability below 1e-17.
+    assert!(
+        (40..160).contains(&sampled),
+        "{sampled} of 200 sampled at 0.5"
+    );
+    // The decision is a function of the trace id, the same in every service.
+    let incoming = half.incoming([("x-correlation-id", "order-7")]);
+    let trace_id = incoming.trace_id();
+    assert_eq!(
+        incoming.flags().is_sampled(),
+        (trace_id.to_u128() & ((1 << 56) - 1)) < (1 << 55)
+    );
+}
+
+#[test]
+fn restart_ignores_the_incoming_trace() {
+    let restart = Propagation::new().mode(Mode::Restart);
+    let received = format!("00-{TRACE}-{PARENT}-00");
+    let incoming = restart.incoming([
+        ("traceparent", received.as_str()),
+        ("tracestate", "congo=1"),
+        ("x-correlation-id", "caller-chosen"),
+    ]);
+    assert_eq!(incoming.source(), IdSource::Generated);
+    assert_ne!(incoming.trace_id().to_string(), TRACE);
+    assert!(incoming.trace_state().is_none());
+    assert_eq!(incoming.parent_span_id(), None);
+    assert!(
+        incoming.flags().is_sampled(),
+        "a new trace, sampled by default"
+    );
+    assert!(incoming.rejections().is_empty(), "ignored, not rejected");
+    let sent = sent_traceparent(&restart, &[("traceparent", &received)]);
+    assert_ne!(sent.trace_id.to_string(), TRACE);
+}
+
+#[test]
+fn pass_through_forwards_the_trace_unchanged() {
+    let pass = Propagation::new()
+        .mode(Mode::PassThrough)
+        .tracestate_key("acme")
+        .unwrap();
+    let received = format!("00-{TRACE}-{PARENT}-03");
+    let incoming = pass.incoming([
+        ("traceparent", received.as_str()),
+        ("tracestate", "congo=1,rojo=2"),
+    ]);
+    let (first, second, own_span) = Tracer::off().continue_trace_sync(incoming, "proxy", || {
+        let call = || correlation::client_call_sync("forward", |headers| headers);
+        (call(), call(), correlation::current().unwrap().span_id())
+    });
+    for headers in [&first, &second] {
+        assert_eq!(headers[0], ("traceparent", received.clone()));
+        assert_eq!(headers[1], ("tracestate", "congo=1,rojo=2".to_owned()));
+    }
+    assert_ne!(
+        own_span.to_string(),
+        PARENT,
+        "its own lines still have their own span"
+    );
+}
+
+#[test]
+fn own_tracestate_entry_is_added_in_front_and_updated() {
+    let propagation = Propagation::new().tracestate_key("acme").unwrap();
+    let received = format!("00-{TRACE}-{PARENT}-01");
+    let incoming = propagation.incoming([
+        ("traceparent", received.as_str()),
+        ("tracestate", "congo=1,acme=old,rojo=2"),
+    ]);
+    let headers = Tracer::off().continue_trace_sync(incoming, "GET /", || {
+        correlation::client_call_sync("call", |headers| headers)
+    });
+    let parent: TraceParent = headers[0].1.parse().unwrap();
+    assert_eq!(
+        headers[1],
+        (
+            "tracestate",
+            format!("acme={},congo=1,rojo=2", parent.parent_id)
+        )
+    );
+    assert!(Propagation::new().tracestate_key("@bad").is_err());
+    assert!(Propagation::new().tracestate_key("Bad").is_err());
+}
+
+#[test]
+fn outgoing_tracestate_is_truncated_to_512_long_entries_first() {
+    let long = |key: &str| format!("{key}={}", "v".repeat(150));
+    let short: Vec<String> = (0..20)
+        .map(|index| format!("k{index:02}={}", "s".repeat(16)))
+        .collect();
+    let received = format!(
+        "{},{},{},{}",
+        short[..10].join(","),
+        long("big1"),
+        short[10..].join(","),
+        long("big2")
+    );
+    let mut state: TraceState = received.parse().unwrap();
+    assert!(state.header_len() > 512);
+    state.truncate(512);
+    let text = state.to_string();
+    assert!(text.len() <= 512, "{}", text.len());
+    assert!(
+        !text.contains("big1") && !text.contains("big2"),
+        "entries over 128 go first"
+    );
+    assert_eq!(state.len(), 20, "then nothing else needed to go");
+    // And a service sends it truncated.
+    let value = format!("00-{TRACE}-{PARENT}-01");
+    let incoming =
+        Incoming::from_headers([("traceparent", value.as_str()), ("tracestate", &received)]);
+    let headers =
+        Tracer::off().continue_trace_sync(incoming, "GET /", correlation::outgoing_headers);
+    assert_eq!(headers[1].1, text);
 }
