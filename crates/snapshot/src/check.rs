@@ -26,9 +26,49 @@ impl ser::Error for Unfaithful {
     }
 }
 
+/// The deepest nesting of arrays and objects a value may have: restore parses each entry
+/// with `serde_json`, which refuses a 128th level, and the entry object is one level
+/// itself, so a value may nest 126 levels (127 brackets in all).
+pub(crate) const MAX_VALUE_DEPTH: usize = 126;
+
+/// The name `serde_json` gives the struct that carries a `RawValue`'s text.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 /// Checks `value` without producing output.
 pub(crate) fn check<T: ?Sized + Serialize>(value: &T) -> Result<(), Unfaithful> {
-    value.serialize(Checker)
+    value.serialize(Checker::default())
+}
+
+fn too_deep() -> Unfaithful {
+    Unfaithful(format!(
+        "the value nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep, deeper than a restore can read"
+    ))
+}
+
+/// The deepest bracket nesting of the JSON text `raw` (brackets inside strings do not count).
+fn text_depth(raw: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0_usize, 0, false, false);
+    for byte in raw.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    deepest
 }
 
 fn check_float(value: f64) -> Result<(), Unfaithful> {
@@ -41,8 +81,28 @@ fn check_float(value: f64) -> Result<(), Unfaithful> {
     }
 }
 
-/// Walks a value; every method only recurses or checks floats.
-struct Checker;
+/// Walks a value; every method only recurses, counts nesting, or checks floats.
+///
+/// `depth` is the number of JSON arrays and objects around the value being checked, as
+/// `serde_json` writes it: a sequence, map or struct is one level, a newtype variant
+/// (`{"Variant": value}`) one, a tuple or struct variant two.
+#[derive(Default, Clone, Copy)]
+struct Checker {
+    depth: usize,
+    /// Set on a `RawValue`'s struct, whose one field is JSON text.
+    raw: bool,
+}
+
+impl Checker {
+    /// The checker for what sits `levels` brackets inside this one.
+    fn enter(self, levels: usize) -> Result<Self, Unfaithful> {
+        let depth = self.depth + levels;
+        if depth > MAX_VALUE_DEPTH {
+            return Err(too_deep());
+        }
+        Ok(Self { depth, raw: false })
+    }
+}
 
 impl ser::Serializer for Checker {
     type Ok = ();
@@ -137,16 +197,16 @@ impl ser::Serializer for Checker {
         _: &'static str,
         value: &T,
     ) -> Result<(), Unfaithful> {
-        value.serialize(self)
+        value.serialize(self.enter(1)?)
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(1)
     }
     fn serialize_tuple(self, _: usize) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(1)
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(1)
     }
     fn serialize_tuple_variant(
         self,
@@ -155,13 +215,20 @@ impl ser::Serializer for Checker {
         _: &'static str,
         _: usize,
     ) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(2)
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(1)
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Unfaithful> {
-        Ok(self)
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self, Unfaithful> {
+        if name == RAW_VALUE_TOKEN {
+            // Its one field is the JSON text, which sits where the struct does.
+            return Ok(Self {
+                depth: self.depth,
+                raw: true,
+            });
+        }
+        self.enter(1)
     }
     fn serialize_struct_variant(
         self,
@@ -170,7 +237,17 @@ impl ser::Serializer for Checker {
         _: &'static str,
         _: usize,
     ) -> Result<Self, Unfaithful> {
-        Ok(self)
+        self.enter(2)
+    }
+}
+
+impl Checker {
+    /// The checker for the elements of the compound this one stands for.
+    fn inner(self) -> Self {
+        Self {
+            depth: self.depth,
+            raw: false,
+        }
     }
 }
 
@@ -178,7 +255,7 @@ impl ser::SerializeSeq for Checker {
     type Ok = ();
     type Error = Unfaithful;
     fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -189,7 +266,7 @@ impl ser::SerializeTuple for Checker {
     type Ok = ();
     type Error = Unfaithful;
     fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -200,7 +277,7 @@ impl ser::SerializeTupleStruct for Checker {
     type Ok = ();
     type Error = Unfaithful;
     fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -211,7 +288,7 @@ impl ser::SerializeTupleVariant for Checker {
     type Ok = ();
     type Error = Unfaithful;
     fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -225,7 +302,7 @@ impl ser::SerializeMap for Checker {
         key.serialize(KeyChecker)
     }
     fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -240,7 +317,16 @@ impl ser::SerializeStruct for Checker {
         _: &'static str,
         value: &T,
     ) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        if self.raw {
+            // A `RawValue` is already JSON text: its nesting is in the text.
+            if let Ok(serde_json::Value::String(text)) = serde_json::to_value(value)
+                && self.depth + text_depth(&text) > MAX_VALUE_DEPTH
+            {
+                return Err(too_deep());
+            }
+            return Ok(());
+        }
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())
@@ -255,7 +341,7 @@ impl ser::SerializeStructVariant for Checker {
         _: &'static str,
         value: &T,
     ) -> Result<(), Unfaithful> {
-        value.serialize(Checker)
+        value.serialize(self.inner())
     }
     fn end(self) -> Result<(), Unfaithful> {
         Ok(())

@@ -47,7 +47,8 @@ pub enum SnapshotError {
         column: usize,
         /// Whether the file simply ends early, as a torn write would leave it.
         truncated: bool,
-        /// The key of the entry being read when it failed, if it had been read.
+        /// The key of the entry being read when it failed, if it had been read (whole;
+        /// the message quotes only a prefix of a long key, with its length).
         key: Option<String>,
         /// `serde_json`'s description, including the position.
         reason: String,
@@ -64,12 +65,15 @@ pub enum SnapshotError {
         quarantined_to: Option<PathBuf>,
     },
     /// The file is a valid snapshot, but an entry's value does not fit the requested type
-    /// `V` (for example a snapshot of numbers restored as strings). The file is left in
-    /// place: a reader with the right type can still load it.
+    /// `V` (for example a snapshot of numbers restored as strings), or the file holds
+    /// valid JSON that `serde_json` cannot hold (a number beyond `f64` such as `1e400`, or
+    /// arrays and objects nested more than 127 levels, counting the entry), in a value or
+    /// an unknown field alike. The file is left in place: another reader can still load it.
     Incompatible {
         /// The snapshot file.
         path: PathBuf,
-        /// The key of the entry whose value does not fit, if it had been read.
+        /// The key of the entry whose value does not fit, if it had been read (whole;
+        /// the message quotes only a prefix of a long key).
         key: Option<String>,
         /// 1-based line of the problem (0 if unknown).
         line: usize,
@@ -121,10 +125,11 @@ pub enum SnapshotError {
         quarantined_to: Option<PathBuf>,
     },
     /// An entry's value has no faithful JSON form (a NaN or infinite float, which
-    /// `serde_json` would write as `null`; a map with non-string keys; or a `Serialize`
+    /// `serde_json` would write as `null`; a map with non-string keys; arrays and objects
+    /// nested more than 126 levels, which a restore could not read back; or a `Serialize`
     /// impl that failed). The whole save was rejected; the previous snapshot is untouched.
     Unrepresentable {
-        /// The entry's key.
+        /// The entry's key (whole; the message quotes only a prefix of a long key).
         key: String,
         /// What is wrong with its value.
         reason: String,
@@ -184,6 +189,37 @@ impl SnapshotError {
     }
 }
 
+/// Characters of a key or of quoted text that errors and logs show at most.
+const QUOTED_CHARS: usize = 48;
+
+/// Characters of a reason (which may quote the file's text) that errors show at most.
+const REASON_CHARS: usize = 240;
+
+/// The first `limit` characters of `text`, and whether it was cut.
+fn prefix(text: &str, limit: usize) -> (&str, bool) {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => (&text[..cut], true),
+        None => (text, false),
+    }
+}
+
+/// `key` quoted for a message: whole if short, else a prefix and its length, so a
+/// megabyte key cannot make a megabyte error message (or log line).
+pub(crate) fn quoted(key: &str) -> String {
+    match prefix(key, QUOTED_CHARS) {
+        (whole, false) => format!("{whole:?}"),
+        (start, true) => format!("{start:?}… ({} bytes)", key.len()),
+    }
+}
+
+/// A reason cut to a few lines' length, saying how long it was.
+pub(crate) fn shortened(reason: &str) -> String {
+    match prefix(reason, REASON_CHARS) {
+        (whole, false) => whole.to_owned(),
+        (start, true) => format!("{start}… ({} bytes in all)", reason.len()),
+    }
+}
+
 fn quarantine_note(quarantined_to: Option<&PathBuf>) -> String {
     match quarantined_to {
         Some(destination) => format!("; the file was moved to {}", destination.display()),
@@ -212,22 +248,28 @@ impl fmt::Display for SnapshotError {
                     f.write_str(" (it is truncated)")?;
                 }
                 if let Some(key) = key {
-                    write!(f, ", in the entry {key:?}")?;
+                    write!(f, ", in the entry {}", quoted(key))?;
                 }
-                write!(f, ": {reason}{}", quarantine_note(quarantined_to.as_ref()))
+                write!(
+                    f,
+                    ": {}{}",
+                    shortened(reason),
+                    quarantine_note(quarantined_to.as_ref())
+                )
             }
             Self::Incompatible {
                 path, key, reason, ..
             } => {
                 write!(f, "{} is a valid cache snapshot", path.display())?;
                 if let Some(key) = key {
-                    write!(f, ", but the value of the entry {key:?}")?;
+                    write!(f, ", but the entry {}", quoted(key))?;
                 } else {
-                    f.write_str(", but a value")?;
+                    f.write_str(", but a value in it")?;
                 }
                 write!(
                     f,
-                    " does not fit the requested type: {reason}; the file was left in place"
+                    " does not fit the requested type or this reader's limits: {}; the file was left in place",
+                    shortened(reason)
                 )
             }
             Self::UnsupportedVersion {
@@ -236,8 +278,9 @@ impl fmt::Display for SnapshotError {
                 quarantined_to,
             } => write!(
                 f,
-                "{} has snapshot version {version}, but only version 1 is supported{}",
+                "{} has snapshot version {}, but only version 1 is supported{}",
                 path.display(),
+                shortened(version),
                 quarantine_note(quarantined_to.as_ref())
             ),
             Self::TooLarge {
@@ -273,7 +316,9 @@ impl fmt::Display for SnapshotError {
             ),
             Self::Unrepresentable { key, reason } => write!(
                 f,
-                "cannot save the entry {key:?}: {reason}; nothing was saved"
+                "cannot save the entry {}: {}; nothing was saved",
+                quoted(key),
+                shortened(reason)
             ),
         }
     }

@@ -21,8 +21,8 @@ use serde::{
 
 use crate::{
     CacheEntry,
-    insert::{Inserter, Pending, Sink},
-    scan::{ScanError, Scanner, Streamed},
+    insert::{Fill, Inserter, Pending, Sink},
+    scan::{ScanError, Scanner, Streamed, beyond_reader, text_problem},
 };
 
 /// The only file version this crate writes and reads.
@@ -62,7 +62,7 @@ impl<V: Serialize> Serialize for EntryRef<'_, V> {
 }
 
 /// The state a restore fills in as it streams the file.
-pub(crate) struct Restoring<V> {
+pub(crate) struct Restoring<V, T = Inserter<V>> {
     pub(crate) now_millis: u64,
     pub(crate) max_entries: u64,
     pub(crate) read: u64,
@@ -72,7 +72,7 @@ pub(crate) struct Restoring<V> {
     pending: Vec<Pending<V>>,
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
-    sink: Option<Sink<V>>,
+    sink: Option<Sink<V, T>>,
     /// Entries per batch; set from the map's size, lowered by tests.
     batch_entries: usize,
     pub(crate) timestamp: Option<u64>,
@@ -81,13 +81,13 @@ pub(crate) struct Restoring<V> {
     pub(crate) failure: Option<Failure>,
 }
 
-impl<V> Restoring<V> {
+impl<V, T: Fill<V>> Restoring<V, T> {
     /// `hasher` must be the one the map that `sink` fills uses.
     pub(crate) fn new(
         now_millis: u64,
         max_entries: u64,
         hasher: RandomState,
-        sink: Sink<V>,
+        sink: Sink<V, T>,
     ) -> Self {
         Self {
             now_millis,
@@ -106,7 +106,7 @@ impl<V> Restoring<V> {
 
     /// Closes the sink, which ends the inserter thread once it has inserted what it was
     /// sent; returns the inserter if it ran on this thread.
-    pub(crate) fn finish(&mut self) -> Option<Inserter<V>> {
+    pub(crate) fn finish(&mut self) -> Option<T> {
         match self.sink.take() {
             Some(Sink::Local(inserter)) => Some(inserter),
             Some(Sink::Thread { .. }) | None => None,
@@ -121,13 +121,19 @@ impl<V> Restoring<V> {
 /// read. If it comes after, the entries are read into the map (they must parse as version
 /// 1 entries) and the version is checked at the end, before the map is returned: the map is
 /// the result we would return anyway, so this costs no extra memory.
-pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
+pub(crate) fn read_document<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
-    restoring: &mut Restoring<V>,
+    restoring: &mut Restoring<V, T>,
     file_size: u64,
 ) -> Result<(), ScanError> {
     let mut version_seen = false;
     let mut entries_seen = false;
+    let mut timestamp_seen = false;
+    if scanner.peek()? == Some(0xEF) && scanner.offset() == 0 {
+        return Err(scanner.error_here(
+            "the file starts with a UTF-8 byte order mark (EF BB BF), which a snapshot never has",
+        ));
+    }
     scanner.expect(b"{", "`{` opening the snapshot object")?;
     if scanner.peek()? == Some(b'}') {
         scanner.expect(b"}", "`}`")?;
@@ -141,10 +147,23 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
                     if version_seen {
                         return Err(scanner.error_here("duplicate field `version`"));
                     }
-                    let found = scanner
-                        .next_value(|bytes| serde_json::from_slice::<serde_json::Value>(bytes))?;
-                    if found != VERSION {
-                        let text = found.to_string();
+                    let mut beyond = None;
+                    let found = scanner.next_value(|bytes| {
+                        serde_json::from_slice::<serde_json::Value>(bytes).inspect_err(|error| {
+                            // A number no reader holds is still valid JSON: not version 1.
+                            if beyond_this_reader(bytes, error) {
+                                beyond = Some(String::from_utf8_lossy(bytes).into_owned());
+                            }
+                        })
+                    });
+                    let text = match (found, beyond) {
+                        (Ok(found), _) if found == VERSION => None,
+                        (Ok(found), _) => Some(found.to_string()),
+                        (Err(_), Some(text)) => Some(text),
+                        (Err(error), None) => return Err(error),
+                    };
+                    if let Some(text) = text {
+                        let text = crate::error::shortened(&text);
                         let error =
                             scanner.error_here(&format!("unsupported snapshot version {text}"));
                         restoring.failure = Some(Failure::UnsupportedVersion(text));
@@ -153,9 +172,13 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
                     version_seen = true;
                 }
                 DocumentField::Timestamp => {
-                    let found = scanner
-                        .next_value(|bytes| serde_json::from_slice::<serde_json::Value>(bytes))?;
+                    if timestamp_seen {
+                        return Err(scanner.error_here("duplicate field `timestamp`"));
+                    }
+                    let found =
+                        next_strict_value::<_, _, _, serde_json::Value>(scanner, restoring)?;
                     restoring.timestamp = found.as_u64();
+                    timestamp_seen = true;
                 }
                 DocumentField::Entries => {
                     if entries_seen {
@@ -165,7 +188,7 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
                     entries_seen = true;
                 }
                 DocumentField::Other => {
-                    scanner.next_value(|bytes| serde_json::from_slice::<IgnoredAny>(bytes))?;
+                    next_strict_value::<_, _, _, Strict>(scanner, restoring)?;
                 }
             }
             if scanner.expect(b",}", "`,` or `}` after a field")? == b'}' {
@@ -185,6 +208,23 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned>(
     Ok(())
 }
 
+/// Reads a top-level field's value as `T`; valid JSON this reader cannot hold (a number
+/// beyond `f64`, nesting too deep) is marked as the reader's limit.
+fn next_strict_value<R: Read, V, T, Field: DeserializeOwned>(
+    scanner: &mut Scanner<R>,
+    restoring: &mut Restoring<V, T>,
+) -> Result<Field, ScanError> {
+    let mut beyond = false;
+    let result = scanner.next_value(|bytes| {
+        serde_json::from_slice::<Field>(bytes)
+            .inspect_err(|error| beyond = beyond_this_reader(bytes, error))
+    });
+    if beyond {
+        restoring.failure = Some(Failure::Incompatible);
+    }
+    result
+}
+
 /// After this many entries, the map is sized for the rest of the file, estimated from the
 /// bytes those entries took: one allocation instead of a chain of rehashing doublings.
 const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
@@ -193,9 +233,9 @@ const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 /// read, the estimate is made again.
 const ESTIMATE_GROWTH: u64 = 4;
 
-fn read_entries<R: Read, V: DeserializeOwned>(
+fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
-    restoring: &mut Restoring<V>,
+    restoring: &mut Restoring<V, T>,
     file_size: u64,
 ) -> Result<(), ScanError> {
     scanner.expect(b"[", "`[` opening the entries")?;
@@ -218,6 +258,7 @@ fn read_entries<R: Read, V: DeserializeOwned>(
                 EntrySeed::<V> {
                     failed_key: &mut restoring.failed_key,
                     value: PhantomData,
+                    lax: false,
                 }
                 .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
             });
@@ -234,13 +275,13 @@ fn read_entries<R: Read, V: DeserializeOwned>(
                 let entry = EntrySeed {
                     failed_key: &mut restoring.failed_key,
                     value: PhantomData,
+                    lax: false,
                 }
                 .deserialize(&mut deserializer)
                 .inspect_err(|error| {
-                    // A data error in an entry that reads fine with any value is the
-                    // reader's type, not a fault of the file.
-                    incompatible = error.classify() == serde_json::error::Category::Data
-                        && serde_json::from_slice::<Framed<IgnoredAny>>(bytes).is_ok();
+                    // An entry that reads fine with any value is the reader's type or
+                    // limits, not a fault of the file.
+                    incompatible = fits_the_format(bytes, error);
                 })?;
                 deserializer.end()?;
                 Ok(entry)
@@ -287,7 +328,7 @@ const FIRST_BATCH_ENTRIES: usize = 1024;
 /// small next to the map itself (about 8 MiB).
 const BATCH_ENTRIES: usize = 64 * 1024;
 
-impl<V> Restoring<V> {
+impl<V, T: Fill<V>> Restoring<V, T> {
     /// Keeps an entry unless it has expired (an expired entry still removes its key, as
     /// the file's last word on it); a repeated key replaces the earlier entry.
     fn accept(&mut self, key: String, entry: CacheEntry<V>) {
@@ -358,6 +399,88 @@ impl<'de> Deserialize<'de> for DocumentField {
 struct EntrySeed<'a, V> {
     failed_key: &'a mut Option<String>,
     value: PhantomData<V>,
+    /// Skip unknown fields without asking whether this reader could hold them: for
+    /// telling an entry of the wrong shape from one beyond the reader's limits.
+    lax: bool,
+}
+
+/// Any JSON value, read (and then dropped) only to check that `serde_json` can hold it:
+/// unknown fields get the same verdict as values. Unlike [`IgnoredAny`], which skips
+/// without looking, it parses every string (so invalid UTF-8 and lone surrogates fail)
+/// and every number (so one beyond `f64` is the reader's limit, as in a value), and
+/// counts nesting against `serde_json`'s recursion limit.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrictVisitor;
+        impl<'de> Visitor<'de> for StrictVisitor {
+            type Value = Strict;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<Strict, A::Error> {
+                while items.next_element::<Strict>()?.is_some() {}
+                Ok(Strict)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Strict, A::Error> {
+                while fields.next_entry::<Strict, Strict>()?.is_some() {}
+                Ok(Strict)
+            }
+        }
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+/// An entry read with [`EntrySeed::lax`]: well formed whatever its values hold.
+struct LaxFramed;
+
+impl<'de> Deserialize<'de> for LaxFramed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut ignored = None;
+        EntrySeed::<IgnoredAny> {
+            failed_key: &mut ignored,
+            value: PhantomData,
+            lax: true,
+        }
+        .deserialize(deserializer)?;
+        Ok(Self)
+    }
+}
+
+/// Whether `bytes`, which `V` could not be read from (`error`), hold a well-formed entry
+/// whose value merely does not fit `V` or this reader's limits: then the file is fine and
+/// stays in place.
+fn fits_the_format(bytes: &[u8], error: &serde_json::Error) -> bool {
+    (error.classify() == serde_json::error::Category::Data || beyond_reader(error))
+        && text_problem(bytes).is_none()
+        && serde_json::from_slice::<LaxFramed>(bytes).is_ok()
+}
+
+/// Whether a top-level field's `bytes`, which failed with `error`, are valid JSON that
+/// this reader cannot hold.
+fn beyond_this_reader(bytes: &[u8], error: &serde_json::Error) -> bool {
+    beyond_reader(error)
+        && text_problem(bytes).is_none()
+        && serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
 }
 
 /// An entry as a plain `Deserialize` type, for `serde_json`'s stream deserializer (which
@@ -371,6 +494,7 @@ impl<'de, V: DeserializeOwned> Deserialize<'de> for Framed<V> {
         let (key, entry) = EntrySeed {
             failed_key: &mut ignored,
             value: PhantomData,
+            lax: false,
         }
         .deserialize(deserializer)?;
         Ok(Self(key, entry))
@@ -425,8 +549,9 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut key: Option<String> = None;
         let mut value: Option<V> = None;
-        let mut expires_at: Option<u64> = None;
-        let mut tags: Option<Vec<String>> = None;
+        // `Some(None)`: the field was there, as `null`.
+        let mut expires_at: Option<Option<u64>> = None;
+        let mut tags: Option<Option<Vec<String>>> = None;
         // Remembers which entry failed, so the error can name it.
         let mut blame = |key: &Option<String>| self.failed_key.clone_from(key);
         loop {
@@ -443,9 +568,15 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
                 EntryField::Key => map.next_value().map(|found| key = Some(found)),
                 EntryField::Value if value.is_some() => Err(de::Error::duplicate_field("value")),
                 EntryField::Value => map.next_value().map(|found| value = Some(found)),
-                EntryField::ExpiresAt => map.next_value().map(|found| expires_at = found),
-                EntryField::Tags => map.next_value().map(|found| tags = found),
-                EntryField::Other => map.next_value::<IgnoredAny>().map(drop),
+                // One rule for every field: a repeated one is a malformed entry.
+                EntryField::ExpiresAt if expires_at.is_some() => {
+                    Err(de::Error::duplicate_field("expiresAt"))
+                }
+                EntryField::ExpiresAt => map.next_value().map(|found| expires_at = Some(found)),
+                EntryField::Tags if tags.is_some() => Err(de::Error::duplicate_field("tags")),
+                EntryField::Tags => map.next_value().map(|found| tags = Some(found)),
+                EntryField::Other if self.lax => map.next_value::<IgnoredAny>().map(drop),
+                EntryField::Other => map.next_value::<Strict>().map(drop),
             };
             if let Err(error) = result {
                 blame(&key);
@@ -463,8 +594,8 @@ impl<'de, V: DeserializeOwned> Visitor<'de> for EntrySeed<'_, V> {
             found_key,
             CacheEntry {
                 value,
-                expires_at,
-                tags,
+                expires_at: expires_at.flatten(),
+                tags: tags.flatten(),
             },
         ))
     }

@@ -21,6 +21,57 @@ pub(crate) type Pending<V> = (u64, String, Option<CacheEntry<V>>);
 /// Batches are sorted by bucket once the map can hold this many entries.
 pub(crate) const SORT_FROM_CAPACITY: usize = 256 * 1024;
 
+/// Where a restore's parsed entries go: the result map ([`Inserter`]), or a caller's
+/// sink ([`Deliver`]).
+pub(crate) trait Fill<V> {
+    /// Makes room for `additional` more entries, if that means anything here.
+    fn reserve(&mut self, additional: usize);
+    /// Takes the batch's entries, in file order, leaving it empty.
+    fn insert(&mut self, batch: &mut Vec<Pending<V>>);
+    /// Entries taken, and earlier entries that later ones replaced.
+    fn counts(&self) -> (u64, u64);
+}
+
+/// Hands each unexpired entry to a caller's closure, in file order.
+///
+/// An expired entry is not handed on (it cannot remove what the caller already holds);
+/// a repeated key is handed on again, so a sink that inserts keeps the later entry.
+pub(crate) struct Deliver<F> {
+    pub(crate) sink: F,
+    pub(crate) delivered: u64,
+}
+
+impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
+    fn reserve(&mut self, _: usize) {}
+
+    fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
+        for (_, key, entry) in batch.drain(..) {
+            if let Some(entry) = entry {
+                (self.sink)(key, entry);
+                self.delivered += 1;
+            }
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.delivered, 0)
+    }
+}
+
+impl<V> Fill<V> for Inserter<V> {
+    fn reserve(&mut self, additional: usize) {
+        Inserter::reserve(self, additional);
+    }
+
+    fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
+        Inserter::insert(self, batch);
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.map.len() as u64, self.superseded)
+    }
+}
+
 /// The map being filled, and how many earlier entries later ones replaced.
 pub(crate) struct Inserter<V> {
     pub(crate) map: HashMap<String, CacheEntry<V>>,
@@ -81,16 +132,16 @@ pub(crate) enum Message<V> {
 }
 
 /// Where the parser sends its batches: the helper thread, or (if no thread could be
-/// started, and in unit tests) an inserter on the parser's own thread.
-pub(crate) enum Sink<V> {
+/// started, and in unit tests) the target on the parser's own thread.
+pub(crate) enum Sink<V, T = Inserter<V>> {
     Thread {
         batches: SyncSender<Message<V>>,
         spare: Receiver<Vec<Pending<V>>>,
     },
-    Local(Inserter<V>),
+    Local(T),
 }
 
-impl<V> Sink<V> {
+impl<V, T: Fill<V>> Sink<V, T> {
     pub(crate) fn reserve(&mut self, additional: usize) {
         match self {
             // A send fails only if the helper is gone, which `finish` reports.
@@ -113,23 +164,25 @@ impl<V> Sink<V> {
     }
 }
 
-/// Runs `parse` with a sink whose batches are inserted on a helper thread, then returns
-/// what `parse` returned and the filled map.
+/// Runs `parse` with a sink whose batches go into `target` on a helper thread, then
+/// returns what `parse` returned and the filled target.
 ///
 /// `parse` must drop or hand back nothing of the sink but what it returns: the sink's
 /// end of the channel is closed when `parse` returns, which ends the helper.
-pub(crate) fn with_inserter<V: Send, T>(
-    hasher: RandomState,
-    parse: impl FnOnce(Sink<V>) -> (T, Option<Inserter<V>>),
-) -> (T, Inserter<V>) {
+pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
+    target: T,
+    parse: impl FnOnce(Sink<V, T>) -> (O, Option<T>),
+) -> (O, T) {
     thread::scope(|scope| {
         let (batches, inbox) = sync_channel::<Message<V>>(1);
         let (recycle, spare) = channel();
-        let helper_hasher = hasher.clone();
+        // The target reaches the helper only once it runs, so that if no thread can be
+        // started, the target is still here to fill on this thread.
+        let (hand_over, handed) = channel::<T>();
         let helper = thread::Builder::new()
             .name("snapshot-insert".into())
             .spawn_scoped(scope, move || {
-                let mut inserter = Inserter::new(helper_hasher);
+                let mut inserter = handed.recv().ok()?;
                 for message in inbox {
                     match message {
                         Message::Reserve(additional) => inserter.reserve(additional),
@@ -140,18 +193,19 @@ pub(crate) fn with_inserter<V: Send, T>(
                         }
                     }
                 }
-                inserter
+                Some(inserter)
             });
         let Ok(helper) = helper else {
-            let (output, local) = parse(Sink::Local(Inserter::new(hasher)));
-            return (
-                output,
-                local.unwrap_or_else(|| Inserter::new(RandomState::new())),
-            );
+            let (output, local) = parse(Sink::Local(target));
+            let target = local.expect("a local sink is handed back by `finish`");
+            return (output, target);
         };
+        // The helper is running and waits for it; it drops the receiver only by returning.
+        let _ = hand_over.send(target);
         let (output, _) = parse(Sink::Thread { batches, spare });
         match helper.join() {
-            Ok(inserter) => (output, inserter),
+            Ok(Some(inserter)) => (output, inserter),
+            Ok(None) => unreachable!("the target was handed to the running helper"),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })

@@ -62,17 +62,24 @@
 //!   inode each rename replaces). Each save is whole; the last to finish wins. Readers take
 //!   no lock: they always see one complete file.
 //! - **Corrupt is not missing.** A file whose bytes are bad (truncated or invalid JSON,
-//!   wrong shape, `version` not 1) is a typed [`SnapshotError`] naming the file and the
-//!   position, and the file is renamed to `cache-snapshot.json.corrupt-<epoch ms>` so no
-//!   later save can destroy the evidence. Only a missing file restores as empty.
+//!   wrong shape, a repeated field, `version` not 1) is a typed [`SnapshotError`] naming
+//!   the file and the position, and the file is renamed to
+//!   `cache-snapshot.json.corrupt-<epoch ms>` so no later save can destroy the evidence.
+//!   Bytes that are not JSON (invalid UTF-8, an unpaired surrogate escape, a byte order
+//!   mark) are corrupt wherever they sit: in a key, a value, tags, or an unknown field.
+//!   Only a missing file restores as empty.
 //! - **A good file is never moved for the reader's reasons.** A valid snapshot whose
-//!   values do not fit the requested type ([`SnapshotError::Incompatible`]) or that is over
+//!   values do not fit the requested type, or that holds valid JSON `serde_json` cannot
+//!   hold (a number beyond `f64` such as `1e400`, nesting deeper than 127 levels), in a
+//!   value or an unknown field ([`SnapshotError::Incompatible`]), or that is over
 //!   this reader's size or entry limit ([`SnapshotError::TooLarge`],
 //!   [`SnapshotError::TooManyEntries`]) is an error too, but the file stays where it is.
 //! - **Unrepresentable values are refused, not corrupted.** `serde_json` writes NaN and
 //!   infinities as `null`. Each value is checked before it is written; a save containing
 //!   one fails with [`SnapshotError::Unrepresentable`] naming the entry's key, and the
-//!   previous snapshot stays. Map keys are refused the same way unless `serde_json`
+//!   previous snapshot stays. So is a value nested more than 126 levels deep (the entry
+//!   object makes 127, `serde_json`'s limit): whatever `save` accepts, `restore` reads
+//!   back. Map keys are refused the same way unless `serde_json`
 //!   writes them as strings that read back as the same key: strings, chars, integers,
 //!   bools, unit enum variants (and newtype structs of those) are accepted; floats, `None`
 //!   and `Option`s, `()`, unit structs, byte arrays, sequences, tuples, maps, structs and
@@ -123,7 +130,10 @@
 //! map and the version is checked before anything is returned, so an unsupported version
 //! is still an error (if its entries do not even parse as version 1 entries, the error
 //! is [`Incompatible`](SnapshotError::Incompatible) or [`Corrupt`](SnapshotError::Corrupt)
-//! instead). Unknown fields are ignored. An entry is
+//! instead). Unknown fields are checked as values are (valid JSON that this reader can
+//! hold), then ignored. Every field, known or not, appears at most once in its object. Errors and logs quote at
+//! most 48 characters of a key (and about 240 of any other text from the file), with its
+//! length. An entry is
 //! expired when `expiresAt <= now`. If a key appears twice, the later entry wins and the
 //! earlier one is counted as `rejected` in the [`RestoreReport`]. A value that does not
 //! fit `V` fails the restore with [`SnapshotError::Incompatible`] naming the entry's key
@@ -135,6 +145,9 @@
 //! `duration_ms`) or `ERROR` (with the error). Sweeping a stale temp file and quarantining
 //! a file are `WARN` events.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod changes;
 mod check;
 mod entry;
 mod error;
@@ -143,12 +156,17 @@ mod insert;
 mod parallel;
 mod persistence;
 mod scan;
+mod sync;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+#[cfg(feature = "moka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
+pub mod moka;
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::Persister;
+pub use asynchronous::{Persister, PersisterBuilder};
+pub use changes::Changes;
 pub use entry::CacheEntry;
 pub use error::SnapshotError;
 pub use persistence::{

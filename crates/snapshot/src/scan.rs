@@ -46,6 +46,66 @@ pub(crate) enum Streamed<T> {
     Syntax,
 }
 
+/// Whether `error` is `serde_json` refusing valid JSON it cannot hold: a number beyond
+/// `f64`, or nesting deeper than its recursion limit. Both are the reader's limits, not
+/// faults of the file (`serde_json` classifies them as syntax errors).
+pub(crate) fn beyond_reader(error: &serde_json::Error) -> bool {
+    if error.classify() != serde_json::error::Category::Syntax {
+        return false;
+    }
+    let message = error.to_string();
+    message.starts_with("number out of range") || message.starts_with("recursion limit exceeded")
+}
+
+/// The first byte of `bytes` (a value `serde_json` parsed) that makes it invalid JSON
+/// text although the parse succeeded, with what is wrong there.
+///
+/// `serde_json` does not validate what it skips (unknown fields, and whatever a value's
+/// type ignores): invalid UTF-8 and unpaired surrogate escapes pass there. Every parsed
+/// value is checked here, so a file that is not JSON is refused wherever the bytes sit.
+/// `str::from_utf8` is fast, and escapes are looked at only if there is a backslash.
+pub(crate) fn text_problem(bytes: &[u8]) -> Option<(usize, &'static str)> {
+    if let Err(error) = std::str::from_utf8(bytes) {
+        return Some((error.valid_up_to(), "invalid UTF-8"));
+    }
+    if !bytes.contains(&b'\\') {
+        return None;
+    }
+    let hex = |at: usize| -> Option<u16> {
+        let digits = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'\\' {
+            index += 1;
+            continue;
+        }
+        // A backslash in a value `serde_json` accepted starts a valid escape.
+        if bytes.get(index + 1) != Some(&b'u') {
+            index += 2;
+            continue;
+        }
+        let Some(unit) = hex(index + 2) else {
+            return Some((index, "invalid escape"));
+        };
+        match unit {
+            0xD800..=0xDBFF => {
+                let trailing = (bytes.get(index + 6..index + 8) == Some(b"\\u"))
+                    .then(|| hex(index + 8))
+                    .flatten();
+                if !matches!(trailing, Some(0xDC00..=0xDFFF)) {
+                    return Some((index, "lone leading surrogate in hex escape"));
+                }
+                index += 12;
+            }
+            0xDC00..=0xDFFF => return Some((index, "lone trailing surrogate in hex escape")),
+            _ => index += 6,
+        }
+    }
+    None
+}
+
 /// A chunked window over the file.
 pub(crate) struct Scanner<R> {
     reader: R,
@@ -223,6 +283,9 @@ impl<R: Read> Scanner<R> {
         let bytes = &self.buffer[start..start + length];
         match parse(bytes) {
             Ok(value) => {
+                if let Some((at, reason)) = text_problem(bytes) {
+                    return Err(self.error_at(start + at, reason, false));
+                }
                 self.position += length;
                 Ok(value)
             }
@@ -268,12 +331,21 @@ impl<R: Read> Scanner<R> {
                         .into_iter::<T>();
                 match stream.next() {
                     Some(Ok(value)) => Ok((value, stream.byte_offset())),
+                    // Valid JSON that `serde_json` cannot hold is the reader's limit, which
+                    // the caller tells from a broken file on the framed value.
+                    Some(Err(error)) if beyond_reader(&error) => {
+                        Err(serde_json::error::Category::Data)
+                    }
                     Some(Err(error)) => Err(error.classify()),
                     None => Err(serde_json::error::Category::Eof),
                 }
             };
             match outcome {
                 Ok((value, length)) => {
+                    let start = self.position;
+                    if let Some((at, reason)) = text_problem(&self.buffer[start..start + length]) {
+                        return Err(self.error_at(start + at, reason, false));
+                    }
                     self.position += length;
                     return Ok(Streamed::Value(value));
                 }
@@ -302,7 +374,11 @@ impl<R: Read> Scanner<R> {
             None => &message,
         };
         ScanError::Syntax {
-            reason: format!("{reason} at line {line} column {column}"),
+            // serde_json quotes the text it refused, which may be megabytes long.
+            reason: format!(
+                "{} at line {line} column {column}",
+                crate::error::shortened(reason)
+            ),
             line,
             column,
             truncated: error.is_eof(),

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use snapshot::{CacheEntry, CachePersistence, Persister};
+use snapshot::{CacheEntry, CachePersistence, Changes, Persister};
 
 type Cache = Arc<Mutex<HashMap<String, CacheEntry<u64>>>>;
 
@@ -204,4 +204,133 @@ async fn a_zero_period_means_saves_only_on_request_and_shutdown() {
     let report = within("shutdown", persister.shutdown()).await.unwrap();
     assert_eq!(report.entries, 2);
     assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 2);
+}
+
+/// A persister that skips unchanged saves, saving from the locked map (no copy), and
+/// counting the saves it really makes.
+fn tracking_persister(
+    persistence: &CachePersistence,
+    period: Duration,
+    cache: &Cache,
+    changes: &Changes,
+) -> (Persister, Arc<AtomicU64>) {
+    let saves = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&saves);
+    let view = Arc::clone(cache);
+    let persister = Persister::builder(persistence.clone(), period)
+        .skip_unchanged(changes.clone())
+        .spawn_saving(move |persistence| {
+            // Relaxed: a counter read after the task's saves are awaited.
+            counted.fetch_add(1, Ordering::Relaxed);
+            persistence.save(&*view.lock().unwrap())
+        });
+    (persister, saves)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cache_is_saved_once_not_every_period() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Cache::default();
+    let changes = Changes::new();
+    insert(&cache, "a", 1);
+    let (persister, saves) =
+        tracking_persister(&persistence, Duration::from_secs(2), &cache, &changes);
+
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert_eq!(
+        saves.load(Ordering::Relaxed),
+        1,
+        "ten periods, one save: the first"
+    );
+    let first = persistence.last_persist_time();
+
+    insert(&cache, "b", 2);
+    changes.mark();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(saves.load(Ordering::Relaxed), 2, "a change, one more save");
+    assert_eq!(persistence.restore::<u64>().unwrap().entries.len(), 2);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(saves.load(Ordering::Relaxed), 2);
+    persister.request_save();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        saves.load(Ordering::Relaxed),
+        2,
+        "a request for an unchanged cache"
+    );
+
+    // The final save of an unchanged cache is skipped too, reporting the last save.
+    let report = within("shutdown", persister.shutdown()).await.unwrap();
+    assert_eq!(report.entries, 2);
+    assert_eq!(saves.load(Ordering::Relaxed), 2);
+    assert!(persistence.last_persist_time() >= first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_during_a_save_and_a_failed_save_are_saved_again() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let changes = Changes::new();
+    let attempts = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&attempts);
+    let marker = changes.clone();
+    let persister = Persister::builder(persistence.clone(), Duration::from_secs(5))
+        .skip_unchanged(changes.clone())
+        .spawn_saving(move |persistence| {
+            let attempt = counted.fetch_add(1, Ordering::Relaxed) + 1;
+            if attempt == 1 {
+                // A write lands while the first save runs.
+                marker.mark();
+            }
+            if attempt == 2 {
+                // The second save fails; nothing changes afterwards.
+                return Err(snapshot::SnapshotError::Io {
+                    action: "write",
+                    path: persistence.path().to_path_buf(),
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            persistence.save(&std::collections::BTreeMap::from([(
+                "k",
+                CacheEntry::new(attempt),
+            )]))
+        });
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    // 5 s: saved (with a change during it); 10 s: saved again, but failed; 15 s: retried
+    // although nothing changed since.
+    assert_eq!(attempts.load(Ordering::Relaxed), 3);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        3,
+        "then unchanged: skipped"
+    );
+    within("shutdown", persister.shutdown()).await.unwrap();
+    assert_eq!(attempts.load(Ordering::Relaxed), 3);
+    assert_eq!(persistence.restore::<u64>().unwrap().entries["k"].value, 3);
+}
+
+/// A value that cannot be cloned: a persister that saves it copies nothing.
+#[derive(serde::Serialize)]
+struct NotClone(u64);
+
+#[tokio::test(start_paused = true)]
+async fn spawn_saving_saves_values_that_cannot_be_cloned() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let cache = Arc::new(Mutex::new(HashMap::from([(
+        "k".to_string(),
+        CacheEntry::new(NotClone(7)),
+    )])));
+    let view = Arc::clone(&cache);
+    let persister = Persister::builder(persistence.clone(), Duration::from_secs(5))
+        .spawn_saving(move |persistence| persistence.save(&*view.lock().unwrap()));
+    cache
+        .lock()
+        .unwrap()
+        .insert("j".to_string(), CacheEntry::new(NotClone(8)));
+    let report = within("shutdown", persister.shutdown()).await.unwrap();
+    assert_eq!(report.entries, 2);
+    assert_eq!(persistence.restore::<u64>().unwrap().entries["j"].value, 8);
 }

@@ -1,0 +1,345 @@
+//! The restore path: stream the file into a map (or a caller's sink), judge what is wrong.
+
+use std::{
+    fs::{self, OpenOptions},
+    hash::RandomState,
+    io,
+    path::Path,
+    time::Instant,
+};
+
+use serde::de::DeserializeOwned;
+
+use super::{CachePersistence, RestoreReport, Restored, duration_millis};
+use crate::{
+    CacheEntry, SnapshotError,
+    entry::{epoch_millis, from_epoch_millis},
+    format::{Failure, Restoring, read_document},
+    insert::{Deliver, Fill, Inserter, with_inserter},
+    scan::{MAX_VALUE_BYTES, ScanError, Scanner},
+};
+
+impl CachePersistence {
+    /// Reads the snapshot, streaming it straight into a map and dropping expired entries.
+    ///
+    /// A missing file is `Ok` with an empty map (and `report.found == false`).
+    ///
+    /// The map is filled on a helper thread while this thread parses (see
+    /// [Restore details](crate#restore-details)), hence `V: Send`.
+    ///
+    /// # Errors
+    ///
+    /// A file whose bytes are bad — invalid or truncated JSON, the wrong shape
+    /// ([`Corrupt`](SnapshotError::Corrupt)), a `version` other than 1
+    /// ([`UnsupportedVersion`](SnapshotError::UnsupportedVersion)) — is moved aside to
+    /// `cache-snapshot.json.corrupt-<epoch ms>` before the error is returned, so no later
+    /// save can overwrite it. A valid file that this reader cannot take — a value that does
+    /// not fit `V` ([`Incompatible`](SnapshotError::Incompatible)), over this reader's
+    /// limits ([`TooLarge`](SnapshotError::TooLarge),
+    /// [`TooManyEntries`](SnapshotError::TooManyEntries)) — and a file that cannot be read
+    /// ([`Io`](SnapshotError::Io), also for anything but a regular file, such as a FIFO)
+    /// are left in place.
+    ///
+    /// ```
+    /// use snapshot::{CacheEntry, CachePersistence};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = CachePersistence::new(dir.path())
+    ///     .with_clock(|| UNIX_EPOCH + Duration::from_millis(1_000));
+    /// let cache = [
+    ///     ("fresh", CacheEntry::new(1).expiring_at(2_000)),
+    ///     ("stale", CacheEntry::new(2).expiring_at(500)),
+    /// ];
+    /// persistence.save(cache.iter().map(|(key, entry)| (key, entry)))?;
+    /// let restored = persistence.restore::<i32>()?;
+    /// assert_eq!(restored.entries.len(), 1);
+    /// assert_eq!((restored.report.loaded, restored.report.expired), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore<V: DeserializeOwned + Send>(&self) -> Result<Restored<V>, SnapshotError> {
+        let started = Instant::now();
+        let result = self
+            .restore_file(Inserter::new, started)
+            .map(|restored| match restored {
+                Some((inserter, report)) => Restored {
+                    entries: inserter.map,
+                    report,
+                },
+                None => Restored::default(),
+            });
+        self.log_restore(result.as_ref().map(|restored| &restored.report));
+        result
+    }
+
+    /// Reads the snapshot into a caller's `sink`, for any map or cache: each unexpired
+    /// entry is handed to `sink(key, entry)` in file order, and no intermediate map is
+    /// built. Returns what [`restore`](Self::restore) reports.
+    ///
+    /// The sink runs on the restore's helper thread while this thread parses (see
+    /// [Restore details](crate#restore-details)), hence `Send`; it may borrow from the
+    /// caller, since the helper ends before this returns. Expired entries are dropped as
+    /// read and never reach the sink. A key that appears twice in the file (which `save`
+    /// never writes) is handed over twice, so a sink that inserts keeps the later entry;
+    /// `report.rejected` is 0 and `report.loaded` counts the calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`restore`](Self::restore), with the same quarantine rules. **On an error the
+    /// sink has already received the entries before the bad one**; a restore into a
+    /// map discards its partial map, but only the caller can empty its own cache (or
+    /// restore into a fresh one and swap it in on success).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use snapshot::{CacheEntry, CachePersistence};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = CachePersistence::new(dir.path());
+    /// persistence.save(&BTreeMap::from([("a", CacheEntry::new(1)), ("b", CacheEntry::new(2))]))?;
+    ///
+    /// let mut restored = BTreeMap::new();
+    /// let report = persistence.restore_into(|key, entry: CacheEntry<u32>| {
+    ///     restored.insert(key, entry.value);
+    /// })?;
+    /// assert_eq!(report.loaded, 2);
+    /// assert_eq!(restored, BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2)]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore_into<V, F>(&self, sink: F) -> Result<RestoreReport, SnapshotError>
+    where
+        V: DeserializeOwned + Send,
+        F: FnMut(String, CacheEntry<V>) + Send,
+    {
+        let started = Instant::now();
+        let result = self
+            .restore_file(|_| Deliver { sink, delivered: 0 }, started)
+            .map(|restored| restored.map(|(_, report)| report).unwrap_or_default());
+        self.log_restore(result.as_ref());
+        result
+    }
+
+    fn log_restore(&self, result: Result<&RestoreReport, &SnapshotError>) {
+        match result {
+            Ok(report) => tracing::info!(
+                path = %self.path.display(),
+                found = report.found,
+                loaded = report.loaded,
+                expired = report.expired,
+                rejected = report.rejected,
+                bytes = report.bytes,
+                duration_ms = duration_millis(report.duration),
+                "cache snapshot restored"
+            ),
+            Err(error) => tracing::error!(
+                path = %self.path.display(),
+                %error,
+                "cache snapshot restore failed"
+            ),
+        }
+    }
+
+    /// Like [`restore`](Self::restore), but any error is logged (via `tracing`) and
+    /// yields an empty map — the original plan's forgiving behaviour. A file whose bytes are
+    /// bad is still quarantined first, so the next save cannot destroy it; a valid file
+    /// that only this reader cannot take (another type, smaller limits) stays in place
+    /// (note that the next save then replaces it).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// std::fs::write(dir.path().join("cache-snapshot.json"), "{\"version\":1,\"entries\":[")?;
+    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// let restored = persistence.restore_or_empty::<String>();
+    /// assert!(restored.entries.is_empty());
+    /// assert!(!persistence.exists(), "the truncated file was moved aside");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn restore_or_empty<V: DeserializeOwned + Send>(&self) -> Restored<V> {
+        // `restore` has already logged the error.
+        self.restore().unwrap_or_default()
+    }
+
+    /// Streams the file into the target `make_target` builds from the map hasher;
+    /// `None` if there is no file.
+    fn restore_file<V, T>(
+        &self,
+        make_target: impl FnOnce(RandomState) -> T,
+        started: Instant,
+    ) -> Result<Option<(T, RestoreReport)>, SnapshotError>
+    where
+        V: DeserializeOwned + Send,
+        T: Fill<V> + Send,
+    {
+        // A FIFO or device in place of the snapshot would block the open or the reads
+        // forever (or read without end): refuse anything but a regular file, checked
+        // before opening and again on what was opened.
+        match fs::metadata(&self.path) {
+            Ok(metadata) if metadata.is_file() => {}
+            Ok(_) => return Err(not_a_regular_file(&self.path)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(error) => return Err(SnapshotError::io("stat", &self.path, error)),
+        }
+        let mut options = OpenOptions::new();
+        options.read(true);
+        open_without_blocking(&mut options);
+        let file = match options.open(&self.path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(error) => return Err(SnapshotError::io("open", &self.path, error)),
+        };
+        let metadata = file
+            .metadata()
+            .map_err(|error| SnapshotError::io("stat", &self.path, error))?;
+        if !metadata.is_file() {
+            return Err(not_a_regular_file(&self.path));
+        }
+        let bytes = metadata.len();
+        if bytes > self.max_file_size {
+            // This reader's limit, not a fault of the file: it stays where it is.
+            return Err(SnapshotError::TooLarge {
+                path: self.path.clone(),
+                size: bytes,
+                limit: self.max_file_size,
+                quarantined_to: None,
+            });
+        }
+
+        let now = epoch_millis((self.clock)());
+        let hasher = RandomState::new();
+        let parser_hasher = hasher.clone();
+        let ((restoring, parsed), inserter) = with_inserter(make_target(hasher), |sink| {
+            let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink);
+            let max_value = usize::try_from(self.max_file_size)
+                .unwrap_or(usize::MAX)
+                .min(MAX_VALUE_BYTES);
+            // The size was checked above, but a file may grow while it is read.
+            let reader = io::Read::take(file, self.max_file_size.saturating_add(1));
+            let mut scanner = Scanner::new(reader).with_max_value_bytes(max_value);
+            let parsed = read_document(&mut scanner, &mut restoring, bytes);
+            let local = restoring.finish();
+            ((restoring, parsed), local)
+        });
+        if let Err(error) = parsed {
+            // The partly filled map is dropped: a restore never returns part of a file.
+            // (A caller's sink keeps what it was given; `restore_into` says so.)
+            drop(inserter);
+            let error = self.restore_error(error, restoring.failure, restoring.failed_key);
+            return Err(if error.is_bad_file() {
+                self.quarantine(error, &metadata)
+            } else {
+                error
+            });
+        }
+
+        let (loaded, rejected) = inserter.counts();
+        let report = RestoreReport {
+            found: true,
+            loaded,
+            expired: restoring.expired,
+            rejected,
+            bytes,
+            snapshot_time: restoring.timestamp.map(from_epoch_millis),
+            duration: started.elapsed(),
+        };
+        Ok(Some((inserter, report)))
+    }
+
+    fn restore_error(
+        &self,
+        error: ScanError,
+        failure: Option<Failure>,
+        failed_key: Option<String>,
+    ) -> SnapshotError {
+        let path = self.path.clone();
+        match failure {
+            Some(Failure::UnsupportedVersion(version)) => {
+                return SnapshotError::UnsupportedVersion {
+                    path,
+                    version,
+                    quarantined_to: None,
+                };
+            }
+            Some(Failure::TooManyEntries) => {
+                return SnapshotError::TooManyEntries {
+                    path,
+                    limit: self.max_entries,
+                    quarantined_to: None,
+                };
+            }
+            Some(Failure::Incompatible) => {
+                if let ScanError::Syntax {
+                    reason,
+                    line,
+                    column,
+                    ..
+                } = error
+                {
+                    return SnapshotError::Incompatible {
+                        path,
+                        key: failed_key,
+                        line,
+                        column,
+                        reason,
+                    };
+                }
+            }
+            None => {}
+        }
+        match error {
+            ScanError::Io(source) => SnapshotError::io("read", &path, source),
+            ScanError::ValueTooLarge {
+                limit,
+                line,
+                column,
+            } => SnapshotError::EntryTooLarge {
+                path,
+                limit,
+                line,
+                column,
+            },
+            ScanError::Syntax {
+                reason,
+                line,
+                column,
+                truncated,
+            } => SnapshotError::Corrupt {
+                path,
+                line,
+                column,
+                truncated,
+                key: failed_key,
+                reason,
+                quarantined_to: None,
+            },
+        }
+    }
+}
+
+fn not_a_regular_file(path: &Path) -> SnapshotError {
+    SnapshotError::io(
+        "restore from",
+        path,
+        io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+    )
+}
+
+/// `O_NONBLOCK`, so opening a FIFO that replaced the snapshot between the check and the
+/// open cannot block (it has no effect on a regular file).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn open_without_blocking(options: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.custom_flags(0o4000);
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn open_without_blocking(_: &mut OpenOptions) {}
