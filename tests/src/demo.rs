@@ -110,6 +110,8 @@ pub struct Config {
     pub serve: bool,
     /// Sockets or in-process calls.
     pub transport: Transport,
+    /// The breaker's name: its log lines and metric labels.
+    pub breaker_name: String,
 }
 
 impl Default for Config {
@@ -130,6 +132,7 @@ impl Default for Config {
             upstream_timeout: Duration::from_millis(250),
             serve: false,
             transport: Transport::Loopback,
+            breaker_name: "upstream".to_string(),
         }
     }
 }
@@ -493,7 +496,7 @@ pub async fn run(
     let transitions = Arc::new(Mutex::new(Vec::new()));
     let breaker = {
         let transitions = Arc::clone(&transitions);
-        CircuitBreaker::builder("upstream")
+        CircuitBreaker::builder(config.breaker_name.clone())
             .policy(Policy::consecutive_failures(3))
             .half_open_after(Backoff::exponential(
                 config.half_open_after,

@@ -284,6 +284,16 @@ fn epoch_millis(time: SystemTime) -> u64 {
         })
 }
 
+/// The state as `/health` writes it.
+fn state_name(state: breaker::State) -> &'static str {
+    match state {
+        breaker::State::Closed => "closed",
+        breaker::State::Open => "open",
+        breaker::State::HalfOpen => "half_open",
+        breaker::State::Isolated => "isolated",
+    }
+}
+
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let now = SystemTime::now();
     let breaker = state.breaker.metrics();
@@ -306,7 +316,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "breaker": {
             "name": state.breaker.name(),
-            "state": breaker.state.to_string(),
+            "state": state_name(breaker.state),
             "since_unix_ms": epoch_millis(since),
             "for_secs": breaker.in_state_for.as_secs_f64(),
         },
