@@ -47,7 +47,7 @@ fn announce(ready: Ready, serve: bool) {
 /// Parses the arguments, runs the demo on a multi-threaded runtime, prints the summary.
 pub fn main() -> ExitCode {
     let config = match Config::parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", demo::HELP);
             return ExitCode::SUCCESS;

@@ -141,7 +141,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub enum Command {
     /// Run the demo.
-    Run(Config),
+    Run(Box<Config>),
     /// Print [`HELP`].
     Help,
 }
@@ -194,7 +194,7 @@ impl Config {
                 _ => return Err(format!("unknown flag `{flag}` (see --help)")),
             }
         }
-        Ok(Command::Run(config))
+        Ok(Command::Run(Box::new(config)))
     }
 }
 

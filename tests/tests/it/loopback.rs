@@ -173,6 +173,7 @@ pub(crate) fn check_log_schema(lines: &[String]) -> Vec<Value> {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // One scenario, asserted step by step.
 async fn real_stack_opens_during_the_outage_probes_closes_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, watched, lines) = run_watched(short_config(dir.path(), "loopback")).await;
