@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::{
     id::{CorrelationId, InvalidCorrelationId, SpanId, TraceFlags, TraceId},
     policy::{HeaderRule, Mode, Policy, Propagation, default_policy},
-    w3c::{TraceParent, TraceParentError, TraceState, TraceStateError},
+    w3c::{TraceContextLevel, TraceParent, TraceParentError, TraceState, TraceStateError},
 };
 
 /// The trace to continue, chosen from incoming request headers.
@@ -273,7 +273,7 @@ impl Incoming {
         };
         if let Some(parent) = parent {
             // The tracestate is only read when the traceparent is valid.
-            let trace_state = match parse_trace_state(&trace_state_fields) {
+            let trace_state = match parse_trace_state(&trace_state_fields, policy.level) {
                 Ok(state) => state,
                 Err(error) => {
                     rejections.push(Rejection {
@@ -349,6 +349,16 @@ impl Incoming {
         Participation::id_headers(self.participation.as_deref(), &self.correlation_id, false)
     }
 
+    /// The flags the trace continued from this sends: the received ones the policy's
+    /// [`TraceContextLevel`] defines.
+    pub(crate) fn sent_flags(&self) -> TraceFlags {
+        let level = match self.participation.as_deref() {
+            Some(participation) => participation.policy().level,
+            None => TraceContextLevel::default(),
+        };
+        self.flags.defined_at(level)
+    }
+
     /// The correlation id the trace will carry.
     pub fn correlation_id(&self) -> &CorrelationId {
         &self.correlation_id
@@ -407,7 +417,10 @@ fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option
         .ok()
 }
 
-fn parse_trace_state(fields: &[&[u8]]) -> Result<Option<TraceState>, TraceStateError> {
+fn parse_trace_state(
+    fields: &[&[u8]],
+    level: TraceContextLevel,
+) -> Result<Option<TraceState>, TraceStateError> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -418,7 +431,7 @@ fn parse_trace_state(fields: &[&[u8]]) -> Result<Option<TraceState>, TraceStateE
         }
         combined.push_str(std::str::from_utf8(field).map_err(|_| TraceStateError::NotUtf8)?);
     }
-    TraceState::parse(&combined).map(Some)
+    TraceState::parse_level(&combined, level).map(Some)
 }
 
 fn parse_id(

@@ -34,7 +34,7 @@ use crate::{Incoming, Propagation, TraceOutcome};
 
 /// What a status says: itself as the error (its `Display`, e.g. `503 Service Unavailable`)
 /// when `is_error` holds for it.
-fn status_outcome(
+pub(crate) fn status_outcome(
     status: StatusCode,
     is_error: fn(StatusCode) -> bool,
 ) -> Option<&'static dyn fmt::Display> {

@@ -351,6 +351,21 @@ impl TraceFlags {
         Self(self.0 & (Self::SAMPLED.0 | Self::RANDOM.0))
     }
 
+    /// Only the bits `level` defines: [`defined`](Self::defined) for Level 2, `sampled`
+    /// alone for Level 1.
+    ///
+    /// ```
+    /// use correlation::{TraceContextLevel, TraceFlags};
+    /// assert_eq!(TraceFlags::new(0xff).defined_at(TraceContextLevel::Level1), TraceFlags::SAMPLED);
+    /// ```
+    #[must_use]
+    pub const fn defined_at(self, level: crate::TraceContextLevel) -> Self {
+        match level {
+            crate::TraceContextLevel::Level1 => Self(self.0 & Self::SAMPLED.0),
+            _ => self.defined(),
+        }
+    }
+
     /// These flags with `other`'s bits set too.
     ///
     /// ```
@@ -386,12 +401,25 @@ impl TraceFlags {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `value` as `N` lowercase hex digits into a stack buffer.
+/// Two lowercase hex digits for every byte value, so a byte is one table load.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [HEX_DIGITS[byte >> 4], HEX_DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    table
+};
+
+/// Writes the low `N / 2` bytes of `value` as `N` lowercase hex digits into a stack buffer
+/// (`N` even: the crate's ids are whole bytes).
 pub(crate) fn hex<const N: usize>(value: u128) -> [u8; N] {
     let mut out = [b'0'; N];
-    for (index, slot) in out.iter_mut().enumerate() {
-        let shift = 4 * (N - 1 - index);
-        *slot = HEX_DIGITS[usize::try_from((value >> shift) & 0xf).unwrap_or(0)];
+    let bytes = value.to_be_bytes();
+    let used = &bytes[16 - N / 2..];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(used) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
     out
 }

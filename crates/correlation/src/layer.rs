@@ -52,6 +52,7 @@ const IDS: [&str; 3] = ["correlation_id", "trace_id", "span_id"];
 ///     .with(tracing_subscriber::fmt::layer().event_format(correlation::JsonFormat::new()));
 /// # drop(subscriber);
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonFormat {
     _private: (),
@@ -72,6 +73,7 @@ impl JsonFormat {
 /// let subscriber = tracing_subscriber::registry().with(correlation::json_layer());
 /// # drop(subscriber);
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
 pub fn json_layer<S>() -> Layer<S, JsonFields, JsonFormat>
 where
     S: Subscriber + for<'lookup> LookupSpan<'lookup>,
@@ -245,6 +247,7 @@ where
 ///     .finish();
 /// # drop(subscriber);
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
 #[derive(Debug, Clone, Default)]
 pub struct WithCorrelation<F> {
     inner: F,

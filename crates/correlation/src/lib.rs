@@ -105,10 +105,12 @@
 //!   which of `x-correlation-id` and `x-request-id` go downstream and back ([`IdHeader`],
 //!   by default the ones the caller sent, with its values).
 //!
-//! Level 1 (the W3C Recommendation) differs in three places, where this crate follows
-//! Level 2: Level 1 masks every flag but `sampled`, splits keys into `tenant@system` with
-//! their own length limits and no `@` elsewhere, and its test suite of the time expected a
-//! `tracestate` with a duplicated key to be dropped whole.
+//! Level 1 (the W3C Recommendation) differs in three places, where the two levels' test
+//! suites contradict each other: Level 1 masks every flag but `sampled`, splits keys into
+//! `tenant@system` with their own length limits and no `@` elsewhere, and its suite expects
+//! a `tracestate` with a duplicated key to be dropped whole. The crate follows Level 2; a
+//! service that must follow Level 1 strictly says so once,
+//! `Propagation::new().level(TraceContextLevel::Level1)` (see [`TraceContextLevel`]).
 //!
 //! # Feature flags
 //!
@@ -117,6 +119,9 @@
 //!   [`WithCorrelation`], which puts the ids at the top level of another formatter's lines.
 //! - `http`: [`TraceOutcome`] for `http::Response` and `http::StatusCode` (a 5xx status is
 //!   an `error` outcome), and header helpers for `http::HeaderMap` (module [`http`]).
+//! - `tower` (with `http`): [`tower::ServerLayer`], which runs every `http::Request` as a
+//!   trace continued from its headers and echoes the id headers, and [`tower::ClientLayer`],
+//!   which makes every outgoing request a span of its own with that span's headers.
 //! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4 (their trace
 //!   ids do not get the `random` flag: part of a UUID v7's low bytes is a counter).
 //!
@@ -169,6 +174,9 @@ mod line;
 mod policy;
 mod propagate;
 mod random;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod tracer;
 mod w3c;
 
@@ -185,8 +193,8 @@ pub use crate::{
         continue_trace_sync, global, set_global, start_trace, start_trace_with_id, trace_sync,
     },
     w3c::{
-        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceParent, TraceParentError, TraceState,
-        TraceStateError,
+        MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceContextLevel, TraceParent,
+        TraceParentError, TraceState, TraceStateError,
     },
 };
 

@@ -8,15 +8,17 @@
 //! and a newline in an error can never start a second line.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     fmt,
     panic::{AssertUnwindSafe, catch_unwind},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
-use uuid::Uuid;
-
-use crate::{clock::wall_clock, context::TraceContext, id::SpanId};
+use crate::{
+    clock::{unix_nanos, unix_nanos_at},
+    context::TraceContext,
+    id::SpanId,
+};
 
 /// What the end line reports.
 pub(crate) struct End<'a> {
@@ -101,12 +103,13 @@ fn build_line(
     end: Option<&End<'_>>,
     error: Option<&str>,
 ) {
-    let time = match end {
-        Some(end) => wall_clock(end.ended),
-        None => context.start_time().unwrap_or_else(SystemTime::now),
+    let instant = match end {
+        Some(end) => Some(end.ended),
+        None => context.started,
     };
+    let nanos = instant.map_or_else(|| unix_nanos(SystemTime::now()), unix_nanos_at);
     out.extend_from_slice(b"{\"timestamp\":\"");
-    out.extend_from_slice(&timestamp(time));
+    out.extend_from_slice(&timestamp_of_nanos(nanos));
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(end.map_or("info", |end| end.level).as_bytes());
     out.extend_from_slice(b"\",\"event\":\"");
@@ -116,20 +119,22 @@ fn build_line(
         b"trace.start"
     });
     out.extend_from_slice(b"\",\"correlation_id\":\"");
-    match (
-        context.correlation_id.as_uuid(),
-        context.correlation_id.as_text(),
-    ) {
-        (Some(uuid), _) => out.extend_from_slice(
-            uuid.hyphenated()
-                .encode_lower(&mut Uuid::encode_buffer())
+    let trace_hex = crate::id::hex::<32>(context.trace_id.to_u128());
+    match context.correlation_id.uuid_bits() {
+        // The usual case: the trace id is the UUID, so its hex digits are already there.
+        Some(bits) if bits == context.trace_id.to_u128() => push_hyphenated(out, &trace_hex),
+        Some(bits) => push_hyphenated(out, &crate::id::hex::<32>(bits)),
+        // Validated to the safe character set when it was parsed.
+        None => out.extend_from_slice(
+            context
+                .correlation_id
+                .as_text()
+                .unwrap_or_default()
                 .as_bytes(),
         ),
-        // Validated to the safe character set when it was parsed.
-        (None, text) => out.extend_from_slice(text.unwrap_or_default().as_bytes()),
     }
     out.extend_from_slice(b"\",\"trace_id\":\"");
-    out.extend_from_slice(&crate::id::hex::<32>(context.trace_id.to_u128()));
+    out.extend_from_slice(&trace_hex);
     out.extend_from_slice(b"\",\"span_id\":\"");
     push_span(out, context.span_id);
     if let Some(parent) = context.parent_span_id {
@@ -137,7 +142,7 @@ fn build_line(
         push_span(out, parent);
     }
     out.extend_from_slice(b"\",\"operation\":");
-    push_json(out, &*context.operation);
+    push_json_str(out, &context.operation);
     if let Some(end) = end {
         out.extend_from_slice(b",\"outcome\":\"");
         out.extend_from_slice(end.outcome.as_bytes());
@@ -149,6 +154,40 @@ fn build_line(
         }
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends a UUID's 32 hex digits in its hyphenated form (8-4-4-4-12).
+fn push_hyphenated(out: &mut Vec<u8>, hex: &[u8; 32]) {
+    for (index, group) in [
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if index > 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(group);
+    }
+}
+
+/// Appends `text` as a JSON string: quoted as it is when nothing in it needs escaping (an
+/// operation name usually), else through `serde_json`.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        push_json(out, text);
+    }
 }
 
 fn push_span(out: &mut Vec<u8>, span: SpanId) {
@@ -164,43 +203,73 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 
 /// Milliseconds with microsecond resolution, so the number prints short.
 pub(crate) fn duration_ms(duration: Duration) -> f64 {
-    // Precision loss only above 2^53 microseconds (285 years).
+    // Through `u64` (one instruction to `f64`, where `u128` is a library call); precision
+    // loss only above 2^53 microseconds (285 years).
     #[allow(clippy::cast_precision_loss)]
-    let micros = duration.as_micros() as f64;
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX) as f64;
     micros / 1000.0
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-11-28T05:34:46.123Z`, clamped to years 0000-9999.
+#[cfg(any(test, feature = "tracing-subscriber"))]
 pub(crate) fn timestamp(time: SystemTime) -> [u8; 24] {
-    let millis: i64 = match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => {
-            i64::try_from(before.duration().as_nanos().div_ceil(1_000_000)).map_or(i64::MIN, |m| -m)
-        }
-    };
+    timestamp_of_nanos(unix_nanos(time))
+}
+
+/// [`timestamp`] of a time given in nanoseconds since the Unix epoch.
+pub(crate) fn timestamp_of_nanos(nanos: i128) -> [u8; 24] {
+    // Rounded down to the millisecond, before the epoch too (so 1 ns before is .999).
+    let millis = i64::try_from(nanos.div_euclid(1_000_000)).unwrap_or(if nanos < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    });
     // 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z.
     let millis = millis.clamp(-62_167_219_200_000, 253_402_300_799_999);
     let seconds = millis.div_euclid(1000);
+    thread_local! {
+        /// The last second formatted on this thread and its `YYYY-MM-DDTHH:MM:SS` text: the
+        /// lines of one second share it, so a line formats only its milliseconds.
+        static LAST_SECOND: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
+    }
+    let cached = LAST_SECOND
+        .try_with(Cell::get)
+        .ok()
+        .filter(|(second, _)| *second == seconds);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    if let Some((_, text)) = cached {
+        out[..19].copy_from_slice(&text);
+    } else {
+        format_second(&mut out, seconds);
+        let mut text = [0; 19];
+        text.copy_from_slice(&out[..19]);
+        let _ = LAST_SECOND.try_with(|last| last.set((seconds, text)));
+    }
+    put_digits(&mut out, 20, 3, millis.rem_euclid(1000));
+    out
+}
+
+/// Writes `value` (in `0..10^width`) as `width` decimal digits at `at`.
+fn put_digits(out: &mut [u8; 24], at: usize, width: usize, value: i64) {
+    let mut value = value;
+    for index in (at..at + width).rev() {
+        // `value` is in 0..=9999 here, so every digit fits a `u8`.
+        out[index] = b'0' + u8::try_from(value % 10).unwrap_or(0);
+        value /= 10;
+    }
+}
+
+/// Writes the date and time of day of `seconds` since the epoch into `out[..19]`.
+fn format_second(out: &mut [u8; 24], seconds: i64) {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, value: i64| {
-        let mut value = value;
-        for index in (at..at + width).rev() {
-            // `value` is in 0..=9999 here, so every digit fits a `u8`.
-            out[index] = b'0' + u8::try_from(value % 10).unwrap_or(0);
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, second_of_day / 3600);
-    put(14, 2, second_of_day / 60 % 60);
-    put(17, 2, second_of_day % 60);
-    put(20, 3, millis.rem_euclid(1000));
-    out
+    put_digits(out, 0, 4, year);
+    put_digits(out, 5, 2, month);
+    put_digits(out, 8, 2, day);
+    put_digits(out, 11, 2, second_of_day / 3600);
+    put_digits(out, 14, 2, second_of_day / 60 % 60);
+    put_digits(out, 17, 2, second_of_day % 60);
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -230,6 +299,27 @@ mod tests {
 
     fn text(bytes: [u8; 24]) -> String {
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_cached_second_is_reused_only_within_its_second() {
+        // One thread, so every call sees the cache the previous one left.
+        let cases = [
+            (1_795_844_086_007, "2026-11-28T05:34:46.007Z"),
+            (1_795_844_086_999, "2026-11-28T05:34:46.999Z"),
+            (1_795_844_087_000, "2026-11-28T05:34:47.000Z"),
+            (1_795_844_086_500, "2026-11-28T05:34:46.500Z"),
+            (86_400_000 + 46_500, "1970-01-02T00:00:46.500Z"),
+            (1_795_844_086_001, "2026-11-28T05:34:46.001Z"),
+        ];
+        for (millis, expected) in cases {
+            let time = UNIX_EPOCH + Duration::from_millis(millis);
+            assert_eq!(
+                text(timestamp(time)),
+                expected,
+                "{millis} ms after the epoch"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::{
     headers::Incoming,
     id::{TraceFlags, TraceId},
-    w3c::{TraceState, TraceStateError},
+    w3c::{TraceContextLevel, TraceState, TraceStateError},
 };
 
 /// How a service treats an incoming `traceparent`.
@@ -129,6 +129,7 @@ pub(crate) struct Policy {
     pub(crate) correlation_id_header: IdHeader,
     pub(crate) request_id_header: IdHeader,
     pub(crate) tracestate_key: Option<Box<str>>,
+    pub(crate) level: TraceContextLevel,
 }
 
 impl Propagation {
@@ -148,6 +149,14 @@ impl Propagation {
     #[must_use]
     pub fn sampling(mut self, sampling: Sampling) -> Self {
         Arc::make_mut(&mut self.inner).sampling = sampling;
+        self
+    }
+
+    /// The level of W3C Trace Context to follow: Level 2 (the default) or, strictly, Level
+    /// 1 (see [`TraceContextLevel`]).
+    #[must_use]
+    pub fn level(mut self, level: TraceContextLevel) -> Self {
+        Arc::make_mut(&mut self.inner).level = level;
         self
     }
 
@@ -205,7 +214,7 @@ impl Policy {
         if random {
             flags = flags.with(TraceFlags::RANDOM);
         }
-        flags
+        flags.defined_at(self.level)
     }
 }
 

@@ -577,12 +577,13 @@ impl Lineage {
     }
 
     fn from_incoming(incoming: Incoming) -> Self {
+        // This span sends them on: the reserved bits of a received byte must not go out.
+        let flags = incoming.sent_flags();
         Self {
             correlation_id: incoming.correlation_id,
             trace_id: incoming.trace_id,
             parent_span_id: incoming.parent_span_id,
-            // This span sends them on: the reserved bits of a received byte must not go out.
-            flags: incoming.flags.defined(),
+            flags,
             trace_state: incoming.trace_state,
             participation: incoming.participation,
         }
@@ -696,7 +697,7 @@ pin_project! {
     /// exactly a task-local scope holding one `Arc` (an `async fn` doing nothing but
     /// awaiting in that case cost about 8 ns per trace).
     #[project = TracedProjection]
-    enum Traced<F> {
+    pub(crate) enum Traced<F> {
         Quiet { #[pin] future: InScope<F> },
         Logged { #[pin] future: InScope<Logged<F>> },
     }
@@ -731,7 +732,34 @@ where
     F: Future,
     F::Output: TraceOutcome,
 {
-    let scope = lineage().start(tracer, operation);
+    traced_in(tracer, lineage().start(tracer, operation), future)
+}
+
+/// The scope of a span continuing `incoming`, for middleware that must run code inside the
+/// span before it has the future to trace (see [`traced_in`]).
+#[cfg(feature = "tower")]
+pub(crate) fn scope_from_incoming(
+    tracer: &Tracer,
+    incoming: Incoming,
+    operation: Cow<'static, str>,
+) -> TraceScope {
+    Lineage::from_incoming(incoming).start(tracer, operation)
+}
+
+/// The scope of a child span of the running trace (a new trace outside one).
+#[cfg(feature = "tower")]
+pub(crate) fn child_scope(tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
+    Lineage::current().start(tracer, operation)
+}
+
+/// `future` as the trace of `scope` (made by [`scope_from_incoming`] or [`child_scope`]
+/// with the same `tracer`).
+#[inline]
+pub(crate) fn traced_in<F>(tracer: &Tracer, scope: TraceScope, future: F) -> Traced<F>
+where
+    F: Future,
+    F::Output: TraceOutcome,
+{
     match scope.context() {
         Some(context) if !tracer.is_off() => {
             let guard = EndGuard::new(Arc::clone(context));
@@ -934,7 +962,7 @@ pub fn client_call_sync<R: TraceOutcome>(
     trace_sync(operation, || call(crate::outgoing_headers()))
 }
 
-fn current_tracer() -> Tracer {
+pub(crate) fn current_tracer() -> Tracer {
     crate::with_current(|context| {
         context.map_or_else(|| global().clone(), |context| context.tracer.clone())
     })

@@ -15,6 +15,24 @@ pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// [`TraceState::truncate`]).
 pub const MAX_TRACESTATE_LEN: usize = 512;
 
+/// Which level of W3C Trace Context a participant follows. The crate follows
+/// [`Level2`](TraceContextLevel::Level2), the current specification, unless a
+/// [`Propagation`](crate::Propagation) asks for Level 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TraceContextLevel {
+    /// The Level 1 Recommendation, strictly: only the `sampled` flag is defined (the others
+    /// are sent as zero, `random` included), `tracestate` keys are a simple key
+    /// (`lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`) or `tenant@system`
+    /// (tenant `(lcalpha / DIGIT) 0*240(…)`, system `lcalpha 0*13(…)`), and a duplicated
+    /// key invalidates the whole `tracestate`, as Level 1's test suite expects.
+    Level1,
+    /// The current specification (see the crate docs): the `random` flag, `@` allowed in
+    /// keys after the first character, duplicated entries dropped one by one.
+    #[default]
+    Level2,
+}
+
 /// Entries longer than this are the first removed when a `tracestate` is truncated.
 const LONG_ENTRY: usize = 128;
 
@@ -265,6 +283,12 @@ pub enum TraceStateError {
         /// Index of the member.
         member: usize,
     },
+    /// A key appears twice; only under [`TraceContextLevel::Level1`] (Level 2 drops the
+    /// later entries instead).
+    DuplicateKey {
+        /// Index of the second occurrence.
+        member: usize,
+    },
     /// More than 32 non-empty members.
     TooManyMembers,
     /// The header value is not valid UTF-8.
@@ -279,6 +303,7 @@ impl fmt::Display for TraceStateError {
             Self::BadValue { member } => {
                 write!(f, "tracestate member {member} has an invalid value")
             }
+            Self::DuplicateKey { member } => write!(f, "tracestate member {member} repeats a key"),
             Self::TooManyMembers => {
                 write!(
                     f,
@@ -299,6 +324,26 @@ impl TraceState {
     /// # Errors
     /// [`TraceStateError`] names the rule broken and the member index.
     pub fn parse(value: &str) -> Result<Self, TraceStateError> {
+        Self::parse_level(value, TraceContextLevel::Level2)
+    }
+
+    /// Parses one `tracestate` value by the rules of `level` (see [`TraceContextLevel`]).
+    ///
+    /// ```
+    /// use correlation::{TraceContextLevel, TraceState};
+    ///
+    /// assert!(TraceState::parse_level("foo@=1", TraceContextLevel::Level2).is_ok());
+    /// assert!(TraceState::parse_level("foo@=1", TraceContextLevel::Level1).is_err());
+    /// assert!(TraceState::parse_level("a=1,a=2", TraceContextLevel::Level1).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`TraceStateError`] names the rule broken and the member index.
+    pub fn parse_level(value: &str, level: TraceContextLevel) -> Result<Self, TraceStateError> {
+        let is_valid_key = match level {
+            TraceContextLevel::Level1 => is_valid_level1_key,
+            TraceContextLevel::Level2 => is_valid_key,
+        };
         let mut members: Vec<(Box<str>, Box<str>)> = Vec::new();
         for (index, member) in value.split(',').enumerate() {
             let member = trim_ows(member);
@@ -315,6 +360,9 @@ impl TraceState {
                 return Err(TraceStateError::BadValue { member: index });
             }
             if members.iter().any(|(existing, _)| **existing == *key) {
+                if level == TraceContextLevel::Level1 {
+                    return Err(TraceStateError::DuplicateKey { member: index });
+                }
                 // The first entry is the one a well-behaved sender moved to the front.
                 continue;
             }
@@ -475,6 +523,25 @@ fn is_valid_key(key: &str) -> bool {
                 && rest.iter().all(|&byte| is_key_char(byte))
         }
         None => false,
+    }
+}
+
+/// Level 1's key grammar: a simple key, or `tenant@system` with their own length limits.
+fn is_valid_level1_key(key: &str) -> bool {
+    let is_key_char =
+        |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"_-*/".contains(&byte);
+    let part = |part: &str, digit_first: bool, max_rest: usize| match part.as_bytes().split_first()
+    {
+        Some((&first, rest)) => {
+            (first.is_ascii_lowercase() || (digit_first && first.is_ascii_digit()))
+                && rest.len() <= max_rest
+                && rest.iter().all(|&byte| is_key_char(byte))
+        }
+        None => false,
+    };
+    match key.split_once('@') {
+        None => part(key, false, 255),
+        Some((tenant, system)) => part(tenant, true, 240) && part(system, false, 13),
     }
 }
 

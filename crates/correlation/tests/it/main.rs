@@ -13,6 +13,8 @@ mod participant;
 mod propagation;
 mod props;
 mod spec;
+#[cfg(feature = "tower")]
+mod tower;
 
 use std::{
     future::Future,

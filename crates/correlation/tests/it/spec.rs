@@ -1,8 +1,8 @@
 //! W3C Trace Context rules, one table row per rule (values from the specification's text).
 
 use correlation::{
-    IdSource, Incoming, Mode, Propagation, RejectionReason, Sampling, TraceFlags, TraceParent,
-    TraceParentError, TraceState, TraceStateError, Tracer,
+    IdSource, Incoming, Mode, Propagation, RejectionReason, Sampling, TraceContextLevel,
+    TraceFlags, TraceParent, TraceParentError, TraceState, TraceStateError, Tracer,
 };
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -677,4 +677,76 @@ fn outgoing_tracestate_is_truncated_to_512_long_entries_first() {
     let headers =
         Tracer::off().continue_trace_sync(incoming, "GET /", correlation::outgoing_headers);
     assert_eq!(headers[1].1, text);
+}
+
+#[test]
+fn level1_mode_follows_the_recommendation_strictly() {
+    let level1 = Propagation::new().level(TraceContextLevel::Level1);
+    let value = format!("00-{TRACE}-{PARENT}-00");
+    // (rule, tracestate fields received, tracestate kept)
+    let rows: Vec<(&str, Vec<String>, Option<&str>)> = vec![
+        ("valid", vec!["foo=1,bar=2".into()], Some("foo=1,bar=2")),
+        (
+            "duplicated key drops the header",
+            vec!["foo=1,foo=1".into()],
+            None,
+        ),
+        (
+            "duplicated across fields",
+            vec!["foo=1".into(), "foo=2".into()],
+            None,
+        ),
+        ("key ending in @", vec!["foo@=1,bar=2".into()], None),
+        ("key with @@", vec!["foo@@bar=1,bar=2".into()], None),
+        ("key with two @", vec!["foo@bar@baz=1,bar=2".into()], None),
+        ("key starting with @", vec!["@foo=1,bar=2".into()], None),
+        (
+            "simple key starting with a digit",
+            vec!["1a=1".into()],
+            None,
+        ),
+        (
+            "tenant 241, system 14",
+            vec![
+                "foo=1".into(),
+                format!("{}@{}=1", "t".repeat(241), "v".repeat(14)),
+            ],
+            Some(Box::leak(
+                format!("foo=1,{}@{}=1", "t".repeat(241), "v".repeat(14)).into_boxed_str(),
+            )),
+        ),
+        (
+            "tenant 242",
+            vec!["foo=1".into(), format!("{}@v=1", "t".repeat(242))],
+            None,
+        ),
+        (
+            "system 15",
+            vec!["foo=1".into(), format!("t@{}=1", "v".repeat(15))],
+            None,
+        ),
+        (
+            "simple key of 256",
+            vec!["foo=1".into(), format!("{}=1", "z".repeat(256))],
+            Some(Box::leak(
+                format!("foo=1,{}=1", "z".repeat(256)).into_boxed_str(),
+            )),
+        ),
+    ];
+    for (rule, fields, kept) in rows {
+        let mut headers = vec![("traceparent", value.as_str())];
+        headers.extend(fields.iter().map(|field| ("tracestate", field.as_str())));
+        let incoming = level1.incoming(headers.iter().copied());
+        assert_eq!(incoming.source(), IdSource::TraceParent, "{rule}");
+        assert_eq!(
+            incoming.trace_state().map(ToString::to_string).as_deref(),
+            kept,
+            "{rule}"
+        );
+    }
+    // Level 1 defines only `sampled`: a received `random` is not sent on, nor set on new
+    // traces.
+    let received = format!("00-{TRACE}-{PARENT}-03");
+    assert_eq!(sent_flags(&level1, &[("traceparent", &received)]), 0x01);
+    assert_eq!(sent_flags(&level1, &[]), 0x01);
 }
