@@ -8,6 +8,7 @@
 //! (see `xtask/src/bench.rs` for the report protocol). Files go to a temp dir under
 //! `target/`.
 //!
+//! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
 //! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `floor-loop`) with
 //! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
 
@@ -50,6 +51,29 @@ struct FloorDocument<'a> {
     version: u32,
     timestamp: u64,
     entries: &'a [FloorEntry],
+}
+
+/// The floor's view of an entry whose value is any JSON.
+#[derive(Deserialize)]
+struct FloorValueEntry {
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    key: String,
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    value: serde_json::Value,
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    #[serde(rename = "expiresAt")]
+    expires_at: Option<u64>,
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct FloorValueDocument {
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    version: u32,
+    #[allow(dead_code, reason = "read to match the work the library does")]
+    timestamp: u64,
+    entries: Vec<FloorValueEntry>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +176,49 @@ fn restore_value(path: &Path) -> serde_json::Value {
 
 fn restore_ours(persistence: &CachePersistence) -> HashMap<String, CacheEntry<Profile>> {
     persistence.restore::<Profile>().unwrap().entries
+}
+
+/// The floor for a `serde_json::Value` payload: the same typed `from_reader`, values as `Value`.
+fn restore_value_floor(path: &Path) -> Vec<FloorValueEntry> {
+    let reader = BufReader::new(File::open(path).unwrap());
+    let document: FloorValueDocument = serde_json::from_reader(reader).unwrap();
+    document.entries
+}
+
+/// A moka cache as a service would build one for restored entries. The policy's clock is
+/// pinned like the restore's, so entries are as fresh for moka as for the restore (with the
+/// real clock every bench entry would have expired years ago).
+fn moka_cache() -> moka::sync::Cache<String, CacheEntry<Profile>> {
+    moka::sync::Cache::builder()
+        .expire_after(
+            snapshot::moka::ExpiresAt::new()
+                .with_clock(|| UNIX_EPOCH + Duration::from_millis(NOW_MILLIS)),
+        )
+        .build()
+}
+
+/// By hand: the typed floor, then every entry inserted into moka on this thread.
+fn restore_moka_by_hand(path: &Path) -> moka::sync::Cache<String, CacheEntry<Profile>> {
+    let cache = moka_cache();
+    for entry in restore_floor(path) {
+        cache.insert(
+            entry.key,
+            CacheEntry {
+                value: entry.value,
+                expires_at: entry.expires_at,
+                tags: entry.tags,
+            },
+        );
+    }
+    cache
+}
+
+fn restore_moka_ours(
+    persistence: &CachePersistence,
+) -> moka::sync::Cache<String, CacheEntry<Profile>> {
+    let cache = moka_cache();
+    persistence.restore_moka(&cache).unwrap();
+    cache
 }
 
 /// `VmHWM` or `VmRSS` from `/proc/self/status`, in MiB.
@@ -273,6 +340,7 @@ fn main() {
     }
     let scratch = tempfile::Builder::new()
         .prefix("snapshot-bench-")
+        .disable_cleanup(std::env::var_os("SNAPSHOT_BENCH_KEEP").is_some())
         .tempdir_in(target_dir())
         .unwrap();
     let directory = scratch.path();
@@ -318,8 +386,23 @@ fn timing_rows(label: &str) -> Vec<Row> {
         .goal(1.0),
         row(
             format!("restore {label} into a HashMap"),
-            "read_to_string + serde_json::Value",
+            "read_to_string + serde_json::Value (for scale; no goal)",
         ),
+        row(
+            format!("restore {label} into a HashMap, serde_json::Value values"),
+            "serde_json::from_reader(BufReader) into a typed Vec, Value values (floor)",
+        )
+        .goal(1.0),
+        row(
+            format!("restore {label} into a HashMap, lazy Box<RawValue> values"),
+            "serde_json::from_reader(BufReader) into a typed Vec (floor)",
+        )
+        .goal(3.0),
+        row(
+            format!("restore {label} into a moka 0.12 sync cache"),
+            "typed floor, then insert into moka by hand",
+        )
+        .goal(1.0),
     ]
 }
 
@@ -336,7 +419,10 @@ fn measure_timing(
         save_plan_row,
         restore_floor_row,
         restore_value_row,
-    ] = <[Row; 4]>::try_from(rows).expect("four timing rows");
+        value_payload_row,
+        raw_payload_row,
+        moka_row,
+    ] = <[Row; 7]>::try_from(rows).expect("seven timing rows");
     let floor = floor_entries(entries);
     harness.compare(
         save_floor_row,
@@ -360,6 +446,28 @@ fn measure_timing(
         restore_value_row,
         || seconds(|| restore_ours(persistence)),
         || seconds(|| restore_value(persistence.path())),
+    );
+    harness.compare(
+        value_payload_row,
+        || seconds(|| persistence.restore::<serde_json::Value>().unwrap().entries),
+        || seconds(|| restore_value_floor(&floor_path)),
+    );
+    harness.compare(
+        raw_payload_row,
+        || {
+            seconds(|| {
+                persistence
+                    .restore::<Box<serde_json::value::RawValue>>()
+                    .unwrap()
+                    .entries
+            })
+        },
+        || seconds(|| restore_floor(&floor_path)),
+    );
+    harness.compare(
+        moka_row,
+        || seconds(|| restore_moka_ours(persistence)),
+        || seconds(|| restore_moka_by_hand(&floor_path)),
     );
 }
 

@@ -848,3 +848,77 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod float_refill_tests {
+    use std::hash::RandomState;
+
+    use super::{Restoring, read_document};
+    use crate::{
+        insert::{Inserter, Sink},
+        scan::Scanner,
+    };
+
+    struct Chunks<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Chunks<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            let count = self.step.min(buffer.len()).min(self.bytes.len());
+            buffer[..count].copy_from_slice(&self.bytes[..count]);
+            self.bytes = &self.bytes[count..];
+            Ok(count)
+        }
+    }
+
+    /// Reads `text` through reads of `step` bytes, so values are cut at every point.
+    fn read_in_steps<V: serde::de::DeserializeOwned>(
+        text: &str,
+        step: usize,
+    ) -> std::collections::HashMap<String, crate::CacheEntry<V>> {
+        let hasher = RandomState::new();
+        let mut restoring = Restoring::<V>::new(
+            0,
+            u64::MAX,
+            hasher.clone(),
+            Sink::Local(Inserter::new(hasher)),
+        );
+        let mut scanner = Scanner::new(Chunks {
+            bytes: text.as_bytes(),
+            step,
+        });
+        read_document(&mut scanner, &mut restoring, text.len() as u64)
+            .unwrap_or_else(|error| panic!("step {step}: {error:?}"));
+        restoring.finish().unwrap().map
+    }
+
+    /// A value type that skips most of what it reads.
+    #[derive(serde::Deserialize)]
+    struct Skipping {
+        id: u32,
+    }
+
+    /// A value the buffer ends inside is parsed again once the rest is read, however the
+    /// reader's type reads it: `serde_json` reports a number cut short as invalid (not as
+    /// the end of the input) when it skips it, as for `RawValue` or an ignored field.
+    #[test]
+    fn values_cut_at_every_refill_point_read_back_whatever_the_type() {
+        let entries: Vec<serde_json::Value> = (0..200_u32)
+            .map(|index| {
+                serde_json::json!({"key": format!("k{index}"), "value": {"score": f64::from(index % 1000) / 7.0, "id": index, "big": 1e300, "neg": -2.5e-10, "flag": true, "n": null}, "expiresAt": 17_000_000_000_000_u64 + u64::from(index)})
+            })
+            .collect();
+        let text = serde_json::json!({"version": 1, "entries": entries}).to_string();
+        for step in 1..=64 {
+            let values = read_in_steps::<serde_json::Value>(&text, step);
+            assert_eq!(values.len(), 200, "step {step}");
+            assert_eq!(values["k10"].value["score"], 10.0 / 7.0);
+            let raw = read_in_steps::<Box<serde_json::value::RawValue>>(&text, step);
+            assert_eq!(raw.len(), 200, "step {step}");
+            let skipping = read_in_steps::<Skipping>(&text, step);
+            assert_eq!(skipping["k10"].value.id, 10, "step {step}");
+        }
+    }
+}

@@ -1,8 +1,16 @@
 //! Crash-safe, streaming persistence of an in-memory cache to a versioned JSON snapshot.
 //!
 //! A service keeps a cache keyed by string, each [`CacheEntry`] a value with an optional
-//! absolute expiry (epoch milliseconds) and optional tags. [`CachePersistence`] saves it to
-//! `<dir>/cache-snapshot.json` and restores it after a restart:
+//! absolute expiry (epoch milliseconds) and optional tags, and wants it back after a
+//! restart. Two types, two jobs:
+//!
+//! | type | what it is | what it does |
+//! |---|---|---|
+//! | [`CachePersistence`] | **the snapshot file** `<dir>/cache-snapshot.json` | every save and restore, on the calling thread: `save`, `restore`, `restore_into`, `save_moka` / `restore_moka` |
+//! | `Persister` (feature `tokio`) | **the periodic task** | decides *when* to save: every period, on request, at shutdown, skipping unchanged caches; it calls a `CachePersistence` to do it |
+//!
+//! Start with `CachePersistence` (restore at startup, save at shutdown); add a
+//! `Persister` when the cache should also be saved while the service runs.
 //!
 //! ```json
 //! { "version": 1, "timestamp": 1700000000000,
@@ -11,7 +19,8 @@
 //!
 //! The file is plain JSON (`jq '.entries | length' .cache/cache-snapshot.json` works).
 //! Saving streams from any iterator of `(key, &CacheEntry<V>)`; restoring streams into
-//! the result map, dropping expired entries as they are read.
+//! the result map (or, with [`restore_into`](CachePersistence::restore_into), into any
+//! map or cache), dropping expired entries as they are read.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -34,8 +43,12 @@
 //!
 //! - `tokio` (off by default): `CachePersistence::save_async` and
 //!   `CachePersistence::restore_async`, which run the file work on tokio's blocking pool,
-//!   and `Persister`, a task that saves periodically, coalesces requests, and saves a
-//!   last time on shutdown.
+//!   and `Persister`, a task that saves periodically, coalesces requests, skips saves of
+//!   an unchanged cache (with a [`Changes`] counter), and saves a last time on shutdown.
+//! - `moka` (off by default): the `moka` module. `save_moka` and `restore_moka` save a
+//!   moka `sync` or `future` `Cache<String, CacheEntry<V>>` and restore straight into one;
+//!   the `ExpiresAt` expiry policy makes each entry expire at its wall-clock `expiresAt`,
+//!   so a restarted cache keeps every entry's remaining time to live.
 //!
 //! # Crash safety
 //!

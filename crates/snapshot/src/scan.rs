@@ -106,6 +106,25 @@ pub(crate) fn text_problem(bytes: &[u8]) -> Option<(usize, &'static str)> {
     None
 }
 
+/// How close to the end of the buffered bytes a syntax error must be to be taken for a
+/// value cut short by the buffer (a number needs a byte or two of look-ahead).
+const NEAR_THE_END: usize = 8;
+
+/// The offset in `bytes` of the position `error` reports (its line and byte column).
+fn error_offset(bytes: &[u8], error: &serde_json::Error) -> usize {
+    let line_start = if error.line() <= 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &byte)| byte == b'\n')
+            .nth(error.line() - 2)
+            .map_or(bytes.len(), |(at, _)| at + 1)
+    };
+    (line_start + error.column().saturating_sub(1)).min(bytes.len())
+}
+
 /// A chunked window over the file.
 pub(crate) struct Scanner<R> {
     reader: R,
@@ -326,15 +345,24 @@ impl<R: Read> Scanner<R> {
                 return Ok(Streamed::Reframe);
             }
             let outcome = {
-                let mut stream =
-                    serde_json::Deserializer::from_slice(&self.buffer[self.position..self.filled])
-                        .into_iter::<T>();
+                let window = &self.buffer[self.position..self.filled];
+                let mut stream = serde_json::Deserializer::from_slice(window).into_iter::<T>();
                 match stream.next() {
                     Some(Ok(value)) => Ok((value, stream.byte_offset())),
                     // Valid JSON that `serde_json` cannot hold is the reader's limit, which
                     // the caller tells from a broken file on the framed value.
                     Some(Err(error)) if beyond_reader(&error) => {
                         Err(serde_json::error::Category::Data)
+                    }
+                    // When it skips a value (`IgnoredAny`, `RawValue`), `serde_json` calls
+                    // a number cut short by the end of the window invalid, not the end of
+                    // the input: near the end of the window, read on and parse again.
+                    Some(Err(error))
+                        if error.classify() == serde_json::error::Category::Syntax
+                            && !self.at_eof
+                            && error_offset(window, &error) + NEAR_THE_END >= window.len() =>
+                    {
+                        Err(serde_json::error::Category::Eof)
                     }
                     Some(Err(error)) => Err(error.classify()),
                     None => Err(serde_json::error::Category::Eof),

@@ -415,3 +415,44 @@ fn the_deepest_readable_value_saves_and_one_level_more_is_refused() {
         "{error:?}"
     );
 }
+
+#[test]
+fn raw_values_round_trip_and_their_nesting_counts() {
+    use serde_json::value::RawValue;
+    let raw = |text: String| RawValue::from_string(text).unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let lazy = BTreeMap::from([(
+        "lazy".to_string(),
+        CacheEntry::new(raw(r#"{"a": [1, 2.5, "x"]}"#.to_string())),
+    )]);
+    persistence.save(&lazy).unwrap();
+    let restored = persistence.restore::<Box<RawValue>>().unwrap();
+    let value: serde_json::Value =
+        serde_json::from_str(restored.entries["lazy"].value.get()).unwrap();
+    assert_eq!(value, serde_json::json!({"a": [1, 2.5, "x"]}));
+
+    let nested = |depth: usize| raw(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+    let fits = BTreeMap::from([(
+        "deep".to_string(),
+        CacheEntry::new(nested(DEEPEST_READABLE)),
+    )]);
+    persistence.save(&fits).unwrap();
+    assert_eq!(
+        persistence
+            .restore::<Box<RawValue>>()
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+    let too_deep = BTreeMap::from([(
+        "deep".to_string(),
+        CacheEntry::new(nested(DEEPEST_READABLE + 1)),
+    )]);
+    let error = persistence.save(&too_deep).unwrap_err();
+    assert!(
+        matches!(&error, SnapshotError::Unrepresentable { key, .. } if key == "deep"),
+        "{error:?}"
+    );
+}
