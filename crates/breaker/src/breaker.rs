@@ -4,10 +4,10 @@
 use std::{fmt, future::Future, time::Duration};
 
 use crate::{
-    AllErrors, BreakerError, Builder, Classified, ErrorPredicate, IsolationGuard, Metrics, Permit,
-    Rejected, SavedState, State,
+    AllErrors, BreakerError, Builder, Classified, ErrorPredicate, Execute, IsolationGuard, Metrics,
+    Permit, Rejected, SavedState, State,
     machine::{Inner, MANUAL_ATTEMPT, duration_from_nanos, time_until},
-    permit::{call_with, execute_with},
+    permit::call_with,
     policy::Tracker,
     state::{CLOSED, OPEN, public_state, tagged_count},
     sync::{Arc, Ordering},
@@ -115,9 +115,8 @@ impl CircuitBreaker {
     /// Dropping the returned future before it completes cancels the call: no outcome is
     /// recorded, and a half-open probe slot is released for the next caller.
     ///
-    /// # Errors
-    ///
-    /// As for [`call`](Self::call).
+    /// The future ([`Execute`]) asks the breaker when first polled; its output is an error
+    /// as for [`call`](Self::call).
     ///
     /// # Examples
     ///
@@ -134,12 +133,12 @@ impl CircuitBreaker {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn execute<F, Fut, T, E>(&self, operation: F) -> Result<T, BreakerError<E>>
+    pub fn execute<F, Fut, T, E>(&self, operation: F) -> Execute<'_, F, Fut, AllErrors>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        execute_with(&self.inner, operation, &AllErrors).await
+        Execute::new(&self.inner, operation, AllErrors)
     }
 
     /// Classifies whole results for the calls made through the returned handle: the

@@ -70,6 +70,35 @@ where
     }
 }
 
+/// A borrowed classifier, itself a classifier: what a [`Classified`](crate::Classified)
+/// handle lends each [`Execute`](crate::Execute) future it makes. (A blanket impl for `&C`
+/// would overlap the one for closures.)
+///
+/// # Examples
+///
+/// ```
+/// use breaker::{AllErrors, ClassifyRef, Classify, Outcome};
+///
+/// assert_eq!(ClassifyRef(&AllErrors).classify(&Ok::<_, ()>(1)), Outcome::Success);
+/// ```
+#[derive(Debug)]
+pub struct ClassifyRef<'a, C: ?Sized>(pub &'a C);
+
+impl<C: ?Sized> Clone for ClassifyRef<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C: ?Sized> Copy for ClassifyRef<'_, C> {}
+
+impl<T, E, C: Classify<T, E> + ?Sized> Classify<T, E> for ClassifyRef<'_, C> {
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self.0.classify(result)
+    }
+}
+
 /// The default classifier: `Ok` is a success, every `Err` a failure.
 ///
 /// # Examples

@@ -41,7 +41,7 @@ impl Listeners {
     pub(crate) fn rejected(&self, rejected: &Rejected) {
         if let Some(listeners) = &self.rejections {
             deliver(listeners, &[*rejected], |listener, rejected| {
-                listener(rejected)
+                listener(rejected);
             });
         }
     }

@@ -27,6 +27,11 @@ pub(crate) const MANUAL_ATTEMPT: u8 = u8::MAX;
 pub(crate) const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 
 /// The shared state of one breaker and its clones.
+///
+/// `repr(C)`, hot fields first: a closed success reads `word`, `plain`, `fast_success`,
+/// `failures` and the event listeners' pointer, which then share one cache line (the
+/// `Arc` header takes the line's first 16 bytes) instead of four.
+#[repr(C)]
 pub(crate) struct Inner {
     /// The state word, `[generation: 32 | isolations: 16 | attempt: 8 | state: 8]`.
     ///
@@ -46,6 +51,12 @@ pub(crate) struct Inner {
     pub(crate) word: AtomicU64,
     /// Consecutive failures of the closed generation in the tag (see `tagged_count`).
     pub(crate) failures: AtomicU64,
+    /// Whether a closed call may take the fast path: no counters, no slow-call timing.
+    pub(crate) plain: bool,
+    /// Whether a closed success may take the fast path: `plain` under the
+    /// consecutive-failures policy.
+    fast_success: bool,
+    pub(crate) listeners: Listeners,
     /// Half-open slots: `[generation: 32 | in_flight: 16 | successes: 16]`; another
     /// generation's tag reads as zero, so superseding or reopening frees every slot at once.
     probes: AtomicU64,
@@ -73,23 +84,48 @@ pub(crate) struct Inner {
     pub(crate) half_open_trials: u16,
     pub(crate) successes_to_close: u16,
     pub(crate) clock: Box<dyn Clock>,
-    pub(crate) listeners: Listeners,
+    /// The clock's [`coarse_lag_nanos`](Clock::coarse_lag_nanos), read once.
+    coarse_lag: u64,
     /// `None` unless [`Builder::count_calls`](crate::Builder::count_calls): the hot path
     /// checks one pointer.
     pub(crate) counters: Option<Box<Counters>>,
     pub(crate) transitions: Transitions,
-    /// Whether a closed success may take the fast path: no counters, no slow-call timing.
-    pub(crate) plain: bool,
     pub(crate) name: Box<str>,
 }
 
 /// What a call was admitted as: remembered until its result comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Admission {
-    pub(crate) generation: u32,
-    pub(crate) probe: bool,
+    /// `[probe: 32 | generation: 32]`, one word rather than a `u32` and a `bool`: the fast
+    /// path then moves it whole, without the narrow store followed by a wide load (a
+    /// store-forwarding stall) that a `bool` field cost where the fast and slow admissions
+    /// merge.
+    packed: u64,
     /// When the call started, when slow calls are tracked (else 0, and never read).
     pub(crate) started: u64,
+}
+
+impl Admission {
+    #[inline]
+    fn new(generation: u32, probe: bool) -> Admission {
+        Admission {
+            packed: u64::from(generation) | u64::from(probe) << 32,
+            started: 0,
+        }
+    }
+
+    /// The generation the call was admitted in.
+    #[inline]
+    #[allow(clippy::cast_possible_truncation)] // Unpacks the low 32 bits.
+    pub(crate) fn generation(self) -> u32 {
+        self.packed as u32
+    }
+
+    /// Whether the call is a half-open probe.
+    #[inline]
+    pub(crate) fn probe(self) -> bool {
+        self.packed >> 32 != 0
+    }
 }
 
 /// Everything [`Inner::new`] needs besides the configuration it copies.
@@ -161,9 +197,12 @@ impl Inner {
         name: Box<str>,
     ) -> Inner {
         let plain = counters.is_none() && slow_call_nanos == 0;
+        let fast_success = plain && matches!(tracker, Tracker::Consecutive { .. });
         Inner {
             word: AtomicU64::new(start.word.0),
             failures: AtomicU64::new(start.failures),
+            fast_success,
+            listeners,
             probes: AtomicU64::new(0),
             opened_at: AtomicI64::new(start.opened_at),
             probe_started: AtomicI64::new(i64::MIN),
@@ -176,8 +215,8 @@ impl Inner {
             slow_call_nanos,
             half_open_trials: trials.0,
             successes_to_close: trials.1,
+            coarse_lag: clock.coarse_lag_nanos(),
             clock,
-            listeners,
             counters,
             transitions: Transitions::default(),
             plain,
@@ -243,11 +282,7 @@ impl Inner {
         // before this call's own records.
         let word = Word(self.word.load(Ordering::Acquire));
         if word.state() == CLOSED && self.plain {
-            return Ok(Admission {
-                generation: word.generation(),
-                probe: false,
-                started: 0,
-            });
+            return Ok(Admission::new(word.generation(), false));
         }
         self.admit_slow(word)
     }
@@ -280,24 +315,23 @@ impl Inner {
         loop {
             match word.state() {
                 CLOSED => {
-                    return Ok(Admission {
-                        generation: word.generation(),
-                        probe: false,
-                        started: 0,
-                    });
+                    return Ok(Admission::new(word.generation(), false));
                 }
                 OPEN => {
-                    let now = *now.get_or_insert_with(|| self.now());
                     let deadline = self.open_deadline(word);
+                    if now.is_none() {
+                        // The cheap check first: a coarse time that is still before the
+                        // deadline by more than its lag proves that the precise one is.
+                        // (The rejection's `retry_after` is then longer than exact by at
+                        // most the lag, never shorter.)
+                        let coarse = nanos_i64(self.clock.coarse_now_nanos());
+                        if i128::from(coarse) + i128::from(self.coarse_lag) < deadline {
+                            return Err(self.open_rejection(deadline, coarse));
+                        }
+                    }
+                    let now = *now.get_or_insert_with(|| self.now());
                     if i128::from(now) < deadline {
-                        // Relaxed: `opened_at` was already read with Acquire above.
-                        let opened_at = self.opened_at.load(Ordering::Relaxed);
-                        return Err(Rejected::Open {
-                            retry_after: time_until(deadline, now),
-                            opened_ago: duration_from_nanos(
-                                i128::from(now) - i128::from(opened_at),
-                            ),
-                        });
+                        return Err(self.open_rejection(deadline, now));
                     }
                     // Release, before the CAS: whoever sees the new HALF_OPEN word sees a
                     // probe start at least this late (pairs with `probe_deadline`'s Acquire).
@@ -319,11 +353,7 @@ impl Inner {
                         self.probe_started.fetch_max(now, Ordering::Release);
                     });
                     if taken {
-                        return Ok(Admission {
-                            generation: word.generation(),
-                            probe: true,
-                            started: 0,
-                        });
+                        return Ok(Admission::new(word.generation(), true));
                     }
                     let now = *now.get_or_insert_with(|| self.now());
                     let deadline = self.probe_deadline(word);
@@ -352,6 +382,16 @@ impl Inner {
                 }
                 _ => return Err(Rejected::Isolated),
             }
+        }
+    }
+
+    /// The rejection of an open breaker whose deadline is `deadline`, at `now`.
+    fn open_rejection(&self, deadline: i128, now: i64) -> Rejected {
+        // Relaxed: `opened_at` was already read with Acquire by `open_deadline`.
+        let opened_at = self.opened_at.load(Ordering::Relaxed);
+        Rejected::Open {
+            retry_after: time_until(deadline, now),
+            opened_ago: duration_from_nanos(i128::from(now) - i128::from(opened_at)),
         }
     }
 
@@ -485,18 +525,16 @@ impl Inner {
     /// The hot half of recording a success: a closed call under the default policy.
     #[inline]
     pub(crate) fn record_success(&self, admission: Admission) {
-        if let (true, false, Tracker::Consecutive { .. }) =
-            (self.plain, admission.probe, &self.tracker)
-        {
+        if self.fast_success && !admission.probe() {
             // Relaxed: the count publishes nothing. Only a load unless a streak must be
             // reset; a count tagged with another generation reads as zero, so a stale
             // success never writes.
             let failures = self.failures.load(Ordering::Relaxed);
-            if tagged_count(failures, admission.generation) != 0 {
-                self.reset_streak(failures, admission.generation);
+            if tagged_count(failures, admission.generation()) != 0 {
+                self.reset_streak(failures, admission.generation());
             }
             if self.listeners.any() {
-                self.announce_success(admission.generation);
+                self.announce_success(admission.generation());
             }
             return;
         }
@@ -571,21 +609,23 @@ impl Inner {
         if let Some(counters) = &self.counters {
             counters.success();
         }
-        if admission.probe {
-            self.probe_succeeded(admission.generation);
+        if admission.probe() {
+            self.probe_succeeded(admission.generation());
             return;
         }
         if let Tracker::Consecutive { .. } = self.tracker {
             // Relaxed: as in `record_success`.
             let failures = self.failures.load(Ordering::Relaxed);
-            if tagged_count(failures, admission.generation) != 0 {
-                self.reset_streak(failures, admission.generation);
+            if tagged_count(failures, admission.generation()) != 0 {
+                self.reset_streak(failures, admission.generation());
             }
-            self.announce_success(admission.generation);
+            self.announce_success(admission.generation());
             return;
         }
-        if self.current(admission.generation).is_none()
-            || self.record_in_window(admission.generation, false).is_none()
+        if self.current(admission.generation()).is_none()
+            || self
+                .record_in_window(admission.generation(), false)
+                .is_none()
         {
             return;
         }
@@ -607,11 +647,11 @@ impl Inner {
         if let Some(counters) = &self.counters {
             counters.failure();
         }
-        if admission.probe {
-            self.probe_failed(admission.generation);
+        if admission.probe() {
+            self.probe_failed(admission.generation());
             return;
         }
-        let generation = admission.generation;
+        let generation = admission.generation();
         if self.current(generation).is_none() {
             return;
         }
@@ -660,8 +700,8 @@ impl Inner {
         if let Some(counters) = &self.counters {
             counters.ignored();
         }
-        if admission.probe {
-            let _ = self.free_slot(admission.generation, false);
+        if admission.probe() {
+            let _ = self.free_slot(admission.generation(), false);
         }
     }
 
@@ -717,8 +757,8 @@ impl Inner {
         if let Some(counters) = &self.counters {
             counters.cancelled();
         }
-        if admission.probe {
-            let _ = self.free_slot(admission.generation, false);
+        if admission.probe() {
+            let _ = self.free_slot(admission.generation(), false);
         }
     }
 

@@ -2,13 +2,14 @@
 //! and the `call`/`execute` drivers shared by [`CircuitBreaker`] and [`Classified`].
 
 use std::{
-    future::{Future, poll_fn},
+    future::Future,
     mem::{self, ManuallyDrop},
-    pin::pin,
+    pin::Pin,
+    task::{Context, Poll},
 };
 
 use crate::{
-    BreakerError, CircuitBreaker, Classify, Outcome,
+    BreakerError, CircuitBreaker, Classify, ClassifyRef, Outcome,
     machine::{Admission, Inner},
 };
 
@@ -61,7 +62,7 @@ impl Permit<'_> {
 
     /// Whether this call is a half-open probe (its outcome decides the breaker's next state).
     pub fn is_probe(&self) -> bool {
-        self.admission.probe
+        self.admission.probe()
     }
 }
 
@@ -96,14 +97,29 @@ impl Drop for Call<'_> {
     }
 }
 
-/// Armed around the guarded operation (and each poll of its future): dropped, which only
-/// happens while the operation unwinds, it records a failure. Listener panics during that
-/// recording are dropped (the thread is already unwinding), so the operation's own panic
-/// is the one that continues. Not `catch_unwind`: that calls the closure through a function
-/// pointer, which blocks inlining and costs more than the whole closed-state bookkeeping.
-struct FailOnUnwind<'c, 'a>(&'c mut Call<'a>);
+/// Armed around the guarded operation of `call`: dropped, which only happens while the
+/// operation unwinds, it records a failure. Listener panics during that recording are
+/// dropped (the thread is already unwinding), so the operation's own panic is the one that
+/// continues. Not `catch_unwind`: that calls the closure through a function pointer, which
+/// blocks inlining and costs more than the whole closed-state bookkeeping.
+struct FailOnUnwind<'a> {
+    inner: &'a Inner,
+    admission: Admission,
+}
 
-impl Drop for FailOnUnwind<'_, '_> {
+impl Drop for FailOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.inner.record_failure(self.admission);
+    }
+}
+
+/// [`FailOnUnwind`] for the polls of an [`Execute`], whose call stays in the future's
+/// state: it also marks the call as recorded, so dropping the future later does not
+/// cancel it too.
+struct FailPollOnUnwind<'c, 'a>(&'c mut Call<'a>);
+
+impl Drop for FailPollOnUnwind<'_, '_> {
     #[cold]
     fn drop(&mut self) {
         if let Some(admission) = self.0.admission.take() {
@@ -115,7 +131,7 @@ impl Drop for FailOnUnwind<'_, '_> {
 /// Runs `work` with a failure recorded if it unwinds.
 #[inline]
 fn guarded<R>(call: &mut Call<'_>, work: impl FnOnce() -> R) -> R {
-    let armed = FailOnUnwind(call);
+    let armed = FailPollOnUnwind(call);
     let output = work();
     mem::forget(armed);
     output
@@ -127,38 +143,107 @@ pub(crate) fn call_with<T, E>(
     operation: impl FnOnce() -> Result<T, E>,
     classifier: &impl Classify<T, E>,
 ) -> Result<T, BreakerError<E>> {
-    let mut call = Call {
-        inner,
-        admission: Some(inner.admit()?),
-    };
-    let result = guarded(&mut call, operation);
-    // A panicking classifier unwinds through `call`, which cancels.
+    let admission = inner.admit()?;
+    let armed = FailOnUnwind { inner, admission };
+    let result = operation();
+    mem::forget(armed);
+    // From here until the outcome is recorded, a permit cancels the call if anything
+    // unwinds (a panicking classifier), so a probe slot is never leaked. Moving it costs
+    // nothing: `record` consumes it without running its `Drop`. (The admission is passed by
+    // value, not kept in an `Option`, so the fast path keeps it in registers.)
+    let permit = Permit { inner, admission };
     let outcome = classifier.classify(&result);
-    call.record(outcome);
+    permit.record(outcome);
     result.map_err(BreakerError::Inner)
 }
 
-pub(crate) async fn execute_with<F, Fut, T, E>(
-    inner: &Inner,
-    operation: F,
-    classifier: &impl Classify<T, E>,
-) -> Result<T, BreakerError<E>>
+pin_project_lite::pin_project! {
+    /// The future of [`CircuitBreaker::execute`] and [`Classified::execute`]: asks the
+    /// breaker when first polled, then drives the operation's future and records its
+    /// outcome. A named type (no boxing, no `async` state machine around another), so it
+    /// costs little more than the operation's own future.
+    ///
+    /// Dropping it before it completes cancels the call (nothing is recorded, a probe slot
+    /// is freed). Like most futures, it panics if polled again after it completed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use breaker::{AllErrors, CircuitBreaker, Execute};
+    /// use std::future::Ready;
+    ///
+    /// let breaker = CircuitBreaker::builder("api").build()?;
+    /// let future: Execute<'_, _, Ready<Result<u8, ()>>, AllErrors> =
+    ///     breaker.execute(|| std::future::ready(Ok(1)));
+    /// # drop(future);
+    /// # Ok::<(), breaker::ConfigError>(())
+    /// ```
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Execute<'a, F, Fut, C> {
+        // First, so it is dropped before `call` records the cancellation.
+        #[pin]
+        future: Option<Fut>,
+        call: Call<'a>,
+        operation: Option<F>,
+        classifier: C,
+    }
+}
+
+impl<F, Fut, C> std::fmt::Debug for Execute<'_, F, Fut, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execute")
+            .field("admitted", &self.call.admission.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, F, Fut, C> Execute<'a, F, Fut, C> {
+    pub(crate) fn new(inner: &'a Inner, operation: F, classifier: C) -> Self {
+        Execute {
+            call: Call {
+                inner,
+                admission: None,
+            },
+            operation: Some(operation),
+            classifier,
+            future: None,
+        }
+    }
+}
+
+impl<F, Fut, C, T, E> Future for Execute<'_, F, Fut, C>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
 {
-    // The call lives in this future's state: dropping the future drops it, which is
-    // exactly "cancelled".
-    let mut call = Call {
-        inner,
-        admission: Some(inner.admit()?),
-    };
-    let mut future = pin!(guarded(&mut call, operation));
-    // Each poll is guarded: a panic inside it records a failure and then continues.
-    let result = poll_fn(|context| guarded(&mut call, || future.as_mut().poll(context))).await;
-    let outcome = classifier.classify(&result);
-    call.record(outcome);
-    result.map_err(BreakerError::Inner)
+    type Output = Result<T, BreakerError<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(operation) = this.operation.take() {
+            match this.call.inner.admit() {
+                Ok(admission) => this.call.admission = Some(admission),
+                Err(rejected) => return Poll::Ready(Err(rejected.into())),
+            }
+            // A panic while creating the future is recorded like one inside it.
+            let future = guarded(this.call, operation);
+            this.future.set(Some(future));
+        }
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            panic!("`Execute` polled after it completed");
+        };
+        // Each poll is guarded: a panic inside it records a failure and then continues.
+        let Poll::Ready(result) = guarded(this.call, || future.poll(context)) else {
+            return Poll::Pending;
+        };
+        this.future.set(None);
+        // A panicking classifier leaves `call` recorded as nothing: it cancels on drop.
+        let outcome = this.classifier.classify(&result);
+        this.call.record(outcome);
+        Poll::Ready(result.map_err(BreakerError::Inner))
+    }
 }
 
 /// A handle that classifies results; see [`CircuitBreaker::classify`] and
@@ -197,16 +282,18 @@ impl<C> Classified<'_, C> {
 
     /// Like [`CircuitBreaker::execute`], with this handle's classifier.
     ///
-    /// # Errors
-    ///
-    /// As for [`CircuitBreaker::call`].
-    pub async fn execute<F, Fut, T, E>(&self, operation: F) -> Result<T, BreakerError<E>>
+    /// The future's output is an error as for [`CircuitBreaker::call`].
+    pub fn execute<F, Fut, T, E>(&self, operation: F) -> Execute<'_, F, Fut, ClassifyRef<'_, C>>
     where
         C: Classify<T, E>,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        execute_with(&self.breaker.inner, operation, &self.classifier).await
+        Execute::new(
+            &self.breaker.inner,
+            operation,
+            ClassifyRef(&self.classifier),
+        )
     }
 
     /// The classifier.

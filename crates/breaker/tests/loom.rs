@@ -210,3 +210,50 @@ fn stale_success_does_not_reset_a_newer_streak() {
         );
     });
 }
+
+#[test]
+fn manual_close_racing_a_closing_probe_closes_once() {
+    // An operator's `close()` and the probe success that would close the breaker anyway:
+    // exactly one HalfOpen -> Closed transition, announced once, counted once.
+    model(|| {
+        let clock = ManualClock::new();
+        let (breaker, log) = recorded(&clock, 1, 1);
+        fail(&breaker);
+        clock.advance(Duration::from_secs(1));
+        let probe = breaker.try_acquire().unwrap();
+        let other = breaker.clone();
+        let closing = thread::spawn(move || other.close());
+        probe.success();
+        let closed_by_hand = closing.join().unwrap();
+        assert_eq!(breaker.state(), State::Closed);
+        let log = log.lock().unwrap();
+        assert_eq!(
+            *log,
+            [
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Closed)
+            ]
+        );
+        let transitions = breaker.metrics().transitions;
+        assert_eq!(transitions.to_closed, 1);
+        assert_eq!(transitions.manual, u64::from(closed_by_hand));
+    });
+}
+
+#[test]
+fn manual_trip_racing_a_policy_trip_opens_once_and_stays_open() {
+    model(|| {
+        let clock = ManualClock::new();
+        let (breaker, log) = recorded(&clock, 1, 1);
+        let other = breaker.clone();
+        let tripping = thread::spawn(move || assert!(other.open_for(Duration::from_secs(60))));
+        fail(&breaker);
+        tripping.join().unwrap();
+        assert_eq!(breaker.state(), State::Open);
+        // Either order opens once: the later of the two reopens an open breaker, which is
+        // a new generation but no new state.
+        assert_eq!(*log.lock().unwrap(), [(State::Closed, State::Open)]);
+        assert!(breaker.try_acquire().is_err());
+    });
+}

@@ -43,6 +43,10 @@ enum Command {
     Isolate,
     /// Drop the isolation guard at this index (modulo the count).
     Release(usize),
+    /// An operator's `close()`.
+    Close,
+    /// An operator's `trip()`.
+    Trip,
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -61,6 +65,8 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (900..1_100u64).prop_map(Command::Advance),
         1 => Just(Command::Isolate),
         1 => any::<usize>().prop_map(Command::Release),
+        1 => Just(Command::Close),
+        1 => Just(Command::Trip),
     ]
 }
 
@@ -197,6 +203,29 @@ impl Model {
         }
     }
 
+    /// `close()`: from open or half-open only; reports whether it closed.
+    fn close(&mut self) -> bool {
+        if !matches!(self.state(), State::Open | State::HalfOpen) {
+            return false;
+        }
+        self.go(State::Closed);
+        true
+    }
+
+    /// `trip()`: opens as the policy would (from half-open with the next delay; an open
+    /// breaker restarts its open time); never while isolated.
+    fn trip(&mut self, now: u64) -> bool {
+        match self.state() {
+            State::Isolated => return false,
+            State::Closed => self.attempt = 0,
+            State::HalfOpen => self.attempt += 1,
+            State::Open => {}
+        }
+        self.opened_at = now;
+        self.go(State::Open);
+        true
+    }
+
     fn release(&mut self) {
         self.isolations -= 1;
         if self.isolations == 0 {
@@ -302,6 +331,12 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
                 }
                 drop(guards.remove(index % guards.len()));
                 model.release();
+            }
+            Command::Close => {
+                prop_assert_eq!(breaker.close(), model.close(), "close at step {}", step);
+            }
+            Command::Trip => {
+                prop_assert_eq!(breaker.trip(), model.trip(now), "trip at step {}", step);
             }
         }
         prop_assert_eq!(breaker.state(), model.state(), "state after step {}", step);

@@ -362,7 +362,7 @@ fn metrics_report_state_time_counts_transitions_and_the_window() {
     assert!((metrics.window_failure_ratio - 1.0 / 3.0).abs() < 1e-9);
     fail(&breaker);
     assert_eq!(breaker.state(), State::Open);
-    drop(breaker.try_acquire().unwrap_err());
+    assert!(breaker.try_acquire().is_err());
     clock.advance(Duration::from_secs(10));
     drop(breaker.try_acquire().unwrap()); // a cancelled probe
     clock.advance(Duration::from_secs(1));
@@ -447,4 +447,73 @@ fn metrics_feature_exports_through_the_facade() {
         exported.get("breaker_state{breaker=test}"),
         Some(&DebugValue::Gauge(1.0.into()))
     );
+}
+
+/// A manual clock whose coarse reading lags by `lag`, declaring that lag.
+#[derive(Debug, Clone)]
+struct LaggingClock {
+    time: ManualClock,
+    lag: Duration,
+}
+
+impl Clock for LaggingClock {
+    fn now_nanos(&self) -> u64 {
+        self.time.now_nanos()
+    }
+
+    fn coarse_now_nanos(&self) -> u64 {
+        self.time
+            .now_nanos()
+            .saturating_sub(u64::try_from(self.lag.as_nanos()).unwrap())
+    }
+
+    fn coarse_lag_nanos(&self) -> u64 {
+        u64::try_from(self.lag.as_nanos()).unwrap()
+    }
+}
+
+#[test]
+fn a_coarse_clock_never_rejects_past_the_deadline_nor_admits_before_it() {
+    let time = ManualClock::new();
+    let lag = Duration::from_millis(4);
+    let breaker = CircuitBreaker::builder("coarse")
+        .policy(Policy::consecutive_failures(1))
+        .half_open_after(Duration::from_secs(10))
+        .clock(LaggingClock {
+            time: time.clone(),
+            lag,
+        })
+        .build()
+        .unwrap();
+    fail(&breaker);
+    time.advance(Duration::from_secs(1));
+    // Far from the deadline the coarse time answers: `retry_after` is longer by the lag.
+    assert_eq!(
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_secs(9) + lag
+    );
+    // Still rejected a nanosecond before the deadline (the coarse time proves it)...
+    time.advance(Duration::from_secs(9) - Duration::from_nanos(1));
+    assert_eq!(
+        open_wait(breaker.try_acquire().unwrap_err()),
+        Duration::from_nanos(1) + lag
+    );
+    // ...and admitted at the deadline: within the lag, the precise time decides.
+    time.advance(Duration::from_nanos(1));
+    assert!(
+        breaker
+            .try_acquire()
+            .expect("admitted at the deadline")
+            .is_probe()
+    );
+}
+
+#[test]
+fn the_default_clock_s_coarse_reading_never_leads_it() {
+    let clock = breaker::MonotonicClock::new();
+    for _ in 0..1_000 {
+        let coarse = clock.coarse_now_nanos();
+        assert!(coarse <= clock.now_nanos());
+    }
+    assert!(clock.coarse_lag_nanos() < 1_000_000_000);
 }
