@@ -4,11 +4,11 @@
 //!
 //! The wiring, outermost first:
 //!
-//! - server side, [`ServerTraceLayer`]: each request runs inside a trace continued from its
-//!   `traceparent` / `x-correlation-id` / `x-request-id`, or a new one;
+//! - server side, `correlation::tower::ServerLayer`: each request runs inside a trace
+//!   continued from its `traceparent` / `x-correlation-id` / `x-request-id`, or a new one;
 //! - client side, [`upstream_client`]: [`BreakerLayer`] (HTTP classifier: 5xx and transport
-//!   errors are failures) → [`ClientSpanLayer`] (one span and one `traceparent` per call) →
-//!   `tower::timeout` → the HTTP client.
+//!   errors are failures) → `correlation::tower::ClientLayer` (one span and one
+//!   `traceparent` per call) → `tower::timeout` → the HTTP client.
 
 use std::{
     sync::{Arc, Mutex, OnceLock, PoisonError},
@@ -24,7 +24,10 @@ use axum::{
     routing::get,
 };
 use breaker::{BreakerError, CircuitBreaker};
-use correlation::Tracer;
+use correlation::{
+    Tracer,
+    tower::{ClientLayer, ServerLayer},
+};
 use http::Request;
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -34,7 +37,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
-    layers::{BoxError, BreakerLayer, ClientSpanLayer, ServerTraceLayer},
+    layers::{BoxError, BreakerLayer},
     upstream::Item,
 };
 
@@ -62,7 +65,9 @@ where
 {
     let stack = ServiceBuilder::new()
         .layer(BreakerLayer::new(breaker))
-        .layer(ClientSpanLayer)
+        .layer(ClientLayer::new().operation(|request| {
+            format!("{} upstream {}", request.method, request.uri.path()).into()
+        }))
         .timeout(timeout)
         .service(transport.map_response(|response: Response<B>| response.map(Body::new)));
     BoxCloneSyncService::new(stack)
@@ -157,7 +162,22 @@ pub fn router(state: AppState, tracer: Tracer) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .with_state(state)
-        .layer(ServerTraceLayer::new(tracer))
+        .layer(
+            ServiceBuilder::new()
+                .map_response(count_trace)
+                .layer(ServerLayer::new().tracer(tracer)),
+        )
+}
+
+/// Counts the traces by the outcome `ServerLayer` gives them (a 5xx is an `error`).
+fn count_trace(response: Response) -> Response {
+    let outcome = if response.status().is_server_error() {
+        "error"
+    } else {
+        "success"
+    };
+    metrics::counter!("demo_traces_total", "outcome" => outcome).increment(1);
+    response
 }
 
 /// The process's Prometheus exporter, installed as the `metrics` facade's global recorder
