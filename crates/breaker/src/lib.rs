@@ -122,6 +122,9 @@
 //!   `breaker_transitions_total{to}`, and the gauge `breaker_state` (0 closed, 1 open,
 //!   2 half-open, 3 isolated), each labelled `breaker` with the breaker's name. The
 //!   handles are registered with the recorder installed when the breaker is built.
+//! - `tower`: [`BreakerLayer`] and [`BreakerService`], the breaker as tower middleware
+//!   with a named, unboxed [`ResponseFuture`] and the classifier of your choice (depends on
+//!   `tower-service` and `tower-layer` only).
 //!
 //! # Atomic orderings
 //!
@@ -180,6 +183,8 @@ mod permit;
 mod policy;
 mod state;
 mod sync;
+#[cfg(feature = "tower")]
+mod tower;
 
 pub use crate::{
     backoff::Backoff,
@@ -194,3 +199,7 @@ pub use crate::{
     policy::Policy,
     state::{Event, State},
 };
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use crate::tower::{BreakerLayer, BreakerService, ResponseFuture};

@@ -29,6 +29,9 @@ fn exercise(policy: Policy) {
         .clock(clock.clone())
         .on_state_change(|_, _| {})
         .on_success(|| {})
+        .on_rejected(|_| {})
+        .count_calls()
+        .slow_call_threshold(Duration::from_secs(5))
         .build()
         .unwrap();
     let clone = breaker.clone();
@@ -40,6 +43,9 @@ fn exercise(policy: Policy) {
     clock.advance(Duration::from_secs(1));
     let _ = clone.call(|| Ok::<_, ()>(()));
     held.success();
+    assert!(breaker.trip());
+    assert!(breaker.close());
+    let _ = breaker.metrics();
     let guard = breaker.isolate();
     drop(breaker);
     drop(guard);
@@ -71,16 +77,33 @@ fn dropping_breaker_frees_everything() {
 }
 
 fn closed_success_and_open_rejection_do_not_allocate() {
+    closed_success_and_open_rejection_do_not_allocate_with(|builder| builder);
+    // Metrics on, a rejection listener and a classifier: still nothing allocated per call.
+    closed_success_and_open_rejection_do_not_allocate_with(|builder| {
+        builder.count_calls().on_rejected(|_| {})
+    });
+}
+
+fn closed_success_and_open_rejection_do_not_allocate_with(
+    configure: impl Fn(breaker::Builder) -> breaker::Builder,
+) {
     let clock = ManualClock::new();
-    let breaker = CircuitBreaker::builder("hot")
-        .policy(Policy::consecutive_failures(3))
-        .clock(clock)
-        .build()
-        .unwrap();
+    let breaker = configure(
+        CircuitBreaker::builder("hot")
+            .policy(Policy::consecutive_failures(3))
+            .clock(clock),
+    )
+    .build()
+    .unwrap();
     let region = Region::new(GLOBAL);
+    let classified = breaker.classify(|result: &Result<(), ()>| match result {
+        Ok(()) => breaker::Outcome::Success,
+        Err(()) => breaker::Outcome::Ignored,
+    });
     for _ in 0..1000 {
         let _ = breaker.call(|| Ok::<_, ()>(()));
         let _ = breaker.call(|| Err::<(), _>(()));
+        let _ = classified.call(|| Err::<(), _>(()));
     }
     assert_eq!(
         region.change().allocations,

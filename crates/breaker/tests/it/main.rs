@@ -8,3 +8,5 @@ mod operations;
 mod pitfalls;
 mod stress;
 mod support;
+#[cfg(feature = "tower")]
+mod tower;

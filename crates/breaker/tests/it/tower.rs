@@ -1,0 +1,259 @@
+//! The `tower` feature: the layer inside real `ServiceBuilder` stacks (issue 12).
+
+use std::{
+    convert::Infallible,
+    future::pending,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use breaker::{
+    BreakerError, BreakerLayer, BreakerService, CircuitBreaker, ManualClock, Outcome, Policy, State,
+};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+
+use crate::support::{builder, fail, quiet_panics, ready};
+
+/// A service that fails for `0`, counts its calls, and answers its input otherwise.
+fn upstream(
+    calls: &Arc<AtomicU32>,
+) -> impl Service<u32, Response = u32, Error = &'static str> + Clone {
+    let calls = calls.clone();
+    service_fn(move |request: u32| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if request == 0 {
+                Err("down")
+            } else {
+                Ok(request)
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_service_builder_stack_opens_and_rejects_without_calling_the_service() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let breaker = CircuitBreaker::builder("stack")
+        .policy(Policy::consecutive_failures(2))
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(BreakerLayer::new(breaker.clone()))
+        .service(upstream(&calls));
+    assert_eq!(service.ready().await.unwrap().call(7).await, Ok(7));
+    for _ in 0..2 {
+        let error = service.ready().await.unwrap().call(0).await.unwrap_err();
+        assert_eq!(error, BreakerError::Inner("down"));
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let rejected = service.ready().await.unwrap().call(7).await.unwrap_err();
+    assert!(
+        matches!(rejected, BreakerError::Open { .. }),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        3,
+        "a rejected call reached the service"
+    );
+    // With an error type inside, it converts into tower's `BoxError`, so it stacks with
+    // tower's middleware.
+    let boxed: BoxError = BreakerError::<std::io::Error>::from(rejected.rejected().unwrap()).into();
+    assert!(boxed.to_string().contains("open"), "{boxed}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_outer_timeout_cancels_a_hung_probe_and_frees_its_slot() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .probe_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let hung = service_fn(|_: u32| pending::<Result<u32, Infallible>>());
+    let mut service = ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .layer(BreakerLayer::new(breaker.clone()))
+        .service(hung);
+    let error = service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let probe = breaker
+        .try_acquire()
+        .expect("the timed-out probe freed its slot");
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_inner_timeout_is_a_failure_of_the_guarded_call() {
+    let breaker = CircuitBreaker::builder("inner-timeout")
+        .policy(Policy::consecutive_failures(1))
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(BreakerLayer::new(breaker.clone()))
+        .timeout(Duration::from_secs(1))
+        .service(service_fn(|_: u32| pending::<Result<u32, Infallible>>()));
+    let error = service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(matches!(error, BreakerError::Inner(_)), "{error:?}");
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn dropping_an_unpolled_response_future_in_half_open_frees_the_probe() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .probe_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = BreakerService::new(upstream(&calls), breaker.clone());
+    let future = service.call(5); // admitted as the probe, in `call`
+    assert!(service.call(5).into_inner_rejected().is_some());
+    drop(future);
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert_eq!(ready(service.call(5)), Ok(5));
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// Polls a response future once and returns its output if ready.
+trait ReadyExt: std::future::Future + Sized {
+    fn into_inner_rejected(self) -> Option<Self::Output>;
+}
+
+impl<F: std::future::Future> ReadyExt for F {
+    /// The output of a future that is ready at once (a rejection), else `None`.
+    fn into_inner_rejected(self) -> Option<F::Output> {
+        let mut future = std::pin::pin!(self);
+        match crate::support::poll_once(future.as_mut()) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+#[test]
+fn statuses_are_classified_on_the_response() {
+    let breaker = CircuitBreaker::builder("status")
+        .policy(Policy::consecutive_failures(2))
+        .build()
+        .unwrap();
+    let by_status = |result: &Result<u16, Infallible>| match result {
+        Ok(status) if *status >= 500 || *status == 429 => Outcome::Failure,
+        _ => Outcome::Success,
+    };
+    let mut service = ServiceBuilder::new()
+        .layer(BreakerLayer::new(breaker.clone()).classifier(by_status))
+        .service(service_fn(|status: u16| async move {
+            Ok::<_, Infallible>(status)
+        }));
+    assert_eq!(ready(service.call(503)), Ok(503));
+    assert_eq!(ready(service.call(404)), Ok(404)); // resets the streak
+    assert_eq!(ready(service.call(429)), Ok(429));
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(ready(service.call(500)), Ok(500));
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn a_panicking_classifier_or_inner_call_never_strands_the_probe() {
+    quiet_panics();
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1)
+        .probe_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    clock.advance(Duration::from_secs(10));
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = ServiceBuilder::new()
+        .layer(
+            BreakerLayer::new(breaker.clone())
+                .classifier(|_: &Result<u32, &str>| -> Outcome { panic!("model panic") }),
+        )
+        .service(upstream(&calls));
+    assert!(catch_unwind(AssertUnwindSafe(|| ready(service.call(1)))).is_err());
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "a panicking classifier decided"
+    );
+    // The slot is free again; a service whose `call` panics counts as a failed probe.
+    let mut panicking = BreakerService::new(
+        service_fn(|_: u32| -> std::future::Ready<Result<u32, Infallible>> {
+            panic!("model panic")
+        }),
+        breaker.clone(),
+    );
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(panicking.call(1)))).is_err());
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// A service that is never ready: its `poll_ready` fails.
+#[derive(Debug)]
+struct NotReady;
+
+impl Service<u32> for NotReady {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<u32, &'static str>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Err("not ready"))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        std::future::ready(Ok(1))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn inner_errors_reach_the_caller_unchanged_and_poll_ready_admits_nobody() {
+    let breaker = CircuitBreaker::builder("ready")
+        .count_calls()
+        .build()
+        .unwrap();
+    let mut service = BreakerService::new(NotReady, breaker.clone());
+    assert_eq!(
+        service.ready().await.unwrap_err(),
+        BreakerError::Inner("not ready")
+    );
+    assert_eq!(breaker.metrics().admitted, 0, "poll_ready took a slot");
+    let failing = service_fn(|_: u32| async { Err::<u32, &str>("refused") });
+    let mut service = BreakerService::new(failing, breaker.clone());
+    assert_eq!(
+        service.ready().await.unwrap().call(1).await,
+        Err(BreakerError::Inner("refused"))
+    );
+}
+
+static SHARED: LazyLock<CircuitBreaker> =
+    LazyLock::new(|| CircuitBreaker::builder("static").build().unwrap());
+
+#[test]
+fn a_static_breaker_is_shared_by_reference() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = BreakerLayer::new(&*SHARED);
+    let mut first = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(upstream(&calls));
+    let mut second = ServiceBuilder::new().layer(layer).service(upstream(&calls));
+    for _ in 0..5 {
+        let _ = ready(first.call(0));
+    }
+    assert_eq!(SHARED.state(), State::Open);
+    assert!(ready(second.call(1)).unwrap_err().is_rejected());
+    assert_eq!(first.breaker().name(), "static");
+}
