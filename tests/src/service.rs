@@ -6,8 +6,8 @@
 //!
 //! - server side, `correlation::tower::ServerLayer`: each request runs inside a trace
 //!   continued from its `traceparent` / `x-correlation-id` / `x-request-id`, or a new one;
-//! - client side, [`upstream_client`]: [`BreakerLayer`] (HTTP classifier: 5xx and transport
-//!   errors are failures) → `correlation::tower::ClientLayer` (one span and one
+//! - client side, [`upstream_client`]: `breaker::BreakerLayer` with [`classify_http`] (5xx
+//!   and transport errors are failures) → `correlation::tower::ClientLayer` (one span and one
 //!   `traceparent` per call) → `tower::timeout` → the HTTP client.
 
 use std::{
@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use breaker::{BreakerError, CircuitBreaker};
+use breaker::{BreakerError, BreakerLayer, CircuitBreaker};
 use correlation::{
     Tracer,
     tower::{ClientLayer, ServerLayer},
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
-    layers::{BoxError, BreakerLayer},
+    layers::{BoxError, classify_http},
     upstream::Item,
 };
 
@@ -64,7 +64,7 @@ where
     B::Error: Into<BoxError>,
 {
     let stack = ServiceBuilder::new()
-        .layer(BreakerLayer::new(breaker))
+        .layer(BreakerLayer::new(breaker).classifier(classify_http::<Body, BoxError>))
         .layer(ClientLayer::new().operation(|request| {
             format!("{} upstream {}", request.method, request.uri.path()).into()
         }))
