@@ -14,3 +14,9 @@ pub mod load;
 pub mod service;
 pub mod timeline;
 pub mod upstream;
+
+/// The root README's examples (the "use it in your axum service" wiring), compiled as
+/// doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

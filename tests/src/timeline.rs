@@ -22,6 +22,16 @@ fn state_char(state: State) -> char {
     }
 }
 
+/// Which state a column shows when several occur in it: the higher rank.
+fn rank(state: State) -> u8 {
+    match state {
+        State::Closed => 0,
+        State::Open => 1,
+        State::Isolated => 2,
+        State::HalfOpen => 3,
+    }
+}
+
 /// The breaker's state at `at`: the last transition before it, else closed.
 fn state_at(transitions: &[Transition], at: Duration) -> State {
     transitions
@@ -64,13 +74,14 @@ pub fn render(
         column_secs * 1000.0
     );
     let mut line = String::from("  breaker   │");
-    // A transition inside a column shows in it: open or half-open wins over closed.
+    // A state entered inside a column shows in it, half-open (a probe, often a few
+    // milliseconds) over open over closed, so every probe stays visible.
     for column in 0..WIDTH {
         let start = Duration::from_secs_f64(column_secs * column as f64);
         let end = Duration::from_secs_f64(column_secs * (column + 1) as f64);
         let mut state = state_at(transitions, start);
         for transition in transitions.iter().filter(|t| t.at >= start && t.at < end) {
-            if transition.to != State::Closed {
+            if rank(transition.to) > rank(state) {
                 state = transition.to;
             }
         }
