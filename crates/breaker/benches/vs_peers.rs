@@ -17,9 +17,10 @@ use std::{
     time::Duration,
 };
 
-use breaker::{CircuitBreaker, Policy};
+use breaker::{BreakerService, CircuitBreaker, Policy};
 use failsafe::{CircuitBreaker as _, Config, backoff, failure_policy};
 use recloser::Recloser;
+use tower::{Service as _, service_fn};
 use xtask::harness::{Harness, Row};
 
 #[inline(never)]
@@ -160,6 +161,34 @@ fn main() {
                 .goal(0.25),
             executed,
             bare_future,
+        );
+    }
+
+    // The tower layer over a ready `service_fn`, the breaker held as `&'static` (no
+    // reference count touched per call), against calling the bare `service_fn`. A service
+    // is built per call (both sides): `call` takes `&mut self` and the threads share the
+    // closure; building either is a copy.
+    let layered: &'static CircuitBreaker =
+        Box::leak(Box::new(CircuitBreaker::builder("layer").build().unwrap()));
+    let through_layer = |i: u64| {
+        let mut service =
+            BreakerService::new(service_fn(|x: u64| std::future::ready(work(x))), layered);
+        poll_ready(service.call(i))
+    };
+    let bare_service = |i: u64| {
+        let mut service = service_fn(|x: u64| std::future::ready(work(x)));
+        poll_ready(service.call(i))
+    };
+    for threads in [1, 2] {
+        run.nanos(
+            Row::new(
+                "tower layer over a ready service_fn",
+                "bare service_fn (tower 0.5)",
+            )
+            .threads(threads)
+            .goal(0.2),
+            through_layer,
+            bare_service,
         );
     }
 

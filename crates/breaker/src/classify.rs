@@ -58,6 +58,15 @@ pub enum Outcome {
 pub trait Classify<T, E> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
+
+    /// For a result classified as a failure: how long the dependency asked not to be
+    /// called again (an HTTP `Retry-After`, say). When the breaker is open after recording
+    /// that failure, it stays open at least that long, and rejections report it. The
+    /// default is `None`; [`HttpStatus`](crate::HttpStatus) reads `Retry-After`.
+    fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
+        let _ = result;
+        None
+    }
 }
 
 impl<T, E, F> Classify<T, E> for F
@@ -96,6 +105,10 @@ impl<T, E, C: Classify<T, E> + ?Sized> Classify<T, E> for ClassifyRef<'_, C> {
     #[inline]
     fn classify(&self, result: &Result<T, E>) -> Outcome {
         self.0.classify(result)
+    }
+
+    fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
+        self.0.retry_after(result)
     }
 }
 

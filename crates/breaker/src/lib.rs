@@ -125,6 +125,8 @@
 //! - `tower`: [`BreakerLayer`] and [`BreakerService`], the breaker as tower middleware
 //!   with a named, unboxed [`ResponseFuture`] and the classifier of your choice (depends on
 //!   `tower-service` and `tower-layer` only).
+//! - `http`: [`HttpStatus`], a classifier for `http::Response` (5xx and 429 are
+//!   failures), and [`rejection_response`], a `503` with `Retry-After` for a rejection.
 //!
 //! # Atomic orderings
 //!
@@ -175,6 +177,8 @@ mod builder;
 mod classify;
 mod clock;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 mod isolation;
 mod listeners;
 mod machine;
@@ -203,3 +207,7 @@ pub use crate::{
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use crate::tower::{BreakerLayer, BreakerService, ResponseFuture};
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use crate::http::{HttpStatus, rejection_response};

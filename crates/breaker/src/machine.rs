@@ -762,6 +762,48 @@ impl Inner {
         }
     }
 
+    /// Records a classified outcome, then, for a failure the classifier says came with a
+    /// "come back after" (an HTTP `Retry-After`), holds the breaker open at least that long.
+    #[inline]
+    pub(crate) fn record_classified<T, E>(
+        &self,
+        admission: Admission,
+        outcome: Outcome,
+        classifier: &impl crate::Classify<T, E>,
+        result: &Result<T, E>,
+    ) {
+        self.record(admission, outcome);
+        if outcome == Outcome::Failure
+            && let Some(wait) = classifier.retry_after(result)
+        {
+            self.hold_open(wait);
+        }
+    }
+
+    /// Keeps an open breaker open for at least `wait` from now: a new generation of the
+    /// same state (no event, not counted as manual) whose open time is the manual one.
+    /// Does nothing unless the breaker is open with less than `wait` left, or if another
+    /// transition gets there first.
+    #[cold]
+    fn hold_open(&self, wait: Duration) {
+        let word = self.load();
+        if word.state() != OPEN {
+            return;
+        }
+        let now = self.now();
+        if time_until(self.open_deadline(word), now) >= wait {
+            return;
+        }
+        // Relaxed: published by the CAS below, as in `trip`.
+        self.manual_delay.store(
+            u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX - 1),
+            Ordering::Relaxed,
+        );
+        // Release, before the CAS: pairs with `open_deadline`'s Acquire.
+        self.opened_at.fetch_max(now, Ordering::Release);
+        let _ = self.cas(word, word.next(OPEN).with_attempt(MANUAL_ATTEMPT));
+    }
+
     /// Closes an open or half-open breaker by hand; returns whether it did.
     pub(crate) fn close(&self) -> bool {
         // Acquire: as in `cas`'s failure ordering.

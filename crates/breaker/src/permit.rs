@@ -79,15 +79,6 @@ struct Call<'a> {
     admission: Option<Admission>,
 }
 
-impl Call<'_> {
-    #[inline]
-    fn record(&mut self, outcome: Outcome) {
-        if let Some(admission) = self.admission.take() {
-            self.inner.record(admission, outcome);
-        }
-    }
-}
-
 impl Drop for Call<'_> {
     #[inline]
     fn drop(&mut self) {
@@ -153,7 +144,8 @@ pub(crate) fn call_with<T, E>(
     // value, not kept in an `Option`, so the fast path keeps it in registers.)
     let permit = Permit { inner, admission };
     let outcome = classifier.classify(&result);
-    permit.record(outcome);
+    let permit = ManuallyDrop::new(permit);
+    inner.record_classified(permit.admission, outcome, classifier, &result);
     result.map_err(BreakerError::Inner)
 }
 
@@ -241,7 +233,11 @@ where
         this.future.set(None);
         // A panicking classifier leaves `call` recorded as nothing: it cancels on drop.
         let outcome = this.classifier.classify(&result);
-        this.call.record(outcome);
+        if let Some(admission) = this.call.admission.take() {
+            this.call
+                .inner
+                .record_classified(admission, outcome, &*this.classifier, &result);
+        }
         Poll::Ready(result.map_err(BreakerError::Inner))
     }
 }

@@ -285,7 +285,12 @@ where
         if let Some(mut recorder) = this.recorder.take()
             && let Some(admission) = recorder.admission.take()
         {
-            recorder.breaker.borrow().inner.record(admission, outcome);
+            recorder.breaker.borrow().inner.record_classified(
+                admission,
+                outcome,
+                &*this.classifier,
+                &result,
+            );
         }
         Poll::Ready(result.map_err(BreakerError::Inner))
     }

@@ -257,3 +257,107 @@ fn a_static_breaker_is_shared_by_reference() {
     assert!(ready(second.call(1)).unwrap_err().is_rejected());
     assert_eq!(first.breaker().name(), "static");
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread")]
+async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after() {
+    use breaker::{HttpStatus, rejection_response};
+    use http::{Response, StatusCode};
+
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 2).build().unwrap();
+    let statuses = Arc::new(std::sync::Mutex::new(vec![200, 503, 404, 429, 502]));
+    let next = statuses.clone();
+    let mut service = ServiceBuilder::new()
+        .layer(BreakerLayer::new(breaker.clone()).classifier(HttpStatus::new()))
+        .service(service_fn(move |(): ()| {
+            let status = next.lock().unwrap().remove(0);
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(String::new())
+                        .unwrap(),
+                )
+            }
+        }));
+    for expected in [200, 503, 404, 429] {
+        let response = service.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(response.status(), expected);
+        assert_eq!(breaker.state(), State::Closed, "after {expected}");
+    }
+    let _ = service.ready().await.unwrap().call(()).await.unwrap(); // 502: the second after 429
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(Duration::from_millis(2_500));
+    let response: Response<String> = match service.ready().await.unwrap().call(()).await {
+        Err(error) => rejection_response(&error.rejected().expect("a rejection")),
+        Ok(response) => panic!("an open breaker answered {}", response.status()),
+    };
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // 7.5 s left, rounded up.
+    assert_eq!(response.headers()["retry-after"], "8");
+    assert!(statuses.lock().unwrap().is_empty());
+    let isolated = rejection_response::<String>(&breaker::Rejected::Isolated);
+    assert!(isolated.headers().get("retry-after").is_none());
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn an_upstream_retry_after_holds_the_breaker_open_up_to_the_cap() {
+    use breaker::HttpStatus;
+    use http::Response;
+
+    let respond = |retry_after: Option<&'static str>| {
+        service_fn(move |(): ()| {
+            let mut response = Response::builder().status(503);
+            if let Some(value) = retry_after {
+                response = response.header("retry-after", value);
+            }
+            std::future::ready(Ok::<_, Infallible>(response.body(()).unwrap()))
+        })
+    };
+    let clock = ManualClock::new();
+    for (header, cap, expected) in [
+        (
+            Some("120"),
+            Duration::from_secs(600),
+            Duration::from_secs(120),
+        ),
+        (
+            Some("100000"),
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        ),
+        (Some("120"), Duration::ZERO, Duration::from_secs(10)),
+        (Some("3"), Duration::from_secs(600), Duration::from_secs(10)), // shorter: ignored
+        (
+            Some("soon"),
+            Duration::from_secs(600),
+            Duration::from_secs(10),
+        ),
+        (None, Duration::from_secs(600), Duration::from_secs(10)),
+    ] {
+        let breaker = builder(&clock, 1).build().unwrap();
+        let mut service = ServiceBuilder::new()
+            .layer(
+                BreakerLayer::new(breaker.clone())
+                    .classifier(HttpStatus::new().retry_after_cap(cap)),
+            )
+            .service(respond(header));
+        assert!(ready(service.call(())).is_ok());
+        assert_eq!(breaker.state(), State::Open);
+        let rejected = breaker.try_acquire().unwrap_err();
+        assert_eq!(
+            rejected.retry_after(),
+            Some(expected),
+            "{header:?} capped at {cap:?}"
+        );
+        // The opening it holds ends when it says, and the probe closes as usual.
+        clock.advance(expected);
+        breaker
+            .try_acquire()
+            .expect("the probe after the wait")
+            .success();
+        assert_eq!(breaker.state(), State::Closed);
+    }
+}
