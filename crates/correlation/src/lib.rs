@@ -122,6 +122,8 @@
 //! - `tower` (with `http`): [`tower::ServerLayer`], which runs every `http::Request` as a
 //!   trace continued from its headers and echoes the id headers, and [`tower::ClientLayer`],
 //!   which makes every outgoing request a span of its own with that span's headers.
+//! - `reqwest` (with `http`): [`reqwest::Middleware`] for `reqwest-middleware` clients,
+//!   set up once per client: every request a span of its own with that span's headers.
 //! - `v7`: generate time-ordered UUID v7 correlation ids instead of random v4 (their trace
 //!   ids do not get the `random` flag: part of a UUID v7's low bytes is a counter).
 //!
@@ -174,6 +176,9 @@ mod line;
 mod policy;
 mod propagate;
 mod random;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

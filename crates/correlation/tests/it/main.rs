@@ -1,5 +1,7 @@
 //! Integration tests of `correlation`: one binary, one module per area.
 
+#[cfg(all(feature = "tower", feature = "reqwest"))]
+mod axum;
 mod bad_input;
 mod headers;
 #[cfg(feature = "http")]
@@ -12,6 +14,8 @@ mod outcomes;
 mod participant;
 mod propagation;
 mod props;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod spec;
 #[cfg(feature = "tower")]
 mod tower;
