@@ -21,7 +21,7 @@ use serde::{
 
 use crate::{
     CacheEntry,
-    insert::{Fill, Inserter, Pending, Sink},
+    insert::{Fill, Inserter, Local as _, Pending, Sink},
     scan::{ScanError, Scanner, Streamed, beyond_reader, text_problem},
 };
 
@@ -62,7 +62,7 @@ impl<V: Serialize> Serialize for EntryRef<'_, V> {
 }
 
 /// The state a restore fills in as it streams the file.
-pub(crate) struct Restoring<V, T = Inserter<V>> {
+pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     pub(crate) now_millis: u64,
     pub(crate) max_entries: u64,
     pub(crate) read: u64,
@@ -73,6 +73,8 @@ pub(crate) struct Restoring<V, T = Inserter<V>> {
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
     sink: Option<Sink<V, T>>,
+    /// The share of the entries this thread fills itself (see [`crate::insert::Local`]).
+    pub(crate) local: Option<T::Local>,
     /// Entries per batch; set from the map's size, lowered by tests.
     batch_entries: usize,
     pub(crate) timestamp: Option<u64>,
@@ -88,6 +90,7 @@ impl<V, T: Fill<V>> Restoring<V, T> {
         max_entries: u64,
         hasher: RandomState,
         sink: Sink<V, T>,
+        local: Option<T::Local>,
     ) -> Self {
         Self {
             now_millis,
@@ -97,6 +100,7 @@ impl<V, T: Fill<V>> Restoring<V, T> {
             pending: Vec::new(),
             hasher,
             sink: Some(sink),
+            local,
             batch_entries: FIRST_BATCH_ENTRIES,
             timestamp: None,
             failed_key: None,
@@ -210,7 +214,7 @@ pub(crate) fn read_document<R: Read, V: DeserializeOwned, T: Fill<V>>(
 
 /// Reads a top-level field's value as `T`; valid JSON this reader cannot hold (a number
 /// beyond `f64`, nesting too deep) is marked as the reader's limit.
-fn next_strict_value<R: Read, V, T, Field: DeserializeOwned>(
+fn next_strict_value<R: Read, V, T: Fill<V>, Field: DeserializeOwned>(
     scanner: &mut Scanner<R>,
     restoring: &mut Restoring<V, T>,
 ) -> Result<Field, ScanError> {
@@ -231,7 +235,7 @@ const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 
 /// The map is sized for at most this many times the entries read so far; once those are
 /// read, the estimate is made again.
-const ESTIMATE_GROWTH: u64 = 4;
+const ESTIMATE_GROWTH: u64 = 8;
 
 fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
@@ -339,7 +343,18 @@ impl<V, T: Fill<V>> Restoring<V, T> {
         } else {
             Some(entry)
         };
-        let hash = self.hasher.hash_one(&key);
+        let hash = if T::NEEDS_HASH {
+            self.hasher.hash_one(&key)
+        } else {
+            0
+        };
+        let (key, entry) = match (entry, &mut self.local) {
+            (Some(entry), Some(local)) => match local.offer(hash, key, entry) {
+                Some((key, entry)) => (key, Some(entry)),
+                None => return,
+            },
+            (entry, _) => (key, entry),
+        };
         self.pending.push((hash, key, entry));
         if self.pending.len() >= self.batch_entries {
             self.flush();
@@ -621,6 +636,7 @@ mod tests {
             u64::MAX,
             hasher.clone(),
             Sink::Local(Inserter::new(hasher)),
+            None,
         )
     }
 
@@ -884,6 +900,7 @@ mod float_refill_tests {
             u64::MAX,
             hasher.clone(),
             Sink::Local(Inserter::new(hasher)),
+            None,
         );
         let mut scanner = Scanner::new(Chunks {
             bytes: text.as_bytes(),

@@ -24,12 +24,107 @@ pub(crate) const SORT_FROM_CAPACITY: usize = 256 * 1024;
 /// Where a restore's parsed entries go: the result map ([`Inserter`]), or a caller's
 /// sink ([`Deliver`]).
 pub(crate) trait Fill<V> {
+    /// What the parser's thread may fill itself, beside the helper: see [`Local`].
+    type Local: Local<V>;
+    /// Whether batches need their keys' hashes (computing them costs the parser).
+    const NEEDS_HASH: bool;
+    /// The part of the filling the parser's thread does itself.
+    fn local(&self) -> Self::Local;
     /// Makes room for `additional` more entries, if that means anything here.
     fn reserve(&mut self, additional: usize);
     /// Takes the batch's entries, in file order, leaving it empty.
     fn insert(&mut self, batch: &mut Vec<Pending<V>>);
     /// Entries taken, and earlier entries that later ones replaced.
     fn counts(&self) -> (u64, u64);
+}
+
+/// The parser thread's share of the filling, for a target both threads can fill (a
+/// concurrent cache): the parser keeps the entries it is [offered](Local::offer) that
+/// it wants, and the helper gets the rest. Keys are split by hash, so all entries of one
+/// key go to the same thread, in file order, and the later one still wins.
+pub(crate) trait Local<V> {
+    /// Takes `entry` (returning `None`) or hands it back for the helper.
+    fn offer(
+        &mut self,
+        hash: u64,
+        key: String,
+        entry: CacheEntry<V>,
+    ) -> Option<(String, CacheEntry<V>)>;
+    /// Entries taken.
+    fn taken(&self) -> u64;
+}
+
+/// No share: the helper fills everything.
+pub(crate) struct Nothing;
+
+impl<V> Local<V> for Nothing {
+    fn offer(
+        &mut self,
+        _: u64,
+        key: String,
+        entry: CacheEntry<V>,
+    ) -> Option<(String, CacheEntry<V>)> {
+        Some((key, entry))
+    }
+
+    fn taken(&self) -> u64 {
+        0
+    }
+}
+
+/// Fills a concurrent target (`insert(&self, ..)`) from both threads: the helper inserts
+/// the keys whose hash is odd, the parser's thread those whose hash is even. For a target
+/// whose inserts cost more than parsing (moka), this shares them out.
+pub(crate) struct Shared<'a, F> {
+    pub(crate) insert: &'a F,
+    pub(crate) inserted: u64,
+}
+
+impl<V, F: Fn(String, CacheEntry<V>) + Sync> Fill<V> for Shared<'_, F> {
+    type Local = Self;
+    const NEEDS_HASH: bool = true;
+
+    fn local(&self) -> Self {
+        Shared {
+            insert: self.insert,
+            inserted: 0,
+        }
+    }
+
+    fn reserve(&mut self, _: usize) {}
+
+    fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
+        for (_, key, entry) in batch.drain(..) {
+            if let Some(entry) = entry {
+                (self.insert)(key, entry);
+                self.inserted += 1;
+            }
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.inserted, 0)
+    }
+}
+
+impl<V, F: Fn(String, CacheEntry<V>)> Local<V> for Shared<'_, F> {
+    fn offer(
+        &mut self,
+        hash: u64,
+        key: String,
+        entry: CacheEntry<V>,
+    ) -> Option<(String, CacheEntry<V>)> {
+        if hash & 1 == 1 {
+            return Some((key, entry));
+        }
+        (self.insert)(key, entry);
+        self.inserted += 1;
+        None
+    }
+
+    fn taken(&self) -> u64 {
+        self.inserted
+    }
 }
 
 /// Hands each unexpired entry to a caller's closure, in file order.
@@ -42,6 +137,13 @@ pub(crate) struct Deliver<F> {
 }
 
 impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
+    type Local = Nothing;
+    const NEEDS_HASH: bool = false;
+
+    fn local(&self) -> Nothing {
+        Nothing
+    }
+
     fn reserve(&mut self, _: usize) {}
 
     fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
@@ -59,6 +161,13 @@ impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
 }
 
 impl<V> Fill<V> for Inserter<V> {
+    type Local = Nothing;
+    const NEEDS_HASH: bool = true;
+
+    fn local(&self) -> Nothing {
+        Nothing
+    }
+
     fn reserve(&mut self, additional: usize) {
         Inserter::reserve(self, additional);
     }
@@ -133,7 +242,7 @@ pub(crate) enum Message<V> {
 
 /// Where the parser sends its batches: the helper thread, or (if no thread could be
 /// started, and in unit tests) the target on the parser's own thread.
-pub(crate) enum Sink<V, T = Inserter<V>> {
+pub(crate) enum Sink<V, T: Fill<V> = Inserter<V>> {
     Thread {
         batches: SyncSender<Message<V>>,
         spare: Receiver<Vec<Pending<V>>>,
@@ -164,14 +273,15 @@ impl<V, T: Fill<V>> Sink<V, T> {
     }
 }
 
-/// Runs `parse` with a sink whose batches go into `target` on a helper thread, then
-/// returns what `parse` returned and the filled target.
+/// Runs `parse` with a sink whose batches go into `target` on a helper thread (and the
+/// target's share for the parser's thread), then returns what `parse` returned and the
+/// filled target.
 ///
 /// `parse` must drop or hand back nothing of the sink but what it returns: the sink's
 /// end of the channel is closed when `parse` returns, which ends the helper.
 pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
     target: T,
-    parse: impl FnOnce(Sink<V, T>) -> (O, Option<T>),
+    parse: impl FnOnce(Sink<V, T>, Option<T::Local>) -> (O, Option<T>),
 ) -> (O, T) {
     thread::scope(|scope| {
         let (batches, inbox) = sync_channel::<Message<V>>(1);
@@ -196,13 +306,14 @@ pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
                 Some(inserter)
             });
         let Ok(helper) = helper else {
-            let (output, local) = parse(Sink::Local(target));
+            let (output, local) = parse(Sink::Local(target), None);
             let target = local.expect("a local sink is handed back by `finish`");
             return (output, target);
         };
         // The helper is running and waits for it; it drops the receiver only by returning.
+        let local = target.local();
         let _ = hand_over.send(target);
-        let (output, _) = parse(Sink::Thread { batches, spare });
+        let (output, _) = parse(Sink::Thread { batches, spare }, Some(local));
         match helper.join() {
             Ok(Some(inserter)) => (output, inserter),
             Ok(None) => unreachable!("the target was handed to the running helper"),

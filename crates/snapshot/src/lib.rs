@@ -133,7 +133,7 @@
 //! map, so parsing and inserting overlap; the entries cross to that thread, which is why
 //! `restore` requires `V: Send`. After the first 1024 entries the map is sized for
 //! the rest of the file, estimated from the bytes those entries took, instead of
-//! rehashing as it doubles; the reservation is capped at 4× the entries read so far (and
+//! rehashing as it doubles; the reservation is capped at 8× the entries read so far (and
 //! made again once those are read), so whitespace padding or a sparse hole cannot make
 //! it reserve more than the entries justify, and a failed reservation is ignored. In a large map, each batch is sorted by the bucket its keys
 //! hash to before it is inserted, because inserting in file order touches a random page

@@ -300,8 +300,11 @@ impl CachePersistence {
     }
 
     /// Restores the snapshot straight into a moka cache (`sync` or `future`), as
-    /// [`restore_into`](Self::restore_into) does: no intermediate map, inserts on the
-    /// restore's helper thread while this one parses, expired entries dropped as read.
+    /// [`restore_into`](Self::restore_into) does: no intermediate map, expired entries
+    /// dropped as read. Since moka inserts cost more than parsing, they are shared out:
+    /// the restore's helper thread inserts half of the keys (by hash) while this thread
+    /// parses and inserts the other half; all entries of one key go to the same thread,
+    /// in file order.
     /// Build the cache with [`ExpiresAt`] so each entry keeps its remaining time to live.
     ///
     /// It blocks (a `future` cache's inserts are driven on the helper thread): from async
@@ -328,6 +331,6 @@ impl CachePersistence {
         C: MokaCache<V> + Sync,
         V: DeserializeOwned + Send,
     {
-        self.restore_into(|key, entry| cache.insert_blocking(key, entry))
+        self.restore_into_shared(&|key, entry| cache.insert_blocking(key, entry))
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     CacheEntry, SnapshotError,
     entry::{epoch_millis, from_epoch_millis},
     format::{Failure, Restoring, read_document},
-    insert::{Deliver, Fill, Inserter, with_inserter},
+    insert::{Deliver, Fill, Inserter, Local, Shared, with_inserter},
     scan::{MAX_VALUE_BYTES, ScanError, Scanner},
 };
 
@@ -119,6 +119,32 @@ impl CachePersistence {
         result
     }
 
+    /// [`restore_into`](Self::restore_into) for a target that both threads can insert
+    /// into at once (`insert` takes `&self`, as a concurrent cache's does): the helper
+    /// and this thread each insert the keys of one half of the hash space, so inserting
+    /// costs each thread half (every key still goes to one thread, in file order).
+    pub(crate) fn restore_into_shared<V, F>(
+        &self,
+        insert: &F,
+    ) -> Result<RestoreReport, SnapshotError>
+    where
+        V: DeserializeOwned + Send,
+        F: Fn(String, CacheEntry<V>) + Sync,
+    {
+        let started = Instant::now();
+        let result = self
+            .restore_file(
+                |_| Shared {
+                    insert,
+                    inserted: 0,
+                },
+                started,
+            )
+            .map(|restored| restored.map(|(_, report)| report).unwrap_or_default());
+        self.log_restore(result.as_ref());
+        result
+    }
+
     fn log_restore(&self, result: Result<&RestoreReport, &SnapshotError>) {
         match result {
             Ok(report) => tracing::info!(
@@ -211,8 +237,8 @@ impl CachePersistence {
         let now = epoch_millis((self.clock)());
         let hasher = RandomState::new();
         let parser_hasher = hasher.clone();
-        let ((restoring, parsed), inserter) = with_inserter(make_target(hasher), |sink| {
-            let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink);
+        let ((restoring, parsed), inserter) = with_inserter(make_target(hasher), |sink, local| {
+            let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink, local);
             let max_value = usize::try_from(self.max_file_size)
                 .unwrap_or(usize::MAX)
                 .min(MAX_VALUE_BYTES);
@@ -236,6 +262,7 @@ impl CachePersistence {
         }
 
         let (loaded, rejected) = inserter.counts();
+        let loaded = loaded + restoring.local.as_ref().map_or(0, Local::taken);
         let report = RestoreReport {
             found: true,
             loaded,

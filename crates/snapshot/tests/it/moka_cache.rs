@@ -3,6 +3,7 @@
 //! while writers insert, and the `Persister` saves a moka cache only when it changed.
 
 use std::{
+    fmt::Write as _,
     sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
@@ -232,4 +233,34 @@ async fn the_persister_saves_a_moka_cache_only_when_it_changed() {
     let restarted = moka_cache();
     persistence.restore_moka(&restarted).unwrap();
     assert_eq!(restarted.get("b").map(|entry| entry.value), Some(2));
+}
+
+#[test]
+fn restoring_into_moka_from_two_threads_keeps_the_later_of_repeated_keys() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let mut text = String::from(r#"{"version":1,"entries":["#);
+    // Each key twice in a row: whichever thread takes the first must take the second.
+    for index in 0..5_000_u64 {
+        for round in 0..2_u64 {
+            if round + index > 0 {
+                text.push(',');
+            }
+            write!(
+                text,
+                r#"{{"key":"k{index}","value":{}}}"#,
+                round * 100_000 + index
+            )
+            .unwrap();
+        }
+    }
+    text.push_str("]}");
+    std::fs::write(persistence.path(), text).unwrap();
+    let restarted = moka_cache();
+    let report = persistence.restore_moka(&restarted).unwrap();
+    assert_eq!(report.loaded, 10_000);
+    for index in 0..5_000_u64 {
+        let found = restarted.get(&format!("k{index}")).map(|entry| entry.value);
+        assert_eq!(found, Some(100_000 + index), "k{index}");
+    }
 }
