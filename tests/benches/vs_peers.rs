@@ -66,7 +66,7 @@ async fn ours(upstream: SocketAddr, state_dir: &std::path::Path) -> (SocketAddr,
             .build()
             .unwrap(),
     );
-    let transport = http_client().map_err(integration::layers::BoxError::from);
+    let transport = http_client().map_err(integration::service::BoxError::from);
     let cache: Cache = moka::sync::Cache::builder()
         .expire_after(ExpiresAt::new())
         .build();

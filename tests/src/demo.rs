@@ -32,9 +32,8 @@ use tokio::time::Instant;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
-    layers::BoxError,
     load::{self, HttpService, Schedule, Sent},
-    service::{self, Answered, AppState, Cache, LastSave, LoadProgress},
+    service::{self, Answered, AppState, BoxError, Cache, LastSave, LoadProgress},
     upstream::{self, Received, Shape},
 };
 

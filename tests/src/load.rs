@@ -17,8 +17,7 @@ use tower::{ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
     demo::mix,
-    layers::BoxError,
-    service::{Answered, LoadProgress},
+    service::{Answered, BoxError, LoadProgress},
 };
 
 /// A client of the service: a real HTTP client, or in-process the service's router.

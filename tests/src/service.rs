@@ -6,8 +6,8 @@
 //!
 //! - server side, `correlation::tower::ServerLayer`: each request runs inside a trace
 //!   continued from its `traceparent` / `x-correlation-id` / `x-request-id`, or a new one;
-//! - client side, [`upstream_client`]: `breaker::BreakerLayer` with [`classify_http`] (5xx
-//!   and transport errors are failures) → `correlation::tower::ClientLayer` (one span and one
+//! - client side, [`upstream_client`]: `breaker::BreakerLayer` with `breaker::HttpStatus`
+//!   (5xx, 429 and transport errors are failures; an upstream `Retry-After` is honoured) → `correlation::tower::ClientLayer` (one span and one
 //!   `traceparent` per call) → `tower::timeout` → the HTTP client.
 
 use std::{
@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use breaker::{BreakerError, BreakerLayer, CircuitBreaker};
+use breaker::{BreakerError, BreakerLayer, CircuitBreaker, HttpStatus};
 use correlation::{
     Tracer,
     tower::{ClientLayer, ServerLayer},
@@ -36,10 +36,10 @@ use snapshot::{CacheEntry, SaveReport};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
-use crate::{
-    layers::{BoxError, classify_http},
-    upstream::Item,
-};
+use crate::upstream::Item;
+
+/// The errors tower services box.
+pub type BoxError = tower::BoxError;
 
 /// The service's cache: moka, each entry expiring at its own wall-clock time
 /// (`snapshot::moka::ExpiresAt`), saved and restored by the `snapshot` crate.
@@ -64,7 +64,7 @@ where
     B::Error: Into<BoxError>,
 {
     let stack = ServiceBuilder::new()
-        .layer(BreakerLayer::new(breaker).classifier(classify_http::<Body, BoxError>))
+        .layer(BreakerLayer::new(breaker).classifier(HttpStatus::new()))
         .layer(ClientLayer::new().operation(|request| {
             format!("{} upstream {}", request.method, request.uri.path()).into()
         }))
@@ -267,18 +267,17 @@ async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Respons
             if let Some(response) = cached(&state, &key, Answered::CacheBreakerOpen) {
                 return response;
             }
-            let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
             tracing::warn!(key, reason = ?error.reason(), "circuit open, nothing cached: 503");
-            let mut response = answer(
-                Answered::Rejected,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Body::from(format!("{error}\n")),
-            );
-            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            // `error.is_rejected()` held, so there is a rejection; the breaker's own 503
+            // response carries its `Retry-After` (whole seconds, rounded up).
+            let mut response = error.rejected().map_or_else(Response::default, |rejected| {
+                breaker::rejection_response::<Body>(&rejected)
+            });
+            *response.body_mut() = Body::from(format!("{error}\n"));
+            metrics::counter!("demo_requests_total", "answered" => "rejected").increment(1);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert("x-served-by", HeaderValue::from_static("rejected"));
             response
         }
         Err(error) => failed(&state, &key, &error.to_string()),

@@ -160,6 +160,11 @@ pub(crate) fn check_log_schema(lines: &[String]) -> Vec<Value> {
             None => {
                 assert!(value["target"].is_string(), "{line}");
                 assert!(value.get("fields").is_none(), "flat, not nested: {line}");
+                // The handlers' own events happen inside a request: they carry its ids.
+                if value["target"] == "integration::service" {
+                    assert!(value["correlation_id"].is_string(), "{line}");
+                    assert!(value["trace_id"].is_string(), "{line}");
+                }
             }
         }
         values.push(value);
