@@ -61,8 +61,11 @@ pub trait Classify<T, E> {
 
     /// For a result classified as a failure: how long the dependency asked not to be
     /// called again (an HTTP `Retry-After`, say). When the breaker is open after recording
-    /// that failure, it stays open at least that long, and rejections report it. The
-    /// default is `None`; [`HttpStatus`](crate::HttpStatus) reads `Retry-After`.
+    /// that failure, it stays open at least that long, and rejections report it (the
+    /// longer opening is a new generation of the open state, like
+    /// [`open_for`](crate::CircuitBreaker::open_for): no event, and a failed probe after it
+    /// starts the backoff from its first delay). The default is `None`; `HttpStatus`
+    /// (feature `http`) reads `Retry-After`.
     fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
         let _ = result;
         None

@@ -122,11 +122,11 @@
 //!   `breaker_transitions_total{to}`, and the gauge `breaker_state` (0 closed, 1 open,
 //!   2 half-open, 3 isolated), each labelled `breaker` with the breaker's name. The
 //!   handles are registered with the recorder installed when the breaker is built.
-//! - `tower`: [`BreakerLayer`] and [`BreakerService`], the breaker as tower middleware
-//!   with a named, unboxed [`ResponseFuture`] and the classifier of your choice (depends on
+//! - `tower`: `BreakerLayer` and `BreakerService`, the breaker as tower middleware
+//!   with a named, unboxed `ResponseFuture` and the classifier of your choice (depends on
 //!   `tower-service` and `tower-layer` only).
-//! - `http`: [`HttpStatus`], a classifier for `http::Response` (5xx and 429 are
-//!   failures), and [`rejection_response`], a `503` with `Retry-After` for a rejection.
+//! - `http`: `HttpStatus`, a classifier for `http::Response` (5xx and 429 are
+//!   failures), and `rejection_response`, a `503` with `Retry-After` for a rejection.
 //!
 //! # Atomic orderings
 //!
