@@ -12,7 +12,17 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use correlation::Tracer;
+use std::{convert::Infallible, future::Ready, sync::Mutex};
+
+use correlation::{Tracer, tower::ServerLayer};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer},
+};
+use tower_layer::Layer as _;
+use tower_service::Service;
 use tracing::Instrument as _;
 use tracing_subscriber::fmt::format::FmtSpan;
 use uuid::Uuid;
@@ -92,5 +102,114 @@ fn main() {
         |i| run_ready(BARE.scope(Uuid::new_v4(), async move { black_box(i) })),
     );
 
+    server_layer_rows(&mut harness);
+
     harness.finish();
+}
+
+/// The inner service of the server-layer rows: answers at once.
+#[derive(Clone)]
+struct NoOp;
+
+impl<B> Service<http::Request<B>> for NoOp {
+    type Response = http::Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<http::Response<Empty<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(Empty::new())))
+    }
+}
+
+/// A request as a caller sends it: with a `traceparent`. Built from static parts (no
+/// parsing, one header allocation), the same for both sides of a row.
+fn request() -> http::Request<Empty<Bytes>> {
+    let mut request = http::Request::new(Empty::new());
+    *request.uri_mut() = http::Uri::from_static("/orders/7");
+    request.headers_mut().insert(
+        http::header::HeaderName::from_static("traceparent"),
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    request
+}
+
+/// Calls `service` (behind a `Mutex`: the harness's bodies are `Fn + Sync`, a service's
+/// `call` takes `&mut self`; both sides pay the same uncontended lock) with a fresh request.
+fn serve<S>(service: &Mutex<S>) -> Option<http::StatusCode>
+where
+    S: Service<http::Request<Empty<Bytes>>>,
+    S::Response: HasStatus,
+{
+    let future = service.lock().ok()?.call(request());
+    run_ready(future).ok().map(|response| response.status())
+}
+
+/// The status of either side's response type.
+trait HasStatus {
+    fn status(&self) -> http::StatusCode;
+}
+
+impl<B> HasStatus for http::Response<B> {
+    fn status(&self) -> http::StatusCode {
+        http::Response::status(self)
+    }
+}
+
+/// `tower::ServerLayer` per request against tower-http's request-id and trace layers.
+fn server_layer_rows(harness: &mut Harness) {
+    let info = tracing::Level::INFO;
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        // Ours: the request's trace, its start and end lines to a discarding sink. Theirs:
+        // a request id set and propagated, and `TraceLayer` writing its span's request and
+        // response events at INFO (its defaults are DEBUG, which write nothing at INFO):
+        // the same two lines, through tracing-subscriber's JSON formatter.
+        let ours = Mutex::new(
+            ServerLayer::new()
+                .tracer(Tracer::writer(std::io::sink()))
+                .layer(NoOp),
+        );
+        let theirs = Mutex::new(
+            SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(DefaultMakeSpan::new().level(info))
+                    .on_request(DefaultOnRequest::new().level(info))
+                    .on_response(DefaultOnResponse::new().level(info))
+                    .layer(PropagateRequestIdLayer::x_request_id().layer(NoOp)),
+            ),
+        );
+        harness.nanos(
+            Row::new(
+                "server layer per request: traceparent in, no-op service, two lines to a discarding sink",
+                "tower-http 0.6 SetRequestIdLayer + PropagateRequestIdLayer + TraceLayer at INFO, tracing-subscriber 0.3 JSON",
+            )
+            .goal(10.0),
+            |_| serve(&ours),
+            |_| serve(&theirs),
+        );
+    });
+
+    // Logging off: the trace alone, against the two request-id layers alone (uuid v4 with
+    // `fast-rng`, as tower-http's `MakeRequestUuid` makes it).
+    let ours = Mutex::new(ServerLayer::new().tracer(Tracer::off()).layer(NoOp));
+    let theirs = Mutex::new(
+        SetRequestIdLayer::x_request_id(MakeRequestUuid)
+            .layer(PropagateRequestIdLayer::x_request_id().layer(NoOp)),
+    );
+    harness.nanos(
+        Row::new(
+            "server layer per request, logging off",
+            "tower-http 0.6 SetRequestIdLayer + PropagateRequestIdLayer",
+        )
+        .goal(2.0),
+        |_| serve(&ours),
+        |_| serve(&theirs),
+    );
 }

@@ -178,14 +178,26 @@ impl std::fmt::Display for RejectionReason {
 impl std::error::Error for RejectionReason {}
 
 /// Occurrences of one header: none, one value, or repeated.
-enum Seen<'a> {
+#[derive(Default)]
+pub(crate) enum Seen<'a> {
+    #[default]
     None,
     Once(&'a [u8]),
     Repeated,
 }
 
+/// The values of the headers [`Incoming`] reads, gathered by name.
+#[derive(Default)]
+pub(crate) struct SeenHeaders<'a> {
+    pub(crate) traceparent: Seen<'a>,
+    /// Every `tracestate` field, in order.
+    pub(crate) trace_state: Vec<&'a [u8]>,
+    pub(crate) correlation: Seen<'a>,
+    pub(crate) request: Seen<'a>,
+}
+
 impl<'a> Seen<'a> {
-    fn add(&mut self, value: &'a [u8]) {
+    pub(crate) fn add(&mut self, value: &'a [u8]) {
         *self = match self {
             Seen::None => Seen::Once(value),
             Seen::Once(_) | Seen::Repeated => Seen::Repeated,
@@ -226,37 +238,56 @@ impl Incoming {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let policy = match propagation {
-            Some(propagation) => propagation.policy(),
-            None => default_policy(),
-        };
         let headers: Vec<(K, V)> = headers.into_iter().collect();
-        let mut traceparent = Seen::None;
-        let mut correlation = Seen::None;
-        let mut request = Seen::None;
-        let mut trace_state_fields: Vec<&[u8]> = Vec::new();
+        let mut seen = SeenHeaders::default();
         for (name, value) in &headers {
             let name = name.as_ref();
             let value = value.as_ref();
             if name.eq_ignore_ascii_case("traceparent") {
-                traceparent.add(value);
+                seen.traceparent.add(value);
             } else if name.eq_ignore_ascii_case("tracestate") {
-                trace_state_fields.push(value);
+                seen.trace_state.push(value);
             } else if name.eq_ignore_ascii_case("x-correlation-id") {
-                correlation.add(value);
+                seen.correlation.add(value);
             } else if name.eq_ignore_ascii_case("x-request-id") {
-                request.add(value);
+                seen.request.add(value);
             }
         }
+        Self::choose_from(propagation, &seen)
+    }
+
+    /// [`Incoming::with_propagation`] for headers already looked up by name (a
+    /// `HeaderMap` does that by hashing, with no pass over every header).
+    #[cfg(feature = "http")]
+    pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
+        let incoming = Self::choose_from(propagation, seen);
+        for rejection in &incoming.rejections {
+            // Only the reason: the rejected value itself must never reach a log.
+            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
+        }
+        incoming
+    }
+
+    fn choose_from(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
+        let policy = match propagation {
+            Some(propagation) => propagation.policy(),
+            None => default_policy(),
+        };
+        let SeenHeaders {
+            traceparent,
+            trace_state: trace_state_fields,
+            correlation,
+            request,
+        } = seen;
         let mut rejections = Vec::new();
         // Every id header is validated (and kept, for echoing back) whichever one wins.
         let parent = match policy.mode {
             // At a trust boundary the caller's trace is not even parsed.
             Mode::Restart => None,
-            Mode::Continue | Mode::PassThrough => parse_traceparent(&traceparent, &mut rejections),
+            Mode::Continue | Mode::PassThrough => parse_traceparent(traceparent, &mut rejections),
         };
-        let correlation_header = parse_id("x-correlation-id", &correlation, &mut rejections);
-        let request_id = parse_id("x-request-id", &request, &mut rejections);
+        let correlation_header = parse_id("x-correlation-id", correlation, &mut rejections);
+        let request_id = parse_id("x-request-id", request, &mut rejections);
         let participation = |upstream: Option<TraceParent>| {
             let needed = propagation.is_some()
                 || correlation_header.is_some()
@@ -273,7 +304,7 @@ impl Incoming {
         };
         if let Some(parent) = parent {
             // The tracestate is only read when the traceparent is valid.
-            let trace_state = match parse_trace_state(&trace_state_fields, policy.level) {
+            let trace_state = match parse_trace_state(trace_state_fields, policy.level) {
                 Ok(state) => state,
                 Err(error) => {
                     rejections.push(Rejection {

@@ -30,7 +30,7 @@ use std::{fmt, sync::OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::{Incoming, Propagation, TraceOutcome};
+use crate::{Incoming, Propagation, TraceOutcome, headers::SeenHeaders};
 
 /// What a status says: itself as the error (its `Display`, e.g. `503 Service Unavailable`)
 /// when `is_error` holds for it.
@@ -125,10 +125,20 @@ impl<B> TraceOutcome for Classified<B> {
 /// assert_eq!(incoming.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
 pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incoming {
-    let pairs = headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()));
-    Incoming::with_propagation(propagation, pairs)
+    // One pass; a `HeaderMap`'s names are already lowercase, so an exact match (a length
+    // check, then a comparison) is enough, and cheaper than four hashed look-ups.
+    let mut seen = SeenHeaders::default();
+    for (name, value) in headers {
+        let value = value.as_bytes();
+        match name.as_str() {
+            "traceparent" => seen.traceparent.add(value),
+            "tracestate" => seen.trace_state.push(value),
+            "x-correlation-id" => seen.correlation.add(value),
+            "x-request-id" => seen.request.add(value),
+            _ => {}
+        }
+    }
+    Incoming::from_seen(propagation, &seen)
 }
 
 /// Adds `headers` (from [`crate::client_call`], [`crate::outgoing_headers`] or

@@ -456,21 +456,42 @@ hex_display!(TraceId, 32, "TraceId");
 hex_display!(SpanId, 16, "SpanId");
 hex_display!(TraceFlags, 2, "TraceFlags");
 
+/// The value of each lowercase hex digit, `0xff` for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut digit: u8 = 0;
+    while digit < 16 {
+        table[HEX_DIGITS[digit as usize] as usize] = digit;
+        digit += 1;
+    }
+    table
+};
+
+/// Parses 1 to 16 lowercase hex digits into a `u64` (one table load per digit).
+fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut invalid = 0u8;
+    for &digit in digits {
+        let nibble = HEX_VALUES[usize::from(digit)];
+        // Checked once at the end: no branch per digit.
+        invalid |= nibble;
+        value = (value << 4) | u64::from(nibble & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(value)
+}
+
 /// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.
 pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
-    if digits.is_empty() || digits.len() > 32 {
-        return None;
+    match digits.len() {
+        0 | 33.. => None,
+        1..=16 => parse_hex_u64(digits).map(u128::from),
+        len => {
+            let (high, low) = digits.split_at(len - 16);
+            let high = parse_hex_u64(high)?;
+            let low = parse_hex_u64(low)?;
+            Some((u128::from(high) << 64) | u128::from(low))
+        }
     }
-    let mut value: u128 = 0;
-    for &digit in digits {
-        let nibble = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(nibble);
-    }
-    Some(value)
 }
 
 #[cfg(test)]

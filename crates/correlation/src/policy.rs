@@ -40,31 +40,55 @@ pub enum Sampling {
     Always,
     /// Never set `sampled`.
     Never,
-    /// Set `sampled` on about this fraction (0.0 to 1.0) of new traces, decided from the
-    /// random low 56 bits of the trace id, so every service configured with the same ratio
-    /// makes the same decision for a trace.
+    /// Set `sampled` on about this fraction (0.0 to 1.0) of new traces, decided by a hash
+    /// of the trace id, so every service configured with the same ratio makes the same
+    /// decision for a trace (and the decision is uniform for UUID v7 trace ids too, whose
+    /// low bits hold a counter).
     Ratio(f64),
 }
 
 impl Sampling {
     /// The decision for a new trace with `trace_id`.
-    pub(crate) fn sampled(self, trace_id: TraceId) -> bool {
+    ///
+    /// ```
+    /// use correlation::{Sampling, TraceId};
+    ///
+    /// let trace_id = TraceId::from_u128(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736).unwrap();
+    /// assert!(Sampling::Always.sampled(trace_id));
+    /// assert!(!Sampling::Ratio(0.0).sampled(trace_id));
+    /// assert_eq!(Sampling::Ratio(0.3).sampled(trace_id), Sampling::Ratio(0.3).sampled(trace_id));
+    /// ```
+    pub fn sampled(self, trace_id: TraceId) -> bool {
         match self {
             Self::Always => true,
             Self::Never => false,
             Self::Ratio(ratio) => {
-                let low_56 = trace_id.to_u128() & ((1 << 56) - 1);
-                // 2^56 fits an f64 exactly; the product is clamped to the 56-bit range.
+                // 2^53 fits an f64 exactly; the product is clamped to the 53-bit range.
                 #[allow(
                     clippy::cast_precision_loss,
                     clippy::cast_possible_truncation,
                     clippy::cast_sign_loss
                 )]
-                let threshold = (ratio.clamp(0.0, 1.0) * (1u64 << 56) as f64) as u128;
-                low_56 < threshold
+                let threshold = (ratio.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
+                (mix(trace_id.to_u128()) >> 11) < threshold
             }
         }
     }
+}
+
+/// A uniform 64-bit value from all 128 bits of a trace id (splitmix64's finaliser over
+/// both halves): the same for every service, and uniform even for trace ids whose low bits
+/// are a counter (UUID v7) rather than random.
+fn mix(trace_id: u128) -> u64 {
+    let finalise = |mut value: u64| {
+        value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        value ^ (value >> 31)
+    };
+    // Halves of the id, truncation intended.
+    #[allow(clippy::cast_possible_truncation)]
+    let (high, low) = ((trace_id >> 64) as u64, trace_id as u64);
+    finalise(high ^ finalise(low))
 }
 
 /// When an id header (`x-correlation-id`, `x-request-id`) is sent: downstream on outgoing

@@ -42,25 +42,63 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{Request, Response, request::Parts};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    Incoming, Propagation, TraceOutcome, Tracer,
+    Propagation, TraceOutcome, Tracer,
     context::enter_scope,
     http::{insert, is_server_error, status_outcome},
     tracer::{Traced, child_scope, current_tracer, scope_from_incoming, traced_in},
 };
 
-/// Names a request's trace from its head (method, URI, headers, extensions: e.g. axum's
-/// `MatchedPath`).
-type Operation = Arc<dyn Fn(&Parts) -> Cow<'static, str> + Send + Sync>;
+/// The head of a request, borrowed, for naming its span: the method, the URI, the headers
+/// and the extensions (e.g. axum's `MatchedPath`).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions.
+    pub extensions: &'a Extensions,
+}
 
-/// `METHOD /path`, the default operation name.
-fn method_and_path(parts: &Parts) -> Cow<'static, str> {
-    Cow::Owned(format!("{} {}", parts.method, parts.uri.path()))
+impl<'a> RequestHead<'a> {
+    /// The head of `request`.
+    ///
+    /// ```
+    /// let request = http::Request::get("/orders/7").body(()).unwrap();
+    /// let head = correlation::tower::RequestHead::of(&request);
+    /// assert_eq!(head.uri.path(), "/orders/7");
+    /// ```
+    pub fn of<B>(request: &'a Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
+}
+
+/// Names a request's trace from its head.
+type Operation = Arc<dyn Fn(RequestHead<'_>) -> Cow<'static, str> + Send + Sync>;
+
+/// `METHOD /path`, the default operation name (built by hand: `format!` costs more than
+/// the rest of a quiet request's trace).
+fn method_and_path(head: RequestHead<'_>) -> Cow<'static, str> {
+    let (method, path) = (head.method.as_str(), head.uri.path());
+    let mut name = String::with_capacity(method.len() + 1 + path.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(path);
+    Cow::Owned(name)
 }
 
 /// A layer that runs every `http::Request` through the inner service as a trace: the trace
@@ -120,13 +158,13 @@ impl ServerLayer {
     ///
     /// ```
     /// let layer = correlation::tower::ServerLayer::new()
-    ///     .operation(|parts| format!("{} {}", parts.method, parts.uri.path()).into());
+    ///     .operation(|head| format!("{} {}", head.method, head.uri.path()).into());
     /// # drop(layer);
     /// ```
     #[must_use]
     pub fn operation(
         mut self,
-        operation: impl Fn(&Parts) -> Cow<'static, str> + Send + Sync + 'static,
+        operation: impl Fn(RequestHead<'_>) -> Cow<'static, str> + Send + Sync + 'static,
     ) -> Self {
         self.operation = Arc::new(operation);
         self
@@ -165,17 +203,9 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (parts, body) = request.into_parts();
-        let incoming = Incoming::with_propagation(
-            self.layer.propagation.as_ref(),
-            parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-        );
+        let incoming = crate::http::incoming(request.headers(), self.layer.propagation.as_ref());
         let echo = incoming.response_headers();
-        let operation = (self.layer.operation)(&parts);
-        let request = Request::from_parts(parts, body);
+        let operation = (self.layer.operation)(RequestHead::of(&request));
         let tracer = self.layer.tracer.clone().unwrap_or_else(current_tracer);
         let scope = scope_from_incoming(&tracer, incoming, operation);
         // The inner service's `call` runs inside the trace too: some do their work there.
@@ -272,9 +302,9 @@ impl Default for ClientLayer {
 }
 
 /// `METHOD host/path`, the default name of a client span.
-fn method_and_target(parts: &Parts) -> Cow<'static, str> {
-    let host = parts.uri.host().unwrap_or_default();
-    Cow::Owned(format!("{} {host}{}", parts.method, parts.uri.path()))
+fn method_and_target(head: RequestHead<'_>) -> Cow<'static, str> {
+    let host = head.uri.host().unwrap_or_default();
+    Cow::Owned(format!("{} {host}{}", head.method, head.uri.path()))
 }
 
 impl ClientLayer {
@@ -289,7 +319,7 @@ impl ClientLayer {
     #[must_use]
     pub fn operation(
         mut self,
-        operation: impl Fn(&Parts) -> Cow<'static, str> + Send + Sync + 'static,
+        operation: impl Fn(RequestHead<'_>) -> Cow<'static, str> + Send + Sync + 'static,
     ) -> Self {
         self.operation = Arc::new(operation);
         self
@@ -327,15 +357,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
-        let operation = (self.layer.operation)(&parts);
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let operation = (self.layer.operation)(RequestHead::of(&request));
         let tracer = current_tracer();
         let scope = child_scope(&tracer, operation);
         if let Some(context) = scope.context() {
-            insert(&mut parts.headers, context.outgoing_headers());
+            insert(request.headers_mut(), context.outgoing_headers());
         }
-        let request = Request::from_parts(parts, body);
         let future = enter_scope(scope.clone(), || self.inner.call(request));
         ResponseFuture {
             inner: traced_in(

@@ -57,12 +57,12 @@ async fn an_axum_service_continues_each_request_and_gives_each_call_its_own_span
         .build();
     let layer = ServerLayer::new()
         .tracer(capture.tracer())
-        .operation(|parts| {
-            let route = parts
+        .operation(|head| {
+            let route = head
                 .extensions
                 .get::<MatchedPath>()
                 .map_or("unmatched", MatchedPath::as_str);
-            format!("{} {route}", parts.method).into()
+            format!("{} {route}", head.method).into()
         });
     let app = Router::new()
         .route("/orders/{id}", get(order))

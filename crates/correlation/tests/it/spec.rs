@@ -568,11 +568,24 @@ fn sampling_decides_only_new_traces() {
         "{sampled} of 200 sampled at 0.5"
     );
     // The decision is a function of the trace id, the same in every service.
-    let incoming = half.incoming([("x-correlation-id", "order-7")]);
-    let trace_id = incoming.trace_id();
-    assert_eq!(
-        incoming.flags().is_sampled(),
-        (trace_id.to_u128() & ((1 << 56) - 1)) < (1 << 55)
+    for _ in 0..20 {
+        let incoming = half.incoming([("x-correlation-id", "order-7")]);
+        assert_eq!(
+            incoming.flags().is_sampled(),
+            Sampling::Ratio(0.5).sampled(incoming.trace_id())
+        );
+    }
+    // Uniform even over consecutive ids that differ only in a counter (UUID v7's low bits).
+    let consecutive = (0..1000u128)
+        .filter(|counter| {
+            let trace_id =
+                correlation::TraceId::from_u128((0x0190 << 112) | (counter + 1)).unwrap();
+            Sampling::Ratio(0.5).sampled(trace_id)
+        })
+        .count();
+    assert!(
+        (400..600).contains(&consecutive),
+        "{consecutive} of 1000 consecutive ids"
     );
 }
 
