@@ -458,7 +458,9 @@ pub async fn run(
     let started = Instant::now();
     let persistence = CachePersistence::new(&config.state_dir);
     let changes = Changes::new();
+    // Bounded: keys come from callers, so an unbounded cache would be theirs to fill.
     let cache: Cache = moka::sync::Cache::builder()
+        .max_capacity(10_000)
         .expire_after(ExpiresAt::new().marking(changes.clone()))
         .build();
     let (restored, restore_error) = {

@@ -86,3 +86,60 @@ async fn sigterm_mid_run_shuts_down_gracefully_and_writes_the_final_snapshot() {
     assert!(!lines.is_empty());
     check_log_schema(&lines);
 }
+
+#[tokio::test]
+async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--serve", "--requests", "20", "--interval-ms", "1"])
+        .args(["--outage-start", "1000", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut listening = String::new();
+    stdout.read_line(&mut listening).unwrap();
+    let mut curl = String::new();
+    stdout.read_line(&mut curl).unwrap();
+    let address: SocketAddr = listening
+        .trim()
+        .strip_prefix("service listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {listening}"))
+        .parse()
+        .unwrap();
+    // The printed command, run by hand: `curl -si http://ADDR/items/item-3 -H 'x-request-id: hello'`.
+    let url = format!("http://{address}/items/item-3");
+    assert!(
+        curl.contains(&format!("curl -si {url} -H 'x-request-id: hello'")),
+        "{curl}"
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<axum::body::Body>();
+    let request = http::Request::get(url)
+        .header("x-request-id", "hello")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "hello");
+    assert_eq!(response.headers()["x-served-by"], "upstream");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.contains("== resilient-service demo: summary"),
+        "{rest}"
+    );
+    assert!(
+        snapshot::CachePersistence::new(dir.path()).exists(),
+        "the final snapshot was written"
+    );
+}
