@@ -30,6 +30,45 @@ fn work(input: u64) -> Result<u64, u64> {
     Ok(mixed.rotate_left(29) ^ (mixed >> 31))
 }
 
+/// The inner service of the tower rows, with a nameable type for the thread-locals.
+type ReadyService = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, u64>>>;
+
+fn ready_service() -> ReadyService {
+    service_fn((|x: u64| std::future::ready(work(x))) as fn(u64) -> _)
+}
+
+/// The peers' tower services over [`ReadyService`].
+type ResilienceService = tower_resilience_circuitbreaker::CircuitBreaker<
+    ReadyService,
+    tower_resilience_circuitbreaker::DefaultClassifier,
+>;
+type SeatbeltService = seatbelt::breaker::Breaker<u64, Result<u64, u64>, ReadyService>;
+
+std::thread_local! {
+    /// This thread's clone of the tower-resilience service (clones share its breaker).
+    static RESILIENCE: std::cell::RefCell<Option<ResilienceService>> =
+        const { std::cell::RefCell::new(None) };
+    /// This thread's clone of the seatbelt service (clones share its breaker).
+    static SEATBELT: std::cell::RefCell<Option<SeatbeltService>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Polls a future until it is ready, spinning (a peer's async lock may be pending while
+/// the other thread holds it; its release hands the lock to this waiter, so a later poll
+/// completes even with a no-op waker).
+#[allow(clippy::inline_always)] // As for `poll_ready`.
+#[inline(always)]
+fn poll_until_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Polls a future once with a no-op waker (every future benchmarked here is ready).
 ///
 /// Inlined, so each future is built where it is polled, as in an executor's task or an
@@ -172,16 +211,17 @@ fn main() {
     // reference count touched per call), against calling the bare `service_fn`. A service
     // is built per call (both sides): `call` takes `&mut self` and the threads share the
     // closure; building either is a copy.
-    let layered: &'static CircuitBreaker =
+    let static_breaker: &'static CircuitBreaker =
         Box::leak(Box::new(CircuitBreaker::builder("layer").build().unwrap()));
+    // Every tower row drives its future with `poll_until_ready` (a peer's async lock may
+    // be pending under contention) and keeps only the `Ok` value.
     let through_layer = |i: u64| {
-        let mut service =
-            BreakerService::new(service_fn(|x: u64| std::future::ready(work(x))), layered);
-        poll_ready(service.call(i)).map(Result::ok)
+        let mut service = BreakerService::new(ready_service(), static_breaker);
+        poll_until_ready(service.call(i)).ok()
     };
     let bare_service = |i: u64| {
-        let mut service = service_fn(|x: u64| std::future::ready(work(x)));
-        poll_ready(service.call(i)).map(Result::ok)
+        let mut service = ready_service();
+        poll_until_ready(service.call(i)).ok()
     };
     for threads in [1, 2] {
         run.nanos(
@@ -193,6 +233,59 @@ fn main() {
             .goal(0.2),
             through_layer,
             bare_service,
+        );
+    }
+
+    // The same layer against the peers' tower layers over the same `service_fn`, each with
+    // its default policy and a shared breaker. Their `call` takes `&mut self`, so each
+    // thread calls its own clone of one service (clones share the breaker), kept in a
+    // thread-local.
+    let resilience_layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .unwrap();
+    let resilience_service = resilience_layer.layer_fn(ready_service());
+    let through_resilience = |i: u64| {
+        RESILIENCE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let service = slot.get_or_insert_with(|| resilience_service.clone());
+            poll_until_ready(service.call(i)).ok()
+        })
+    };
+    let seatbelt_context =
+        seatbelt::ResilienceContext::<u64, Result<u64, u64>>::new(tick::Clock::new_frozen());
+    let seatbelt_service = layered::Layer::layer(
+        &seatbelt::breaker::Breaker::layer("bench", &seatbelt_context)
+            .recovery_with(|result: &Result<u64, u64>, _| match result {
+                Ok(_) => seatbelt::RecoveryInfo::never(),
+                Err(_) => seatbelt::RecoveryInfo::retry(),
+            })
+            .rejected_input(|_, _| Err(0)),
+        ready_service(),
+    );
+    let through_seatbelt = |i: u64| {
+        SEATBELT.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let service = slot.get_or_insert_with(|| seatbelt_service.clone());
+            poll_until_ready(service.call(i)).ok()
+        })
+    };
+    for threads in [1, 2] {
+        run.nanos(
+            Row::new(
+                "tower layer over a ready service_fn",
+                "tower-resilience-circuitbreaker 0.14",
+            )
+            .threads(threads)
+            .goal(20.0),
+            through_layer,
+            through_resilience,
+        );
+        run.nanos(
+            Row::new("tower layer over a ready service_fn", "seatbelt 0.11")
+                .threads(threads)
+                .goal(10.0),
+            through_layer,
+            through_seatbelt,
         );
     }
 
