@@ -102,6 +102,25 @@ fn main() {
         |i| run_ready(BARE.scope(Uuid::new_v4(), async move { black_box(i) })),
     );
 
+    // The optional `tracing` span per trace: its cost, under a subscriber that records
+    // spans (tracing-subscriber's JSON formatter to a discarding writer).
+    let with_spans = Tracer::writer(std::io::sink()).with_spans();
+    let without = Tracer::writer(std::io::sink());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        harness.nanos(
+            Row::new(
+                "traced operation with Tracer::with_spans(), start+end lines to a discarding sink",
+                "the same traced operation without spans (tracing-subscriber 0.3 JSON registry installed)",
+            ),
+            |i| run_ready(with_spans.start_trace("GET /orders", async move { black_box(i) })),
+            |i| run_ready(without.start_trace("GET /orders", async move { black_box(i) })),
+        );
+    });
+
     server_layer_rows(&mut harness);
 
     harness.finish();

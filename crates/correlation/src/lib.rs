@@ -51,8 +51,9 @@
 //! ```
 //!
 //! Where lines go is a [`Tracer`] value: stderr by default ([`global`], replaceable once with
-//! [`set_global`]), any `Write + Send`, `tracing` events, or off. A trace started through a
-//! tracer uses it, and traces nested inside inherit it. Write failures (a sink's I/O error,
+//! [`set_global`]), any `Write + Send`, `tracing` events, or off; with
+//! [`Tracer::with_spans`] every trace is also a `tracing` span carrying its ids. A trace
+//! started through a tracer uses it, and traces nested inside inherit it. Write failures (a sink's I/O error,
 //! a panicking sink or `tracing` subscriber) are counted ([`Tracer::write_failures`]) and
 //! never reach the traced work; neither does an error whose `Display` panics or fails,
 //! which is logged as a placeholder text.

@@ -102,7 +102,7 @@ fn method_and_path(head: RequestHead<'_>) -> Cow<'static, str> {
 }
 
 /// A layer that runs every `http::Request` through the inner service as a trace: the trace
-/// continues the request's headers (through [`Incoming`], so every value is validated and a
+/// continues the request's headers (through [`Incoming`](crate::Incoming), so every value is validated and a
 /// rejected one is logged with its reason only, at `debug`, and replaced), the inner
 /// service is called and its future polled inside it, the end line reports the response
 /// (a 5xx, or an `Err`, is an `error`; a panic `panic`; a dropped future `cancelled`), and

@@ -17,6 +17,7 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
+use tracing::{Instrument as _, instrument::Instrumented};
 
 use crate::{
     context::{
@@ -69,12 +70,16 @@ struct Inner {
     output: Output,
     /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
     write_failures: AtomicU64,
+    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
+    spans: bool,
 }
 
 enum Output {
     Stderr,
     Writer(Mutex<Box<dyn Write + Send>>),
     Tracing,
+    /// No lines: [`Tracer::off`] with spans.
+    Nothing,
 }
 
 impl fmt::Debug for Tracer {
@@ -83,6 +88,7 @@ impl fmt::Debug for Tracer {
             Some(Output::Stderr) => "stderr",
             Some(Output::Writer(_)) => "writer",
             Some(Output::Tracing) => "tracing",
+            Some(Output::Nothing) => "off (spans only)",
             None => "off",
         };
         f.debug_struct("Tracer")
@@ -295,11 +301,76 @@ impl Tracer {
             inner: Some(Arc::new(Inner {
                 output,
                 write_failures: AtomicU64::new(0),
+                spans: false,
             })),
         }
     }
 
-    /// Whether this tracer writes nothing, so a trace needs no start or end line.
+    /// This tracer, with every trace also a `tracing` span (target `correlation`, name
+    /// `trace`) carrying `correlation_id`, `trace_id`, `span_id`, `parent_span_id` (when
+    /// there is one) and `operation`, entered around every poll of the trace (and around a
+    /// sync trace), so span-based tools (`tracing-subscriber`'s span fields, tower-http's
+    /// `TraceLayer`, `tracing-opentelemetry`) see the request. Without it, a trace creates
+    /// no span and pays nothing for them.
+    ///
+    /// ```
+    /// let tracer = correlation::Tracer::off().with_spans();
+    /// let name = tracer.trace_sync("job", || tracing::Span::current().metadata().map(|m| m.name()));
+    /// # let _ = name; // `None` here: no subscriber is installed to record spans.
+    /// ```
+    #[must_use]
+    pub fn with_spans(self) -> Self {
+        let (output, write_failures) = match self.inner {
+            None => (Output::Nothing, 0),
+            Some(inner) => match Arc::try_unwrap(inner) {
+                Ok(inner) => (inner.output, inner.write_failures.into_inner()),
+                // Shared with clones: those keep their own (span-less) settings; this one
+                // writes to a sink of the same kind only when it could take it over.
+                Err(shared) => (
+                    match &shared.output {
+                        Output::Stderr => Output::Stderr,
+                        Output::Tracing => Output::Tracing,
+                        Output::Writer(_) | Output::Nothing => Output::Nothing,
+                    },
+                    0,
+                ),
+            },
+        };
+        Self {
+            inner: Some(Arc::new(Inner {
+                output,
+                write_failures: AtomicU64::new(write_failures),
+                spans: true,
+            })),
+        }
+    }
+
+    /// The span a trace of `context` is, when this tracer makes spans.
+    fn span_for(&self, context: &TraceContext) -> Option<tracing::Span> {
+        let inner = self.inner.as_deref()?;
+        if !inner.spans {
+            return None;
+        }
+        let parent = context.parent_span_id.as_ref().map(tracing::field::display);
+        Some(tracing::info_span!(
+            target: "correlation",
+            "trace",
+            correlation_id = %context.correlation_id,
+            trace_id = %context.trace_id,
+            span_id = %context.span_id,
+            parent_span_id = parent,
+            operation = &*context.operation,
+        ))
+    }
+
+    /// Whether this tracer writes lines.
+    fn writes_lines(&self) -> bool {
+        self.inner
+            .as_deref()
+            .is_some_and(|inner| !matches!(inner.output, Output::Nothing))
+    }
+
+    /// Whether this tracer does nothing per trace: no lines, no spans.
     fn is_off(&self) -> bool {
         self.inner.is_none()
     }
@@ -416,8 +487,10 @@ impl Tracer {
         f: impl FnOnce() -> R,
     ) -> R {
         let scope = lineage.start(self, operation);
+        let span = scope.context().and_then(|context| self.span_for(context));
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let context = match scope.context() {
-            Some(context) if !self.is_off() => Arc::clone(context),
+            Some(context) if self.writes_lines() => Arc::clone(context),
             // No lines to write, so no guard and no second reference to the context.
             _ => return enter_scope(scope, f),
         };
@@ -448,6 +521,7 @@ impl Tracer {
                 let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
                 inner.count(matches!(written, Ok(Ok(()))));
             }),
+            Output::Nothing => {}
             Output::Tracing => {
                 // The subscriber's writer may panic too; as with a panicking `Write`, that is
                 // a failed write, not a reason to take the traced work (or, when the end
@@ -592,7 +666,7 @@ impl Lineage {
     /// The context of a span starting now, in its `Arc`, in the scope that makes it current.
     fn start(self, tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
         // Only lines need the start; see `TraceContext::elapsed`.
-        let started = (!tracer.is_off()).then(Instant::now);
+        let started = tracer.writes_lines().then(Instant::now);
         let span_id = SpanId::random();
         let tracer = tracer.clone();
         // `new_cyclic` allocates first and then builds the value in place; `Arc::new` built
@@ -700,6 +774,8 @@ pin_project! {
     pub(crate) enum Traced<F> {
         Quiet { #[pin] future: InScope<F> },
         Logged { #[pin] future: InScope<Logged<F>> },
+        LoggedInSpan { #[pin] future: InScope<Instrumented<Logged<F>>> },
+        InSpan { #[pin] future: InScope<Instrumented<F>> },
     }
 }
 
@@ -714,6 +790,8 @@ where
         match self.project() {
             TracedProjection::Quiet { future } => future.poll(cx),
             TracedProjection::Logged { future } => future.poll(cx),
+            TracedProjection::LoggedInSpan { future } => future.poll(cx),
+            TracedProjection::InSpan { future } => future.poll(cx),
         }
     }
 }
@@ -760,14 +838,29 @@ where
     F: Future,
     F::Output: TraceOutcome,
 {
-    match scope.context() {
-        Some(context) if !tracer.is_off() => {
+    let Some(context) = scope.context().filter(|_| !tracer.is_off()) else {
+        return Traced::Quiet {
+            future: scoped(scope, future),
+        };
+    };
+    let span = tracer.span_for(context);
+    match (tracer.writes_lines(), span) {
+        (true, None) => {
             let guard = EndGuard::new(Arc::clone(context));
             Traced::Logged {
                 future: scoped(scope, Logged { future, guard }),
             }
         }
-        _ => Traced::Quiet {
+        (true, Some(span)) => {
+            let guard = EndGuard::new(Arc::clone(context));
+            Traced::LoggedInSpan {
+                future: scoped(scope, Logged { future, guard }.instrument(span)),
+            }
+        }
+        (false, Some(span)) => Traced::InSpan {
+            future: scoped(scope, future.instrument(span)),
+        },
+        (false, None) => Traced::Quiet {
             future: scoped(scope, future),
         },
     }

@@ -16,6 +16,8 @@ mod propagation;
 mod props;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+#[cfg(feature = "tracing-subscriber")]
+mod spans;
 mod spec;
 #[cfg(feature = "tower")]
 mod tower;
