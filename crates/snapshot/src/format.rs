@@ -270,6 +270,10 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
                 return Err(error);
             }
         }
+        if let Streamed::Invalid(Framed(key, _), error) = streamed {
+            restoring.failed_key = Some(key);
+            return Err(error);
+        }
         let (key, entry) = if let Streamed::Value(Framed(key, entry)) = streamed {
             (key, entry)
         } else {

@@ -75,11 +75,13 @@ impl<V> Local<V> for Nothing {
 /// Fills a concurrent target (`insert(&self, ..)`) from both threads: the helper inserts
 /// the keys whose hash is odd, the parser's thread those whose hash is even. For a target
 /// whose inserts cost more than parsing (moka), this shares them out.
+#[cfg(feature = "moka")]
 pub(crate) struct Shared<'a, F> {
     pub(crate) insert: &'a F,
     pub(crate) inserted: u64,
 }
 
+#[cfg(feature = "moka")]
 impl<V, F: Fn(String, CacheEntry<V>) + Sync> Fill<V> for Shared<'_, F> {
     type Local = Self;
     const NEEDS_HASH: bool = true;
@@ -107,6 +109,7 @@ impl<V, F: Fn(String, CacheEntry<V>) + Sync> Fill<V> for Shared<'_, F> {
     }
 }
 
+#[cfg(feature = "moka")]
 impl<V, F: Fn(String, CacheEntry<V>)> Local<V> for Shared<'_, F> {
     fn offer(
         &mut self,

@@ -44,6 +44,9 @@ pub(crate) enum Streamed<T> {
     Reframe,
     /// A syntax error inside the buffer: the file is broken right here.
     Syntax,
+    /// Parsed, but its bytes are not valid JSON text (see [`text_problem`]): the value,
+    /// to name it in the error, and the error.
+    Invalid(T, ScanError),
 }
 
 /// Whether `error` is `serde_json` refusing valid JSON it cannot hold: a number beyond
@@ -372,7 +375,8 @@ impl<R: Read> Scanner<R> {
                 Ok((value, length)) => {
                     let start = self.position;
                     if let Some((at, reason)) = text_problem(&self.buffer[start..start + length]) {
-                        return Err(self.error_at(start + at, reason, false));
+                        let error = self.error_at(start + at, reason, false);
+                        return Ok(Streamed::Invalid(value, error));
                     }
                     self.position += length;
                     return Ok(Streamed::Value(value));

@@ -15,7 +15,7 @@ use crate::{
     CacheEntry, SnapshotError,
     entry::{epoch_millis, from_epoch_millis},
     format::{Failure, Restoring, read_document},
-    insert::{Deliver, Fill, Inserter, Local, Shared, with_inserter},
+    insert::{Deliver, Fill, Inserter, Local, with_inserter},
     scan::{MAX_VALUE_BYTES, ScanError, Scanner},
 };
 
@@ -123,6 +123,7 @@ impl CachePersistence {
     /// into at once (`insert` takes `&self`, as a concurrent cache's does): the helper
     /// and this thread each insert the keys of one half of the hash space, so inserting
     /// costs each thread half (every key still goes to one thread, in file order).
+    #[cfg(feature = "moka")]
     pub(crate) fn restore_into_shared<V, F>(
         &self,
         insert: &F,
@@ -134,7 +135,7 @@ impl CachePersistence {
         let started = Instant::now();
         let result = self
             .restore_file(
-                |_| Shared {
+                |_| crate::insert::Shared {
                     insert,
                     inserted: 0,
                 },

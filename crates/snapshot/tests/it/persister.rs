@@ -334,3 +334,30 @@ async fn spawn_saving_saves_values_that_cannot_be_cloned() {
     assert_eq!(report.entries, 2);
     assert_eq!(persistence.restore::<u64>().unwrap().entries["j"].value, 8);
 }
+
+/// A value behind an `Arc`: the source copies pointers, not values.
+#[tokio::test(start_paused = true)]
+async fn a_source_of_arc_values_copies_pointers_not_values() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = CachePersistence::new(directory.path());
+    let big = Arc::new("x".repeat(1 << 16));
+    let cache = Arc::new(Mutex::new(HashMap::from([(
+        "k".to_string(),
+        CacheEntry::new(Arc::clone(&big)),
+    )])));
+    let source = Arc::clone(&cache);
+    let copies = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&copies);
+    let watched = Arc::clone(&big);
+    let persister = Persister::spawn(persistence.clone(), Duration::from_secs(5), move || {
+        let copy = source.lock().unwrap().clone();
+        // Relaxed: read after the task's saves are awaited.
+        counted.store(Arc::strong_count(&watched) as u64, Ordering::Relaxed);
+        copy
+    });
+    within("shutdown", persister.shutdown()).await.unwrap();
+    // The test's two handles, the cache's, and the copy's: one string in memory.
+    assert_eq!(copies.load(Ordering::Relaxed), 4);
+    let restored = persistence.restore::<Arc<String>>().unwrap();
+    assert_eq!(restored.entries["k"].value, big);
+}

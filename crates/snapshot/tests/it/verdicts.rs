@@ -39,6 +39,12 @@ fn assert_corrupt(case: &str, bytes: &[u8]) {
     let (directory, result) = restore_bytes::<serde_json::Value>(bytes);
     match result {
         Err(error @ SnapshotError::Corrupt { .. }) => {
+            // Inside an entry whose key was read, the error names it.
+            if let SnapshotError::Corrupt { key: Some(key), .. } = &error {
+                assert_eq!(key, "a", "{case}");
+            } else if case.contains("entry-level") || case.contains("tags") {
+                panic!("{case}: the error does not name the key: {error}");
+            }
             assert!(error.quarantined_to().is_some(), "{case}: {error}");
             assert_eq!(corrupt_files(directory.path()), 1, "{case}");
         }
@@ -127,8 +133,8 @@ fn bytes_that_are_not_json_are_corrupt_wherever_they_sit() {
         );
         let (_directory, result) = restore_bytes::<Named>(&file);
         assert!(
-            matches!(result, Err(SnapshotError::Corrupt { .. })),
-            "{what} in a skipped part of a value: {result:?}"
+            matches!(&result, Err(SnapshotError::Corrupt { key: Some(key), .. }) if key == "a"),
+            "{what} in a skipped part of a value, naming the key: {result:?}"
         );
     }
 }
@@ -455,4 +461,87 @@ fn raw_values_round_trip_and_their_nesting_counts() {
         matches!(&error, SnapshotError::Unrepresentable { key, .. } if key == "deep"),
         "{error:?}"
     );
+}
+
+/// Hostile pieces spliced into a good file at random places.
+const SPLICES: [&[u8]; 12] = [
+    b"\xff",
+    b"\xe2\x82",
+    br"\ud800",
+    br"\udfff",
+    b"1e400",
+    b"\xef\xbb\xbf",
+    b"\"",
+    b",",
+    b"{",
+    b"]",
+    b"\x00",
+    br#","note":[1e400]"#,
+];
+
+/// Values for a spliced-in field, none of which `serde_json` reads as a `Value`.
+const FIELD_VALUES: [&[u8]; 5] = [
+    b"\"\xff\"",
+    br#""\ud800""#,
+    b"1e400",
+    b"[0, -1e400]",
+    br#"{"x": "\udc00"}"#,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever is spliced in, a restore never panics, and it is `Ok` only for a file that
+    /// is valid JSON (an independent parser agrees); a file left in place is one whose
+    /// bytes are JSON text (valid UTF-8).
+    #[test]
+    fn a_restore_is_ok_only_for_valid_json(
+        splice in 0..SPLICES.len(),
+        at in 0..10_000_usize,
+        seed_entries in 1..6_u32,
+        as_field in any::<bool>(),
+    ) {
+        let good: BTreeMap<String, CacheEntry<serde_json::Value>> = (0..seed_entries)
+            .map(|index| {
+                (
+                    format!("k{index}"),
+                    CacheEntry::new(serde_json::json!({"n": index, "s": "text", "f": 0.5}))
+                        .tagged(["t"]),
+                )
+            })
+            .collect();
+        let directory = tempfile::tempdir().unwrap();
+        let persistence = CachePersistence::new(directory.path());
+        persistence.save(&good).unwrap();
+        let mut bytes = fs::read(persistence.path()).unwrap();
+        if as_field {
+            // As a new field of any object: the file's, an entry's, or a value's.
+            let opens: Vec<usize> = (0..bytes.len()).filter(|&index| bytes[index] == b'{').collect();
+            let after = opens[at % opens.len()] + 1;
+            let mut field = br#""note":"#.to_vec();
+            field.extend_from_slice(FIELD_VALUES[splice % FIELD_VALUES.len()]);
+            field.push(b',');
+            bytes.splice(after..after, field);
+        } else {
+            let at = at % bytes.len();
+            bytes.splice(at..at, SPLICES[splice].iter().copied());
+        }
+        fs::write(persistence.path(), &bytes).unwrap();
+        match persistence.restore::<serde_json::Value>() {
+            Ok(_) => prop_assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "restored a file that is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+            Err(error) if error.quarantined_to().is_none() => {
+                prop_assert!(std::str::from_utf8(&bytes).is_ok(), "left in place: {error}");
+                prop_assert_eq!(fs::read(persistence.path()).unwrap(), bytes);
+            }
+            Err(error) => prop_assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+                    || matches!(error, SnapshotError::Corrupt { .. } | SnapshotError::UnsupportedVersion { .. }),
+                "{error}"
+            ),
+        }
+    }
 }
