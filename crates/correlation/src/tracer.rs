@@ -67,32 +67,39 @@ pub struct Tracer {
 }
 
 struct Inner {
+    /// The sink and its counters; `None` for [`Tracer::off`] with spans. Shared, so a tracer
+    /// with spans writes to the sink of the one it came from.
+    sink: Option<Arc<Sink>>,
+    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
+    spans: bool,
+}
+
+struct Sink {
     output: Output,
     /// Lines a sink refused. Relaxed: a statistic, it orders nothing else.
     write_failures: AtomicU64,
-    /// Whether each trace is also a `tracing` span ([`Tracer::with_spans`]).
-    spans: bool,
 }
 
 enum Output {
     Stderr,
     Writer(Mutex<Box<dyn Write + Send>>),
     Tracing,
-    /// No lines: [`Tracer::off`] with spans.
-    Nothing,
 }
 
 impl fmt::Debug for Tracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let output = match self.inner.as_deref().map(|inner| &inner.output) {
+        let output = match self.sink().map(|sink| &sink.output) {
             Some(Output::Stderr) => "stderr",
             Some(Output::Writer(_)) => "writer",
             Some(Output::Tracing) => "tracing",
-            Some(Output::Nothing) => "off (spans only)",
             None => "off",
         };
         f.debug_struct("Tracer")
             .field("output", &output)
+            .field(
+                "spans",
+                &self.inner.as_ref().is_some_and(|inner| inner.spans),
+            )
             .field("write_failures", &self.write_failures())
             .finish()
     }
@@ -299,11 +306,18 @@ impl Tracer {
     fn with_output(output: Output) -> Self {
         Self {
             inner: Some(Arc::new(Inner {
-                output,
-                write_failures: AtomicU64::new(0),
+                sink: Some(Arc::new(Sink {
+                    output,
+                    write_failures: AtomicU64::new(0),
+                })),
                 spans: false,
             })),
         }
+    }
+
+    /// The sink, when this tracer writes lines.
+    fn sink(&self) -> Option<&Sink> {
+        self.inner.as_deref()?.sink.as_deref()
     }
 
     /// This tracer, with every trace also a `tracing` span (target `correlation`, name
@@ -311,7 +325,8 @@ impl Tracer {
     /// there is one) and `operation`, entered around every poll of the trace (and around a
     /// sync trace), so span-based tools (`tracing-subscriber`'s span fields, tower-http's
     /// `TraceLayer`, `tracing-opentelemetry`) see the request. Without it, a trace creates
-    /// no span and pays nothing for them.
+    /// no span and pays nothing for them. The tracer keeps its sink and counters, shared with
+    /// the tracer it came from.
     ///
     /// ```
     /// let tracer = correlation::Tracer::off().with_spans();
@@ -320,35 +335,15 @@ impl Tracer {
     /// ```
     #[must_use]
     pub fn with_spans(self) -> Self {
-        let (output, write_failures) = match self.inner {
-            None => (Output::Nothing, 0),
-            Some(inner) => match Arc::try_unwrap(inner) {
-                Ok(inner) => (inner.output, inner.write_failures.into_inner()),
-                // Shared with clones: those keep their own (span-less) settings; this one
-                // writes to a sink of the same kind only when it could take it over.
-                Err(shared) => (
-                    match &shared.output {
-                        Output::Stderr => Output::Stderr,
-                        Output::Tracing => Output::Tracing,
-                        Output::Writer(_) | Output::Nothing => Output::Nothing,
-                    },
-                    0,
-                ),
-            },
-        };
+        let sink = self.inner.and_then(|inner| inner.sink.clone());
         Self {
-            inner: Some(Arc::new(Inner {
-                output,
-                write_failures: AtomicU64::new(write_failures),
-                spans: true,
-            })),
+            inner: Some(Arc::new(Inner { sink, spans: true })),
         }
     }
 
     /// The span a trace of `context` is, when this tracer makes spans.
     fn span_for(&self, context: &TraceContext) -> Option<tracing::Span> {
-        let inner = self.inner.as_deref()?;
-        if !inner.spans {
+        if !self.inner.as_deref()?.spans {
             return None;
         }
         let parent = context.parent_span_id.as_ref().map(tracing::field::display);
@@ -365,9 +360,7 @@ impl Tracer {
 
     /// Whether this tracer writes lines.
     fn writes_lines(&self) -> bool {
-        self.inner
-            .as_deref()
-            .is_some_and(|inner| !matches!(inner.output, Output::Nothing))
+        self.sink().is_some()
     }
 
     /// Whether this tracer does nothing per trace: no lines, no spans.
@@ -380,9 +373,8 @@ impl Tracer {
     /// subscriber and are not seen here). The traced work is never affected by a failing
     /// sink.
     pub fn write_failures(&self) -> u64 {
-        self.inner
-            .as_ref()
-            .map_or(0, |inner| inner.write_failures.load(Ordering::Relaxed))
+        self.sink()
+            .map_or(0, |sink| sink.write_failures.load(Ordering::Relaxed))
     }
 
     /// Runs `future` as a trace: a new correlation id, or the enclosing trace's id with this
@@ -506,7 +498,7 @@ impl Tracer {
     }
 
     fn emit(&self, context: &TraceContext, end: Option<&End<'_>>) {
-        let Some(inner) = self.inner.as_deref() else {
+        let Some(inner) = self.sink() else {
             return;
         };
         match &inner.output {
@@ -521,7 +513,6 @@ impl Tracer {
                 let written = catch_unwind(AssertUnwindSafe(|| writer.write_all(line)));
                 inner.count(matches!(written, Ok(Ok(()))));
             }),
-            Output::Nothing => {}
             Output::Tracing => {
                 // The subscriber's writer may panic too; as with a panicking `Write`, that is
                 // a failed write, not a reason to take the traced work (or, when the end
@@ -534,7 +525,7 @@ impl Tracer {
     }
 }
 
-impl Inner {
+impl Sink {
     fn count(&self, written: bool) {
         if !written {
             self.write_failures.fetch_add(1, Ordering::Relaxed);

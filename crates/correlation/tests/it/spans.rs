@@ -24,7 +24,9 @@ fn events_of<R>(f: impl FnOnce() -> R) -> (R, Vec<Value>) {
 #[test]
 fn each_trace_is_a_span_with_its_ids() {
     let lines = Capture::default();
-    let tracer = lines.tracer().with_spans();
+    let plain = lines.tracer();
+    // A clone with spans shares the sink (and the counters) with the plain one.
+    let tracer = plain.clone().with_spans();
     let ((outer, inner, sync), events) = events_of(|| {
         ready(tracer.start_trace("GET /orders", async {
             tracing::info!("in the request");
@@ -59,8 +61,10 @@ fn each_trace_is_a_span_with_its_ids() {
     );
     // The nested span is a child of the request's span for tracing too.
     assert_eq!(app[1]["spans"].as_array().unwrap().len(), 2);
-    // The lines are still written.
+    // The lines are still written, to the shared sink.
     assert_eq!(lines.lines().len(), 6);
+    ready(plain.start_trace("plain", async {}));
+    assert_eq!(lines.lines().len(), 8);
 }
 
 #[test]
