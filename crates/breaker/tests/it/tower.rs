@@ -361,3 +361,75 @@ fn an_upstream_retry_after_holds_the_breaker_open_up_to_the_cap() {
         assert_eq!(breaker.state(), State::Closed);
     }
 }
+
+/// Sends `GET /` over HTTP/1.1 to `address` and returns the whole response as text.
+#[cfg(feature = "http")]
+async fn get(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.to_ascii_lowercase()
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_real_axum_server_answers_503_with_the_upstream_retry_after() {
+    use axum::{Router, body::Body, extract::State as AxumState, routing::get as route};
+    use breaker::{HttpStatus, rejection_response};
+    use http::Response;
+    use tower::util::BoxCloneSyncService;
+
+    type Upstream = BoxCloneSyncService<(), Response<Body>, BreakerError<Infallible>>;
+
+    async fn handler(AxumState(mut upstream): AxumState<Upstream>) -> Response<Body> {
+        match upstream.ready().await.unwrap().call(()).await {
+            Ok(response) => response,
+            Err(error) => rejection_response(&error.rejected().expect("a rejection")),
+        }
+    }
+
+    let breaker = CircuitBreaker::builder("axum")
+        .policy(Policy::consecutive_failures(1))
+        .build()
+        .unwrap();
+    // The upstream is overloaded and says when to come back.
+    let client = service_fn(|(): ()| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(503)
+                .header("retry-after", "120")
+                .body(Body::empty())
+                .unwrap(),
+        )
+    });
+    let upstream: Upstream = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(BreakerLayer::new(breaker.clone()).classifier(HttpStatus::new()))
+            .service(client),
+    );
+    let app = Router::new()
+        .route("/", route(handler))
+        .with_state(upstream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let first = get(address).await;
+    assert!(first.starts_with("http/1.1 503"), "{first}");
+    assert_eq!(breaker.state(), State::Open);
+    let second = get(address).await;
+    assert!(second.starts_with("http/1.1 503"), "{second}");
+    // The rejection's Retry-After is the upstream's 120 s, rounded up; the default clock's
+    // coarse reading may make it a tick longer, so 121.
+    assert!(
+        second.contains("retry-after: 120\r\n") || second.contains("retry-after: 121\r\n"),
+        "the breaker did not honour the upstream's Retry-After: {second}"
+    );
+    server.abort();
+}
