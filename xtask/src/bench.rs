@@ -2,7 +2,8 @@
 //!
 //! # Protocol between a benchmark and this runner
 //!
-//! Each crate that has `benches/vs_peers.rs` (a `harness = false` target) is run with
+//! Each crate that has `benches/vs_peers.rs` (a `harness = false` target), and the
+//! `integration` package's `tests/benches/vs_peers.rs` (the demo's full stack), is run with
 //! `cargo bench -p <crate> --bench vs_peers` and measures its rows with
 //! `xtask::harness` (`xtask/src/harness.rs`), which reads these environment variables:
 //!
@@ -165,6 +166,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     println!("machine: {machine}");
 
     let mut crates = crates_with_file(&root, "benches/vs_peers.rs")?;
+    // The `integration` package (tests/) benchmarks the demo's whole stack.
+    if root.join("tests/benches/vs_peers.rs").is_file() {
+        crates.push("integration".to_string());
+    }
     if let Some(only) = &flags.only
         && crates.contains(only)
     {

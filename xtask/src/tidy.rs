@@ -220,7 +220,9 @@ fn every_benchmark_measures_through_the_harness() {
     // flip from run to run; `xtask::harness` interleaves the two round by round.
     let root = project_root();
     let mut offenders = Vec::new();
-    for krate in library_crates(&root) {
+    let mut packages = library_crates(&root);
+    packages.push(root.join("tests"));
+    for krate in packages {
         let bench = krate.join("benches/vs_peers.rs");
         let Ok(text) = fs::read_to_string(&bench) else {
             continue;
