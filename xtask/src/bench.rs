@@ -229,8 +229,73 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         fs::write(&docs_path, render_docs(&table, &machine, &crates, &rows))
             .map_err(|e| format!("cannot write {}: {e}", docs_path.display()))?;
         println!("wrote {}", docs_path.display());
+        write_readme_tables(&root, &crates, &rows, &machine)?;
     }
     Ok(())
+}
+
+/// Writes each crate's own rows between the markers in its README (the demo's full-stack
+/// rows into the root README).
+fn write_readme_tables(
+    root: &Path,
+    crates: &[String],
+    rows: &[Row],
+    machine: &Value,
+) -> Result<(), String> {
+    for krate in crates {
+        // The demo's full-stack rows belong to the root README, where the demo is.
+        let (folder, docs_link) = if krate == "integration" {
+            (root.to_path_buf(), "docs/benchmarks.md")
+        } else {
+            (root.join("crates").join(krate), "../../docs/benchmarks.md")
+        };
+        let readme = folder.join("README.md");
+        let Ok(text) = fs::read_to_string(&readme) else {
+            continue;
+        };
+        let own: Vec<Row> = rows
+            .iter()
+            .filter(|row| &row.krate == krate)
+            .cloned()
+            .collect();
+        if let Some(updated) =
+            replace_marked_table(&text, &render_readme_table(&own, machine, docs_link))
+        {
+            fs::write(&readme, updated)
+                .map_err(|e| format!("cannot write {}: {e}", readme.display()))?;
+            println!("wrote the benchmark table in {}", readme.display());
+        }
+    }
+    Ok(())
+}
+
+/// Where `--write-docs` writes a crate's own rows into its README.
+const TABLE_BEGIN: &str =
+    "<!-- bench-table:begin (written by `cargo xtask bench --write-docs`) -->";
+const TABLE_END: &str = "<!-- bench-table:end -->";
+
+/// Replaces what lies between the README's markers; `None` when it has none.
+fn replace_marked_table(text: &str, table: &str) -> Option<String> {
+    let start = text.find(TABLE_BEGIN)? + TABLE_BEGIN.len();
+    let end = start + text[start..].find(TABLE_END)?;
+    Some(format!("{}\n{table}{}", &text[..start], &text[end..]))
+}
+
+fn render_readme_table(rows: &[Row], machine: &Value, docs_link: &str) -> String {
+    let field = |key: &str| match &machine[key] {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "The latest full run of `cargo xtask bench --write-docs` ({}, {} cores, load average \
+         at the start {}; every row of every crate, and how to read them, in \
+         [`docs/benchmarks.md`]({docs_link})). Ratio = baseline / ours, the \
+         median of the interleaved rounds with the smallest and largest as spread.\n\n{}",
+        field("date"),
+        field("cores"),
+        field("load_average"),
+        render_table(rows)
+    )
 }
 
 /// Parses the benchmarks' JSON lines, rejecting a row that could not be a measurement.
@@ -331,11 +396,11 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
         let _ = writeln!(
             table,
             "| {} | {} | {} | {} | {} | {} | {:.2}× | {:.2}–{:.2} | {} | {} |",
-            row.krate,
-            row.bench,
-            row.unit,
+            cell(&row.krate),
+            cell(&row.bench),
+            cell(&row.unit),
             significant(row.ours),
-            row.baseline,
+            cell(&row.baseline),
             significant(row.baseline_value),
             row.ratio,
             row.min_ratio,
@@ -345,6 +410,11 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
         );
     }
     table
+}
+
+/// A table cell: a `|` in a name (`FmtSpan::NEW|CLOSE`) would end the cell early.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
 }
 
 /// Three significant digits, the precision a noisy machine supports.
@@ -599,6 +669,26 @@ mod tests {
         assert_eq!(significant(0.5), "0.5");
         assert_eq!(significant(3.5), "3.5");
         assert_eq!(significant(20.0), "20");
+    }
+
+    #[test]
+    fn a_bar_in_a_name_does_not_split_its_cell() {
+        let piped = FAKE_ROWS.replace("failsafe 1.3", "NEW|CLOSE");
+        let table = render_table(&parse_rows(&piped).unwrap());
+        let line = table.lines().nth(2).unwrap();
+        assert!(line.contains("NEW\\|CLOSE"), "{line}");
+        assert_eq!(line.matches(" | ").count(), 9, "ten cells: {line}");
+    }
+
+    #[test]
+    fn write_docs_replaces_only_what_lies_between_the_markers() {
+        let readme = format!("# x\n\nintro\n{TABLE_BEGIN}\nold table\n{TABLE_END}\n\nafter\n");
+        let updated = replace_marked_table(&readme, "new table\n").unwrap();
+        assert_eq!(
+            updated,
+            format!("# x\n\nintro\n{TABLE_BEGIN}\nnew table\n{TABLE_END}\n\nafter\n")
+        );
+        assert!(replace_marked_table("no markers", "t").is_none());
     }
 
     #[test]
