@@ -157,7 +157,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let rows_path = out_dir.join("rows.jsonl");
     let _ = fs::remove_file(&rows_path);
 
-    let machine = machine();
+    let fixed_layout = Command::new("setarch")
+        .args([std::env::consts::ARCH, "--addr-no-randomize", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !fixed_layout {
+        println!("note: `setarch --addr-no-randomize` is not available; layouts vary per run");
+    }
+    let mut machine = machine();
+    machine["address_randomization"] = json!(if fixed_layout { "off" } else { "on" });
     let machine_path = out_dir.join("machine.json");
     let machine_text =
         serde_json::to_string_pretty(&machine).expect("a JSON value always serializes");
@@ -177,12 +185,27 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     for krate in &crates {
         let args = ["bench", "-p", krate, "--bench", "vs_peers", "--locked"];
-        let mut command = Command::new("cargo");
+        // Without address-space randomization, every run lays the benchmark out in memory
+        // the same way: which hot words alias (4 KiB apart, or on one cache line) no longer
+        // changes from run to run, and with it nanosecond rows that moved by half.
+        let mut command = if fixed_layout {
+            let mut command = Command::new("setarch");
+            command.args([std::env::consts::ARCH, "--addr-no-randomize", "cargo"]);
+            command
+        } else {
+            Command::new("cargo")
+        };
         command
             .args(args)
             .current_dir(&root)
             .env("BENCH_REPORT", &rows_path);
         let mut shown = Vec::new();
+        if fixed_layout {
+            shown.push(format!(
+                "setarch {} --addr-no-randomize",
+                std::env::consts::ARCH
+            ));
+        }
         if flags.quick {
             command.env("BENCH_QUICK", "1");
             shown.push("BENCH_QUICK=1".to_string());
@@ -509,7 +532,8 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          - date: {date}\n\
          - machine: {cpu}, {cores} cores, {memory} GiB memory, clock source `{clock}`, \
            load average at the start {load}\n\
-         - kernel: {kernel}; toolchain: {rustc}\n\
+         - kernel: {kernel}; toolchain: {rustc}; address-space randomization for the \
+           benchmarks: {aslr}\n\
          - crates measured: {crates}; {pinned}; {timing}\n\n\
          ## How to read it\n\n\
          Every row is measured in rounds: each round times a batch of ours and a batch of the \
@@ -535,6 +559,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
         load = field("load_average"),
         kernel = field("kernel"),
         rustc = field("rustc"),
+        aslr = field("address_randomization"),
         crates = crates.join(", "),
     )
 }
