@@ -27,7 +27,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use breaker::{CircuitBreaker, Policy};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -35,7 +34,8 @@ use integration::{
     service::{self, AppState, Cache, LoadProgress},
     upstream::{self, Item, Shape},
 };
-use snapshot::{CacheEntry, CachePersistence, Persister, moka::ExpiresAt};
+use keel_breaker::{CircuitBreaker, Policy};
+use keel_snapshot::{CacheEntry, CachePersistence, Persister, moka::ExpiresAt};
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 use tracing_subscriber::prelude::*;
 use xtask::harness::{Harness, Row};
@@ -86,7 +86,7 @@ async fn ours(upstream: SocketAddr, state_dir: &std::path::Path) -> (SocketAddr,
         prometheus: service::prometheus(),
         started: tokio::time::Instant::now(),
     };
-    let tracer = correlation::Tracer::writer(std::io::sink());
+    let tracer = keel_correlation::Tracer::writer(std::io::sink());
     (serve(service::router(state, tracer)).await, persister)
 }
 
@@ -181,7 +181,7 @@ fn main() {
     let requests = if quick { 800 } else { 4000 };
     // Every `tracing` event goes through the JSON layer, into a discarding sink.
     tracing_subscriber::registry()
-        .with(correlation::json_layer().with_writer(std::io::sink))
+        .with(keel_correlation::json_layer().with_writer(std::io::sink))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -66,7 +66,7 @@ pub fn main() -> ExitCode {
     // INFO and above: the dependencies' (hyper's) debug and trace events are noise here.
     tracing_subscriber::registry()
         .with(
-            correlation::json_layer()
+            keel_correlation::json_layer()
                 .with_writer(std::io::stderr)
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
     let serve = config.serve;
     let run = demo::run(
         config,
-        correlation::Tracer::stderr(),
+        keel_correlation::Tracer::stderr(),
         signal(),
         move |ready| {
             announce(ready, serve);

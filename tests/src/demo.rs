@@ -21,11 +21,11 @@ use std::{
 };
 
 use axum::body::Body;
-use breaker::{Backoff, CircuitBreaker, Policy, State};
-use correlation::Tracer;
 use http::{Request, Response};
 use hyper_util::{client::legacy::Client as HyperClient, rt::TokioExecutor};
-use snapshot::{
+use keel_breaker::{Backoff, CircuitBreaker, Policy, State};
+use keel_correlation::Tracer;
+use keel_snapshot::{
     CachePersistence, Changes, Persister, RestoreReport, SnapshotError, moka::ExpiresAt,
 };
 use tokio::time::Instant;
@@ -209,7 +209,7 @@ struct TokioClock {
     origin: Instant,
 }
 
-impl breaker::Clock for TokioClock {
+impl keel_breaker::Clock for TokioClock {
     fn now_nanos(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -278,7 +278,7 @@ pub struct Summary {
     /// The snapshot file.
     pub snapshot_path: PathBuf,
     /// The final save: entries, bytes, time taken.
-    pub final_save: snapshot::SaveReport,
+    pub final_save: keel_snapshot::SaveReport,
     /// Whether a signal (or the caller's shutdown future) ended the run.
     pub interrupted: bool,
     /// How long the run lasted.
@@ -371,7 +371,7 @@ impl fmt::Display for Summary {
 #[derive(Debug)]
 pub enum DemoError {
     /// The breaker rejected its configuration.
-    Breaker(breaker::ConfigError),
+    Breaker(keel_breaker::ConfigError),
     /// The final snapshot could not be written.
     Snapshot(SnapshotError),
     /// A listening socket could not be opened on 127.0.0.1.
@@ -415,7 +415,7 @@ async fn listen() -> Result<tokio::net::TcpListener, DemoError> {
 }
 
 fn record_save(
-    result: &Result<snapshot::SaveReport, SnapshotError>,
+    result: &Result<keel_snapshot::SaveReport, SnapshotError>,
     last_save: &Mutex<Option<LastSave>>,
 ) {
     match result {

@@ -4,10 +4,10 @@
 //!
 //! The wiring, outermost first:
 //!
-//! - server side, `correlation::tower::ServerLayer`: each request runs inside a trace
+//! - server side, `keel_correlation::tower::ServerLayer`: each request runs inside a trace
 //!   continued from its `traceparent` / `x-correlation-id` / `x-request-id`, or a new one;
-//! - client side, [`upstream_client`]: `breaker::BreakerLayer` with `breaker::HttpStatus`
-//!   (5xx, 429 and transport errors are failures; an upstream `Retry-After` is honoured) → `correlation::tower::ClientLayer` (one span and one
+//! - client side, [`upstream_client`]: `keel_breaker::BreakerLayer` with `keel_breaker::HttpStatus`
+//!   (5xx, 429 and transport errors are failures; an upstream `Retry-After` is honoured) → `keel_correlation::tower::ClientLayer` (one span and one
 //!   `traceparent` per call) → `tower::timeout` → the HTTP client.
 
 use std::{
@@ -23,16 +23,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use breaker::{BreakerError, BreakerLayer, CircuitBreaker, HttpStatus};
-use correlation::{
+use http::Request;
+use http_body_util::BodyExt;
+use keel_breaker::{BreakerError, BreakerLayer, CircuitBreaker, HttpStatus};
+use keel_correlation::{
     Tracer,
     tower::{ClientLayer, ServerLayer},
 };
-use http::Request;
-use http_body_util::BodyExt;
+use keel_snapshot::{CacheEntry, SaveReport};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use snapshot::{CacheEntry, SaveReport};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
@@ -42,7 +42,7 @@ use crate::upstream::Item;
 pub type BoxError = tower::BoxError;
 
 /// The service's cache: moka, each entry expiring at its own wall-clock time
-/// (`snapshot::moka::ExpiresAt`), saved and restored by the `snapshot` crate.
+/// (`keel_snapshot::moka::ExpiresAt`), saved and restored by the `snapshot` crate.
 pub type Cache = moka::sync::Cache<String, CacheEntry<Item>>;
 
 /// The upstream client as the handlers see it: the whole client-side stack, boxed.
@@ -240,7 +240,7 @@ async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Respons
                 Ok(body) => {
                     let bytes = body.to_bytes();
                     if let Ok(item) = serde_json::from_slice::<Item>(&bytes) {
-                        let expires = snapshot::moka::epoch_millis_now().saturating_add(
+                        let expires = keel_snapshot::moka::epoch_millis_now().saturating_add(
                             u64::try_from(state.ttl.as_millis()).unwrap_or(u64::MAX),
                         );
                         state
@@ -271,7 +271,7 @@ async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Respons
             // `error.is_rejected()` held, so there is a rejection; the breaker's own 503
             // response carries its `Retry-After` (whole seconds, rounded up).
             let mut response = error.rejected().map_or_else(Response::default, |rejected| {
-                breaker::rejection_response::<Body>(&rejected)
+                keel_breaker::rejection_response::<Body>(&rejected)
             });
             *response.body_mut() = Body::from(format!("{error}\n"));
             metrics::counter!("demo_requests_total", "answered" => "rejected").increment(1);
@@ -304,12 +304,12 @@ fn epoch_millis(time: SystemTime) -> u64 {
 }
 
 /// The state as `/health` writes it.
-fn state_name(state: breaker::State) -> &'static str {
+fn state_name(state: keel_breaker::State) -> &'static str {
     match state {
-        breaker::State::Closed => "closed",
-        breaker::State::Open => "open",
-        breaker::State::HalfOpen => "half_open",
-        breaker::State::Isolated => "isolated",
+        keel_breaker::State::Closed => "closed",
+        keel_breaker::State::Open => "open",
+        keel_breaker::State::HalfOpen => "half_open",
+        keel_breaker::State::Isolated => "isolated",
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use breaker::State;
+use keel_breaker::State;
 
 use crate::{demo::Transition, service::Answered};
 

@@ -27,7 +27,7 @@ use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use serde_json::{Map, Value, json};
 
-use crate::{crates_with_file, project_root};
+use crate::{crates_with_file, package_name, project_root};
 
 /// One measured comparison, as written into `report.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +148,15 @@ fn parse_flags(args: &[String]) -> Result<Flags, String> {
     Ok(flags)
 }
 
+/// The package to `cargo bench -p`: a crate folder's package, or the `integration` package.
+fn bench_package(root: &std::path::Path, krate: &str) -> Result<String, String> {
+    if krate == "integration" {
+        Ok(krate.to_string())
+    } else {
+        package_name(root, krate)
+    }
+}
+
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let flags = parse_flags(args)?;
     let root = project_root();
@@ -184,7 +193,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         crates.retain(|krate| krate == only);
     }
     for krate in &crates {
-        let args = ["bench", "-p", krate, "--bench", "vs_peers", "--locked"];
+        let package = bench_package(&root, krate)?;
+        let args = ["bench", "-p", &package, "--bench", "vs_peers", "--locked"];
         // Without address-space randomization, every run lays the benchmark out in memory
         // the same way: which hot words alias (4 KiB apart, or on one cache line) no longer
         // changes from run to run, and with it nanosecond rows that moved by half.
@@ -225,7 +235,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("could not start cargo: {e}"))?;
         if !status.success() {
             return Err(format!(
-                "the `{krate}` benchmark failed; rerun `cargo bench -p {krate} --bench vs_peers` to see why"
+                "the `{krate}` benchmark failed; rerun `cargo bench -p {package} --bench vs_peers` to see why"
             ));
         }
     }

@@ -129,11 +129,11 @@ fn ci_steps(root: &Path) -> Result<Vec<Step>, String> {
                 "--locked",
                 "--no-default-features",
                 "-p",
-                "breaker",
+                "keel-breaker",
                 "-p",
-                "correlation",
+                "keel-correlation",
                 "-p",
-                "snapshot",
+                "keel-snapshot",
             ],
             "a library needs one of its optional features to compile: gate the code that uses it with `#[cfg(feature = \"...\")]`",
         )
@@ -149,7 +149,8 @@ fn ci_steps(root: &Path) -> Result<Vec<Step>, String> {
     // Model tests are discovered, so a crate that adds `tests/loom.rs` is checked without
     // editing this file. They build with `--cfg loom` in their own target directory so the
     // normal build cache is not invalidated by the changed RUSTFLAGS.
-    for krate in crates_with_file(root, "tests/loom.rs")? {
+    for folder in crates_with_file(root, "tests/loom.rs")? {
+        let krate = package_name(root, &folder)?;
         steps.push(
             Step {
                 name: "loom",
@@ -240,7 +241,20 @@ fn seconds(elapsed: Duration) -> String {
     format!("{:.1}s", elapsed.as_secs_f64())
 }
 
-/// Names of the crates under `crates/` that contain `relative` (sorted, so runs are repeatable).
+/// The package name of the crate in `crates/<folder>` (the folders keep short names; the
+/// packages carry the `keel-` prefix a registry needs), read from its manifest.
+fn package_name(root: &Path, folder: &str) -> Result<String, String> {
+    let manifest = root.join("crates").join(folder).join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|error| format!("cannot read {}: {error}", manifest.display()))?;
+    text.lines()
+        .skip_while(|line| line.trim() != "[package]")
+        .find_map(|line| line.strip_prefix("name = \"")?.strip_suffix('"'))
+        .map(ToString::to_string)
+        .ok_or_else(|| format!("{} has no `name` under `[package]`", manifest.display()))
+}
+
+/// Names of the folders under `crates/` that contain `relative` (sorted, so runs are repeatable).
 fn crates_with_file(root: &Path, relative: &str) -> Result<Vec<String>, String> {
     let crates_dir = root.join("crates");
     let entries = std::fs::read_dir(&crates_dir)

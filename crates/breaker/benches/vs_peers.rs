@@ -1,4 +1,4 @@
-//! `cargo bench -p breaker --bench vs_peers`: our breaker side by side with failsafe 1.3,
+//! `cargo bench -p keel-breaker --bench vs_peers`: our breaker side by side with failsafe 1.3,
 //! recloser 1.4 and the bare call, at 1 and 2 threads. Every row is measured by
 //! `xtask::harness`: ours and the baseline interleaved in rounds, the median ratio with its
 //! spread (see `xtask/src/bench.rs` for the report protocol; `BENCH_QUICK=1` shortens the
@@ -17,8 +17,8 @@ use std::{
     time::Duration,
 };
 
-use breaker::{BreakerService, CircuitBreaker, Policy};
 use failsafe::{CircuitBreaker as _, Config, backoff, failure_policy};
+use keel_breaker::{BreakerService, CircuitBreaker, Policy};
 use recloser::Recloser;
 use tower::{Service as _, service_fn};
 use xtask::harness::{Harness, Row};

@@ -2,13 +2,13 @@
 //! answers count as failures, an upstream `Retry-After` holds the breaker open, and a
 //! rejection becomes `503 Service Unavailable` with `Retry-After`.
 //!
-//! Compiled by `cargo test`; run with `cargo run -p breaker --example axum` (it serves on
+//! Compiled by `cargo test`; run with `cargo run -p keel-breaker --example axum` (it serves on
 //! 127.0.0.1 on a port the OS assigns, and prints it).
 
 use std::{convert::Infallible, sync::LazyLock, time::Duration};
 
 use axum::{Router, body::Body, extract::State, http::Response, routing::get};
-use breaker::{BreakerError, BreakerLayer, CircuitBreaker, HttpStatus, rejection_response};
+use keel_breaker::{BreakerError, BreakerLayer, CircuitBreaker, HttpStatus, rejection_response};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
 
 /// One breaker per dependency, shared by reference: no reference count per call.

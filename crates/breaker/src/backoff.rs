@@ -12,7 +12,7 @@ use crate::ConfigError;
 /// # Examples
 ///
 /// ```
-/// use breaker::Backoff;
+/// use keel_breaker::Backoff;
 /// use std::time::Duration;
 ///
 /// let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));

@@ -22,7 +22,7 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{BreakerError, CircuitBreaker, Policy, State};
+/// use keel_breaker::{BreakerError, CircuitBreaker, Policy, State};
 /// use std::time::Duration;
 ///
 /// let breaker = CircuitBreaker::builder("payments")
@@ -34,7 +34,7 @@ use crate::{
 /// }
 /// assert_eq!(breaker.state(), State::Open);
 /// assert!(matches!(breaker.call(|| Ok::<_, ()>(1)), Err(BreakerError::Open { .. })));
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreaker {
@@ -75,7 +75,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::CircuitBreaker;
+    /// use keel_breaker::CircuitBreaker;
     ///
     /// let breaker = CircuitBreaker::builder("cache").build()?;
     /// let permit = breaker.try_acquire()?;
@@ -121,7 +121,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::CircuitBreaker;
+    /// use keel_breaker::CircuitBreaker;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -149,7 +149,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, Outcome, State};
+    /// use keel_breaker::{CircuitBreaker, Outcome, State};
     ///
     /// let breaker = CircuitBreaker::builder("http").build()?;
     /// let by_status = breaker.classify(|result: &Result<u16, std::io::Error>| match result {
@@ -161,7 +161,7 @@ impl CircuitBreaker {
     ///     let _ = by_status.call(|| Ok(503));
     /// }
     /// assert_eq!(breaker.state(), State::Open);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn classify<C>(&self, classifier: C) -> Classified<'_, C> {
         Classified {
@@ -176,7 +176,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, State};
+    /// use keel_breaker::{CircuitBreaker, State};
     /// use std::io::{Error, ErrorKind};
     ///
     /// let breaker = CircuitBreaker::builder("files").build()?;
@@ -185,7 +185,7 @@ impl CircuitBreaker {
     ///     let _ = not_found_is_fine.call(|| Err::<(), _>(Error::from(ErrorKind::NotFound)));
     /// }
     /// assert_eq!(breaker.state(), State::Closed);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn failure_if<P>(&self, predicate: P) -> Classified<'_, ErrorPredicate<P>> {
         self.classify(ErrorPredicate(predicate))
@@ -201,7 +201,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, State};
+    /// use keel_breaker::{CircuitBreaker, State};
     ///
     /// let breaker = CircuitBreaker::builder("maintenance").build()?;
     /// let guard = breaker.isolate();
@@ -210,7 +210,7 @@ impl CircuitBreaker {
     /// assert_eq!(breaker.state(), State::Isolated);
     /// drop(second);
     /// assert_eq!(breaker.state(), State::Closed);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn isolate(&self) -> IsolationGuard {
         let (counted, change) = self.inner.isolate();
@@ -234,14 +234,14 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, State};
+    /// use keel_breaker::{CircuitBreaker, State};
     ///
     /// let breaker = CircuitBreaker::builder("api").build()?;
     /// breaker.trip();
     /// assert!(breaker.close());
     /// assert_eq!(breaker.state(), State::Closed);
     /// assert!(!breaker.close()); // already closed
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn close(&self) -> bool {
         self.inner.close()
@@ -254,12 +254,12 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, State};
+    /// use keel_breaker::{CircuitBreaker, State};
     ///
     /// let breaker = CircuitBreaker::builder("api").build()?;
     /// assert!(breaker.trip());
     /// assert_eq!(breaker.state(), State::Open);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn trip(&self) -> bool {
         self.inner.trip(None)
@@ -273,14 +273,14 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, Rejected};
+    /// use keel_breaker::{CircuitBreaker, Rejected};
     /// use std::time::Duration;
     ///
     /// let breaker = CircuitBreaker::builder("api").build()?;
     /// breaker.open_for(Duration::from_secs(300));
     /// let retry_after = breaker.try_acquire().unwrap_err().retry_after().unwrap();
     /// assert!(retry_after > Duration::from_secs(299));
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn open_for(&self, duration: Duration) -> bool {
         self.inner.trip(Some(duration))
@@ -293,7 +293,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, Policy};
+    /// use keel_breaker::{CircuitBreaker, Policy};
     ///
     /// let breaker = CircuitBreaker::builder("api")
     ///     .policy(Policy::count_window(10, 0.5, 4))
@@ -304,7 +304,7 @@ impl CircuitBreaker {
     /// assert_eq!(metrics.window_calls, 2);
     /// assert_eq!(metrics.window_failure_ratio, 0.5);
     /// assert!(!metrics.counting_calls);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn metrics(&self) -> Metrics {
         let inner = &self.inner;
@@ -356,7 +356,7 @@ impl CircuitBreaker {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{CircuitBreaker, ManualClock, Policy, State};
+    /// use keel_breaker::{CircuitBreaker, ManualClock, Policy, State};
     /// use std::time::Duration;
     ///
     /// let clock = ManualClock::new();
@@ -372,7 +372,7 @@ impl CircuitBreaker {
     ///
     /// let restored = CircuitBreaker::builder("a").initial_state(saved).build()?;
     /// assert_eq!(restored.state(), State::Open);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     pub fn saved_state(&self) -> SavedState {
         let inner = &self.inner;

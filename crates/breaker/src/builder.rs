@@ -38,7 +38,7 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{Backoff, CircuitBreaker, Policy};
+/// use keel_breaker::{Backoff, CircuitBreaker, Policy};
 /// use std::time::Duration;
 ///
 /// let breaker = CircuitBreaker::builder("search")
@@ -49,7 +49,7 @@ use crate::{
 ///     .on_rejected(|rejected| eprintln!("rejected: {rejected}"))
 ///     .build()?;
 /// # let _ = breaker;
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 pub struct Builder {
     pub(crate) name: Box<str>,
@@ -404,12 +404,12 @@ fn positive(setting: &'static str, value: Option<Duration>) -> Result<(), Config
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, SavedState, State};
+/// use keel_breaker::{CircuitBreaker, SavedState, State};
 ///
 /// let breaker = CircuitBreaker::builder("a").build()?;
 /// let saved: SavedState = breaker.saved_state();
 /// assert_eq!(saved.state, State::Closed);
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

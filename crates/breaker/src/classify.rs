@@ -6,7 +6,7 @@
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, Outcome};
+/// use keel_breaker::{CircuitBreaker, Outcome};
 ///
 /// let breaker = CircuitBreaker::builder("api").build()?;
 /// let permit = breaker.try_acquire()?;
@@ -35,7 +35,7 @@ pub enum Outcome {
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, Classify, Outcome, State};
+/// use keel_breaker::{CircuitBreaker, Classify, Outcome, State};
 ///
 /// struct Response { status: u16 }
 ///
@@ -53,7 +53,7 @@ pub enum Outcome {
 ///     let _ = classified.call(|| Ok(Response { status: 500 }));
 /// }
 /// assert_eq!(breaker.state(), State::Open);
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 pub trait Classify<T, E> {
     /// The outcome of `result`.
@@ -89,7 +89,7 @@ where
 /// # Examples
 ///
 /// ```
-/// use breaker::{AllErrors, ClassifyRef, Classify, Outcome};
+/// use keel_breaker::{AllErrors, ClassifyRef, Classify, Outcome};
 ///
 /// assert_eq!(ClassifyRef(&AllErrors).classify(&Ok::<_, ()>(1)), Outcome::Success);
 /// ```
@@ -120,7 +120,7 @@ impl<T, E, C: Classify<T, E> + ?Sized> Classify<T, E> for ClassifyRef<'_, C> {
 /// # Examples
 ///
 /// ```
-/// use breaker::{AllErrors, Classify, Outcome};
+/// use keel_breaker::{AllErrors, Classify, Outcome};
 ///
 /// assert_eq!(AllErrors.classify(&Err::<(), _>("down")), Outcome::Failure);
 /// assert_eq!(AllErrors.classify(&Ok::<_, ()>(1)), Outcome::Success);
@@ -145,7 +145,7 @@ impl<T, E> Classify<T, E> for AllErrors {
 /// # Examples
 ///
 /// ```
-/// use breaker::{Classify, ErrorPredicate, Outcome};
+/// use keel_breaker::{Classify, ErrorPredicate, Outcome};
 ///
 /// let timeouts = ErrorPredicate(|error: &&str| *error == "timeout");
 /// assert_eq!(timeouts.classify(&Err::<(), _>("timeout")), Outcome::Failure);

@@ -18,7 +18,7 @@ use crate::sync::{Arc, AtomicU64, Ordering};
 /// # Examples
 ///
 /// ```
-/// use breaker::{Clock, ManualClock};
+/// use keel_breaker::{Clock, ManualClock};
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::new();
@@ -56,7 +56,7 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 /// # Examples
 ///
 /// ```
-/// use breaker::{Clock, MonotonicClock};
+/// use keel_breaker::{Clock, MonotonicClock};
 ///
 /// let clock = MonotonicClock::new();
 /// let first = clock.now_nanos();
@@ -161,7 +161,7 @@ impl Clock for MonotonicClock {
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, ManualClock, Policy, State};
+/// use keel_breaker::{CircuitBreaker, ManualClock, Policy, State};
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::new();
@@ -174,7 +174,7 @@ impl Clock for MonotonicClock {
 /// assert_eq!(breaker.state(), State::Open);
 /// clock.advance(Duration::from_secs(10));
 /// assert!(breaker.try_acquire().is_ok()); // the probe
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {

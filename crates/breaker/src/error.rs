@@ -10,14 +10,14 @@ use std::{error::Error, fmt, time::Duration};
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, RejectReason};
+/// use keel_breaker::{CircuitBreaker, RejectReason};
 ///
 /// let breaker = CircuitBreaker::builder("api").build()?;
 /// breaker.trip();
 /// let rejected = breaker.try_acquire().unwrap_err();
 /// assert_eq!(rejected.reason(), RejectReason::Open);
 /// assert!(rejected.retry_after() > Some(std::time::Duration::from_secs(29)));
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
@@ -58,7 +58,7 @@ impl RejectReason {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(breaker::RejectReason::HalfOpenFull.as_str(), "half_open_full");
+    /// assert_eq!(keel_breaker::RejectReason::HalfOpenFull.as_str(), "half_open_full");
     /// ```
     pub fn as_str(self) -> &'static str {
         match self {
@@ -122,12 +122,12 @@ impl Error for Rejected {}
 /// # Examples
 ///
 /// ```
-/// use breaker::{BreakerError, CircuitBreaker};
+/// use keel_breaker::{BreakerError, CircuitBreaker};
 ///
 /// let breaker = CircuitBreaker::builder("db").build()?;
 /// let result = breaker.call(|| Err::<(), _>("timeout"));
 /// assert!(matches!(result, Err(BreakerError::Inner("timeout"))));
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerError<E> {

@@ -24,7 +24,7 @@ use crate::{Classify, Outcome, Rejected};
 /// # Examples
 ///
 /// ```
-/// use breaker::{Classify, HttpStatus, Outcome};
+/// use keel_breaker::{Classify, HttpStatus, Outcome};
 /// use http::{Response, StatusCode};
 ///
 /// let response = |status: StatusCode| {
@@ -65,7 +65,7 @@ impl HttpStatus {
     /// # Examples
     ///
     /// ```
-    /// use breaker::HttpStatus;
+    /// use keel_breaker::HttpStatus;
     /// use std::time::Duration;
     ///
     /// let classifier = HttpStatus::new().retry_after_cap(Duration::from_secs(60));
@@ -174,7 +174,7 @@ fn is_failure(status: StatusCode) -> bool {
 /// # Examples
 ///
 /// ```
-/// use breaker::{Rejected, rejection_response};
+/// use keel_breaker::{Rejected, rejection_response};
 /// use std::time::Duration;
 ///
 /// let rejected = Rejected::Open {

@@ -12,14 +12,14 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, State};
+/// use keel_breaker::{CircuitBreaker, State};
 ///
 /// let breaker = CircuitBreaker::builder("maintenance").build()?;
 /// let guard = breaker.isolate();
 /// assert_eq!(breaker.state(), State::Isolated);
 /// drop(guard);
 /// assert_eq!(breaker.state(), State::Closed);
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug)]
 #[must_use = "the breaker is released as soon as the guard is dropped"]

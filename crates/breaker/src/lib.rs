@@ -15,7 +15,7 @@
 //! # Example
 //!
 //! ```
-//! use breaker::{BreakerError, CircuitBreaker, Policy};
+//! use keel_breaker::{BreakerError, CircuitBreaker, Policy};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")]

@@ -20,7 +20,7 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, State};
+/// use keel_breaker::{CircuitBreaker, State};
 ///
 /// let breaker = CircuitBreaker::builder("api").count_calls().build()?;
 /// let _ = breaker.call(|| Ok::<_, ()>(()));
@@ -28,7 +28,7 @@ use crate::{
 /// let metrics = breaker.metrics();
 /// assert_eq!(metrics.state, State::Closed);
 /// assert_eq!((metrics.admitted, metrics.successes, metrics.failures), (2, 1, 1));
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -72,14 +72,14 @@ pub struct Metrics {
 /// # Examples
 ///
 /// ```
-/// use breaker::CircuitBreaker;
+/// use keel_breaker::CircuitBreaker;
 ///
 /// let breaker = CircuitBreaker::builder("api").build()?;
 /// breaker.trip();
 /// breaker.close();
 /// let transitions = breaker.metrics().transitions;
 /// assert_eq!((transitions.to_open, transitions.to_closed, transitions.manual), (1, 1, 2));
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -22,7 +22,7 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{AllErrors, CircuitBreaker, Classify};
+/// use keel_breaker::{AllErrors, CircuitBreaker, Classify};
 ///
 /// let breaker = CircuitBreaker::builder("cache").build()?;
 /// let permit = breaker.try_acquire()?;
@@ -161,14 +161,14 @@ pin_project_lite::pin_project! {
     /// # Examples
     ///
     /// ```
-    /// use breaker::{AllErrors, CircuitBreaker, Execute};
+    /// use keel_breaker::{AllErrors, CircuitBreaker, Execute};
     /// use std::future::Ready;
     ///
     /// let breaker = CircuitBreaker::builder("api").build()?;
     /// let future: Execute<'_, _, Ready<Result<u8, ()>>, AllErrors> =
     ///     breaker.execute(|| std::future::ready(Ok(1)));
     /// # drop(future);
-    /// # Ok::<(), breaker::ConfigError>(())
+    /// # Ok::<(), keel_breaker::ConfigError>(())
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Execute<'a, F, Fut, C> {
@@ -248,13 +248,13 @@ where
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, Outcome};
+/// use keel_breaker::{CircuitBreaker, Outcome};
 ///
 /// let breaker = CircuitBreaker::builder("api").build()?;
 /// let lenient = breaker.classify(|_: &Result<(), &str>| Outcome::Ignored);
 /// let _ = lenient.call(|| Err("down"));
-/// assert_eq!(breaker.state(), breaker::State::Closed);
-/// # Ok::<(), breaker::ConfigError>(())
+/// assert_eq!(breaker.state(), keel_breaker::State::Closed);
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Classified<'a, C> {

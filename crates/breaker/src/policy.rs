@@ -25,14 +25,14 @@ use crate::{
 /// # Examples
 ///
 /// ```
-/// use breaker::{CircuitBreaker, Policy};
+/// use keel_breaker::{CircuitBreaker, Policy};
 /// use std::time::Duration;
 ///
 /// let breaker = CircuitBreaker::builder("search")
 ///     .policy(Policy::time_window(Duration::from_secs(10), 10, 0.5, 20))
 ///     .build()?;
 /// # let _ = breaker;
-/// # Ok::<(), breaker::ConfigError>(())
+/// # Ok::<(), keel_breaker::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {

@@ -26,7 +26,7 @@ use crate::{AllErrors, BreakerError, CircuitBreaker, Classify, Rejected, machine
 /// # Examples
 ///
 /// ```
-/// use breaker::{BreakerError, BreakerLayer, CircuitBreaker, Outcome};
+/// use keel_breaker::{BreakerError, BreakerLayer, CircuitBreaker, Outcome};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -103,7 +103,7 @@ impl<S, B: Clone, C: Clone> Layer<S> for BreakerLayer<B, C> {
 /// # Examples
 ///
 /// ```
-/// use breaker::{BreakerService, CircuitBreaker};
+/// use keel_breaker::{BreakerService, CircuitBreaker};
 /// use std::sync::LazyLock;
 /// use tower::{Service, ServiceExt, service_fn};
 ///

@@ -6,7 +6,7 @@
 
 use std::{alloc::System, time::Duration};
 
-use breaker::{CircuitBreaker, ManualClock, Policy, State};
+use keel_breaker::{CircuitBreaker, ManualClock, Policy, State};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -85,7 +85,7 @@ fn closed_success_and_open_rejection_do_not_allocate() {
 }
 
 fn closed_success_and_open_rejection_do_not_allocate_with(
-    configure: impl Fn(breaker::Builder) -> breaker::Builder,
+    configure: impl Fn(keel_breaker::Builder) -> keel_breaker::Builder,
 ) {
     let clock = ManualClock::new();
     let breaker = configure(
@@ -97,8 +97,8 @@ fn closed_success_and_open_rejection_do_not_allocate_with(
     .unwrap();
     let region = Region::new(GLOBAL);
     let classified = breaker.classify(|result: &Result<(), ()>| match result {
-        Ok(()) => breaker::Outcome::Success,
-        Err(()) => breaker::Outcome::Ignored,
+        Ok(()) => keel_breaker::Outcome::Success,
+        Err(()) => keel_breaker::Outcome::Ignored,
     });
     for _ in 0..1000 {
         let _ = breaker.call(|| Ok::<_, ()>(()));

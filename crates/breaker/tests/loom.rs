@@ -1,12 +1,12 @@
 //! loom models of the breaker's atomics: every interleaving (up to the preemption bound) of
 //! two or three threads racing a transition.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p breaker --test loom --release`.
+//! Run with `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p keel-breaker --test loom --release`.
 #![cfg(loom)]
 
 use std::time::Duration;
 
-use breaker::{CircuitBreaker, Event, ManualClock, Policy, State};
+use keel_breaker::{CircuitBreaker, Event, ManualClock, Policy, State};
 use loom::{
     sync::{Arc, Mutex},
     thread,

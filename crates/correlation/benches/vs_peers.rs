@@ -14,9 +14,9 @@ use std::{
 
 use std::{convert::Infallible, future::Ready, sync::Mutex};
 
-use correlation::{Tracer, tower::ServerLayer};
 use http_body_util::Empty;
 use hyper::body::Bytes;
+use keel_correlation::{Tracer, tower::ServerLayer};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer},
@@ -73,9 +73,9 @@ fn main() {
 
     // Reading the id inside a trace, against a bare task_local `try_with` of a UUID. The
     // scopes are entered once around the whole row, as a request's handler would be.
-    let context = Tracer::off().trace_sync("bench", correlation::current);
+    let context = Tracer::off().trace_sync("bench", keel_correlation::current);
     let id = Uuid::new_v4();
-    correlation::sync_scope(context, || {
+    keel_correlation::sync_scope(context, || {
         BARE.sync_scope(id, || {
             harness.nanos(
                 Row::new(
@@ -83,7 +83,7 @@ fn main() {
                     "bare tokio task_local try_with (Uuid copy)",
                 )
                 .goal(0.5),
-                |_| correlation::correlation_id(),
+                |_| keel_correlation::correlation_id(),
                 |_| BARE.try_with(|id| *id).ok(),
             );
         });

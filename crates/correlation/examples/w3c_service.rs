@@ -4,18 +4,18 @@
 //! outgoing call of the incoming request's trace.
 //!
 //! ```text
-//! cargo run -p correlation --example w3c_service --features http -- 5000      # Level 2
-//! W3C_LEVEL=1 cargo run -p correlation --example w3c_service --features http -- 5000
+//! cargo run -p keel-correlation --example w3c_service --features http -- 5000      # Level 2
+//! W3C_LEVEL=1 cargo run -p keel-correlation --example w3c_service --features http -- 5000
 //! SPEC_LEVEL=2 python test.py http://127.0.0.1:5000/test
 //! ```
 
 use std::convert::Infallible;
 
-use correlation::{Propagation, TraceContextLevel, Tracer};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use keel_correlation::{Propagation, TraceContextLevel, Tracer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,7 +60,7 @@ async fn handle(
     request: Request<hyper::body::Incoming>,
     propagation: Propagation,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let incoming = correlation::http::incoming(request.headers(), Some(&propagation));
+    let incoming = keel_correlation::http::incoming(request.headers(), Some(&propagation));
     let body = request
         .into_body()
         .collect()
@@ -73,7 +73,7 @@ async fn handle(
             for action in actions {
                 let url = action["url"].as_str().unwrap_or_default().to_owned();
                 let arguments = action["arguments"].to_string();
-                let _ = correlation::client_call("POST callback", |headers| {
+                let _ = keel_correlation::client_call("POST callback", |headers| {
                     post(&url, arguments, headers)
                 })
                 .await;

@@ -182,9 +182,9 @@ impl From<Arc<TraceContext>> for TraceScope {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let tracer = correlation::Tracer::off();
+/// let tracer = keel_correlation::Tracer::off();
 /// tracer.start_trace("checkout", async {
-///     let context = correlation::current().unwrap();
+///     let context = keel_correlation::current().unwrap();
 ///     assert_eq!(context.operation(), "checkout");
 ///     assert_eq!(context.parent_span_id(), None);
 /// }).await;
@@ -261,8 +261,8 @@ impl TraceContext {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let elapsed = correlation::Tracer::off()
-    ///     .start_trace("quiet", async { correlation::current().unwrap().elapsed() })
+    /// let elapsed = keel_correlation::Tracer::off()
+    ///     .start_trace("quiet", async { keel_correlation::current().unwrap().elapsed() })
     ///     .await;
     /// assert_eq!(elapsed, None);
     /// # }
@@ -307,8 +307,8 @@ impl TraceContext {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// correlation::Tracer::off().start_trace("call-inventory", async {
-    ///     let headers = correlation::current().unwrap().outgoing_headers();
+    /// keel_correlation::Tracer::off().start_trace("call-inventory", async {
+    ///     let headers = keel_correlation::current().unwrap().outgoing_headers();
     ///     assert_eq!(headers[0].0, "traceparent");
     ///     assert_eq!(headers.len(), 1);
     /// }).await;
@@ -352,9 +352,9 @@ impl TraceContext {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let incoming = correlation::Incoming::from_headers([("X-Request-Id", "req-9")]);
-    /// let back = correlation::Tracer::off()
-    ///     .continue_trace(incoming, "GET /", async { correlation::current().unwrap().response_headers() })
+    /// let incoming = keel_correlation::Incoming::from_headers([("X-Request-Id", "req-9")]);
+    /// let back = keel_correlation::Tracer::off()
+    ///     .continue_trace(incoming, "GET /", async { keel_correlation::current().unwrap().response_headers() })
     ///     .await;
     /// assert_eq!(back, vec![("x-request-id", "req-9".to_owned())]);
     /// # }
@@ -370,7 +370,7 @@ impl TraceContext {
 /// a reference count); never allocates.
 ///
 /// ```
-/// assert_eq!(correlation::correlation_id(), None);
+/// assert_eq!(keel_correlation::correlation_id(), None);
 /// ```
 #[inline]
 pub fn correlation_id() -> Option<CorrelationId> {
@@ -399,7 +399,7 @@ fn current_correlation_id() -> Option<CorrelationId> {
 /// The context of the running trace, or `None` outside one.
 ///
 /// ```
-/// assert!(correlation::current().is_none());
+/// assert!(keel_correlation::current().is_none());
 /// ```
 #[inline]
 pub fn current() -> Option<Arc<TraceContext>> {
@@ -412,7 +412,7 @@ pub fn current() -> Option<Arc<TraceContext>> {
 /// Calls `f` with the running trace's context without touching its reference count.
 ///
 /// ```
-/// let operation = correlation::with_current(|context| context.map(|c| c.operation().to_owned()));
+/// let operation = keel_correlation::with_current(|context| context.map(|c| c.operation().to_owned()));
 /// assert_eq!(operation, None);
 /// ```
 #[inline]
@@ -431,7 +431,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&TraceContext>) -> R) -> R {
 /// [`TraceContext::outgoing_headers`]); empty outside a trace.
 ///
 /// ```
-/// assert!(correlation::outgoing_headers().is_empty());
+/// assert!(keel_correlation::outgoing_headers().is_empty());
 /// ```
 pub fn outgoing_headers() -> Vec<(&'static str, String)> {
     with_current(|context| {
@@ -447,10 +447,10 @@ pub fn outgoing_headers() -> Vec<(&'static str, String)> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// correlation::Tracer::off().start_trace("batch", async {
-///     let context = correlation::current();
-///     let id = correlation::correlation_id();
-///     let seen = std::thread::spawn(move || correlation::sync_scope(context, correlation::correlation_id))
+/// keel_correlation::Tracer::off().start_trace("batch", async {
+///     let context = keel_correlation::current();
+///     let id = keel_correlation::correlation_id();
+///     let seen = std::thread::spawn(move || keel_correlation::sync_scope(context, keel_correlation::correlation_id))
 ///         .join()
 ///         .unwrap();
 ///     assert_eq!(seen, id);

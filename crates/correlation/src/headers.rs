@@ -24,7 +24,7 @@ use crate::{
 /// [`rejections`](Incoming::rejections).
 ///
 /// ```
-/// use correlation::{IdSource, Incoming};
+/// use keel_correlation::{IdSource, Incoming};
 ///
 /// let incoming = Incoming::from_headers([
 ///     ("X-Request-Id", "req-1"),
@@ -160,7 +160,7 @@ impl std::fmt::Display for RejectionReason {
     /// What was wrong, without the rejected value.
     ///
     /// ```
-    /// let incoming = correlation::Incoming::from_headers([("x-request-id", "a b")]);
+    /// let incoming = keel_correlation::Incoming::from_headers([("x-request-id", "a b")]);
     /// let reason = incoming.rejections()[0].reason;
     /// assert_eq!(reason.to_string(), "correlation id has a character outside [A-Za-z0-9-_.:+/=@] at byte 1");
     /// ```
@@ -370,7 +370,7 @@ impl Incoming {
     /// [`TraceContext::response_headers`](crate::TraceContext::response_headers).
     ///
     /// ```
-    /// let incoming = correlation::Incoming::from_headers([
+    /// let incoming = keel_correlation::Incoming::from_headers([
     ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     ///     ("x-request-id", "req-1"),
     /// ]);
@@ -410,7 +410,7 @@ impl Incoming {
     /// only the defined ones.
     ///
     /// ```
-    /// let incoming = correlation::Incoming::from_headers([
+    /// let incoming = keel_correlation::Incoming::from_headers([
     ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"),
     /// ]);
     /// assert_eq!(incoming.flags().bits(), 0xff);

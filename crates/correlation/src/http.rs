@@ -15,7 +15,7 @@
 //! #     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
 //! # }
 //! let output = Shared::default();
-//! let tracer = correlation::Tracer::writer(output.clone());
+//! let tracer = keel_correlation::Tracer::writer(output.clone());
 //! let response = tracer.start_trace("GET /orders", async {
 //!     http::Response::builder().status(503).body(()).unwrap()
 //! }).await;
@@ -76,8 +76,8 @@ impl<B> TraceOutcome for Response<B> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use correlation::http::Classified;
-/// use correlation::TraceOutcome as _;
+/// use keel_correlation::http::Classified;
+/// use keel_correlation::TraceOutcome as _;
 ///
 /// let not_found = http::Response::builder().status(404).body(()).unwrap();
 /// assert!(not_found.trace_error().is_none());
@@ -121,7 +121,7 @@ impl<B> TraceOutcome for Classified<B> {
 /// ```
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-/// let incoming = correlation::http::incoming(&headers, None);
+/// let incoming = keel_correlation::http::incoming(&headers, None);
 /// assert_eq!(incoming.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
 pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incoming {
@@ -148,7 +148,7 @@ pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incom
 ///
 /// ```
 /// let mut headers = http::HeaderMap::new();
-/// correlation::http::insert(&mut headers, vec![("x-request-id", "req-1".to_owned())]);
+/// keel_correlation::http::insert(&mut headers, vec![("x-request-id", "req-1".to_owned())]);
 /// assert_eq!(headers["x-request-id"], "req-1");
 /// ```
 pub fn insert(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {

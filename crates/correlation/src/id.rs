@@ -24,7 +24,7 @@ pub const MAX_CORRELATION_ID_LEN: usize = 128;
 /// allocates.
 ///
 /// ```
-/// use correlation::CorrelationId;
+/// use keel_correlation::CorrelationId;
 ///
 /// let id: CorrelationId = "req-42".parse().unwrap();
 /// assert_eq!(id.to_string(), "req-42");
@@ -91,7 +91,7 @@ impl CorrelationId {
     /// system call per id.
     ///
     /// ```
-    /// assert_ne!(correlation::CorrelationId::new(), correlation::CorrelationId::new());
+    /// assert_ne!(keel_correlation::CorrelationId::new(), keel_correlation::CorrelationId::new());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -106,7 +106,7 @@ impl CorrelationId {
     ///
     /// ```
     /// let uuid = uuid::Uuid::from_u128(7);
-    /// assert_eq!(correlation::CorrelationId::from_uuid(uuid).as_uuid(), Some(uuid));
+    /// assert_eq!(keel_correlation::CorrelationId::from_uuid(uuid).as_uuid(), Some(uuid));
     /// ```
     #[must_use]
     pub fn from_uuid(uuid: Uuid) -> Self {
@@ -116,7 +116,7 @@ impl CorrelationId {
     /// The UUID, when this id is one.
     ///
     /// ```
-    /// let id: correlation::CorrelationId = "order-7".parse().unwrap();
+    /// let id: keel_correlation::CorrelationId = "order-7".parse().unwrap();
     /// assert_eq!(id.as_uuid(), None);
     /// ```
     pub fn as_uuid(&self) -> Option<Uuid> {
@@ -133,7 +133,7 @@ impl CorrelationId {
     /// [`InvalidCorrelationId`] says what was wrong and where; the text is not kept.
     ///
     /// ```
-    /// use correlation::{CorrelationId, InvalidCorrelationId};
+    /// use keel_correlation::{CorrelationId, InvalidCorrelationId};
     ///
     /// assert_eq!(
     ///     CorrelationId::parse("a\nb"),
@@ -252,9 +252,9 @@ impl Serialize for CorrelationId {
 /// The W3C trace id: 16 bytes, never all zero.
 ///
 /// ```
-/// let id = correlation::TraceId::from_u128(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736).unwrap();
+/// let id = keel_correlation::TraceId::from_u128(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736).unwrap();
 /// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-/// assert!(correlation::TraceId::from_u128(0).is_none());
+/// assert!(keel_correlation::TraceId::from_u128(0).is_none());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TraceId(u128);
@@ -280,7 +280,7 @@ impl TraceId {
 /// The W3C span id (`parent-id` in `traceparent`): 8 bytes, never all zero.
 ///
 /// ```
-/// let id = correlation::SpanId::from_u64(0x00f0_67aa_0ba9_02b7).unwrap();
+/// let id = keel_correlation::SpanId::from_u64(0x00f0_67aa_0ba9_02b7).unwrap();
 /// assert_eq!(id.to_string(), "00f067aa0ba902b7");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -311,7 +311,7 @@ impl SpanId {
 /// [`flags`](crate::TraceContext::flags)) is [`TraceFlags::defined`].
 ///
 /// ```
-/// use correlation::TraceFlags;
+/// use keel_correlation::TraceFlags;
 ///
 /// assert!(TraceFlags::SAMPLED.is_sampled());
 /// assert_eq!(TraceFlags::new(0x09).to_string(), "09");
@@ -355,7 +355,7 @@ impl TraceFlags {
     /// alone for Level 1.
     ///
     /// ```
-    /// use correlation::{TraceContextLevel, TraceFlags};
+    /// use keel_correlation::{TraceContextLevel, TraceFlags};
     /// assert_eq!(TraceFlags::new(0xff).defined_at(TraceContextLevel::Level1), TraceFlags::SAMPLED);
     /// ```
     #[must_use]
@@ -369,7 +369,7 @@ impl TraceFlags {
     /// These flags with `other`'s bits set too.
     ///
     /// ```
-    /// use correlation::TraceFlags;
+    /// use keel_correlation::TraceFlags;
     /// assert_eq!(TraceFlags::SAMPLED.with(TraceFlags::RANDOM).bits(), 0x03);
     /// ```
     #[must_use]
@@ -380,7 +380,7 @@ impl TraceFlags {
     /// These flags with `other`'s bits cleared.
     ///
     /// ```
-    /// use correlation::TraceFlags;
+    /// use keel_correlation::TraceFlags;
     /// assert_eq!(TraceFlags::new(0x03).without(TraceFlags::SAMPLED), TraceFlags::RANDOM);
     /// ```
     #[must_use]

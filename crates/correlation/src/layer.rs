@@ -49,7 +49,7 @@ const IDS: [&str; 3] = ["correlation_id", "trace_id", "span_id"];
 /// use tracing_subscriber::prelude::*;
 ///
 /// let subscriber = tracing_subscriber::registry()
-///     .with(tracing_subscriber::fmt::layer().event_format(correlation::JsonFormat::new()));
+///     .with(tracing_subscriber::fmt::layer().event_format(keel_correlation::JsonFormat::new()));
 /// # drop(subscriber);
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
@@ -70,7 +70,7 @@ impl JsonFormat {
 /// ```
 /// use tracing_subscriber::prelude::*;
 ///
-/// let subscriber = tracing_subscriber::registry().with(correlation::json_layer());
+/// let subscriber = tracing_subscriber::registry().with(keel_correlation::json_layer());
 /// # drop(subscriber);
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing-subscriber")))]
@@ -243,7 +243,7 @@ where
 ///
 /// let subscriber = tracing_subscriber::fmt()
 ///     .json()
-///     .event_format(correlation::WithCorrelation::new(format().json().flatten_event(true)))
+///     .event_format(keel_correlation::WithCorrelation::new(format().json().flatten_event(true)))
 ///     .finish();
 /// # drop(subscriber);
 /// ```

@@ -14,9 +14,9 @@
 //!
 //! ```toml
 //! disallowed-methods = [
-//!     { path = "tokio::spawn", reason = "loses the trace context: use correlation::spawn" },
-//!     { path = "tokio::task::spawn", reason = "loses the trace context: use correlation::spawn" },
-//!     { path = "tokio::task::spawn_blocking", reason = "loses the trace context: use correlation::spawn_blocking" },
+//!     { path = "tokio::spawn", reason = "loses the trace context: use keel_correlation::spawn" },
+//!     { path = "tokio::task::spawn", reason = "loses the trace context: use keel_correlation::spawn" },
+//!     { path = "tokio::task::spawn_blocking", reason = "loses the trace context: use keel_correlation::spawn_blocking" },
 //!     { path = "tokio::runtime::Handle::spawn", reason = "loses the trace context: use .in_current_trace()" },
 //! ]
 //! ```
@@ -36,11 +36,11 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let tracer = correlation::Tracer::off(); // or `Tracer::stderr()`, `Tracer::writer(w)`
+//! let tracer = keel_correlation::Tracer::off(); // or `Tracer::stderr()`, `Tracer::writer(w)`
 //! let result: Result<u32, String> = tracer.start_trace("GET /orders", async {
-//!     let request_id = correlation::correlation_id().unwrap();
-//!     let nested = correlation::start_trace("load-order", async {
-//!         correlation::current().unwrap()
+//!     let request_id = keel_correlation::correlation_id().unwrap();
+//!     let nested = keel_correlation::start_trace("load-order", async {
+//!         keel_correlation::current().unwrap()
 //!     }).await;
 //!     assert_eq!(nested.correlation_id(), &request_id);
 //!     assert!(nested.parent_span_id().is_some());
@@ -67,14 +67,14 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let incoming = correlation::Incoming::from_headers([
+//! let incoming = keel_correlation::Incoming::from_headers([
 //!     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"),
 //!     ("x-request-id", "req-1"),
 //! ]);
 //! assert_eq!(incoming.response_headers(), vec![("x-request-id", "req-1".to_owned())]);
-//! correlation::Tracer::off().continue_trace(incoming, "GET /orders", async {
+//! keel_correlation::Tracer::off().continue_trace(incoming, "GET /orders", async {
 //!     let sent: Result<Vec<(&str, String)>, String> =
-//!         correlation::client_call("GET inventory", |headers| async move { Ok(headers) }).await;
+//!         keel_correlation::client_call("GET inventory", |headers| async move { Ok(headers) }).await;
 //!     let sent = sent.unwrap();
 //!     assert!(sent[0].1.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
 //!     assert!(sent[0].1.ends_with("-03")); // sampled, random: as received

@@ -34,14 +34,14 @@
 //!
 //! let exporter = InMemorySpanExporter::default();
 //! let provider = SdkTracerProvider::builder()
-//!     .with_id_generator(correlation::opentelemetry::TraceIds::default())
+//!     .with_id_generator(keel_correlation::opentelemetry::TraceIds::default())
 //!     .with_simple_exporter(exporter.clone())
 //!     .build();
 //! let subscriber = tracing_subscriber::registry()
 //!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("my-service")));
-//! let tracer = correlation::Tracer::off().with_spans();
+//! let tracer = keel_correlation::Tracer::off().with_spans();
 //! let context = tracing::subscriber::with_default(subscriber, || {
-//!     tracer.trace_sync("job", || correlation::current().unwrap())
+//!     tracer.trace_sync("job", || keel_correlation::current().unwrap())
 //! });
 //! let spans = exporter.get_finished_spans().unwrap();
 //! let exported = spans[0].span_context.clone();
@@ -65,7 +65,7 @@ use crate::TraceContext;
 ///
 /// ```
 /// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-///     .with_id_generator(correlation::opentelemetry::TraceIds::default())
+///     .with_id_generator(keel_correlation::opentelemetry::TraceIds::default())
 ///     .build();
 /// # drop(provider);
 /// ```

@@ -51,7 +51,7 @@ impl Sampling {
     /// The decision for a new trace with `trace_id`.
     ///
     /// ```
-    /// use correlation::{Sampling, TraceId};
+    /// use keel_correlation::{Sampling, TraceId};
     ///
     /// let trace_id = TraceId::from_u128(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736).unwrap();
     /// assert!(Sampling::Always.sampled(trace_id));
@@ -126,7 +126,7 @@ pub struct IdHeader {
 /// values), and add no `tracestate` entry.
 ///
 /// ```
-/// use correlation::{HeaderRule, IdHeader, Mode, Propagation, Sampling};
+/// use keel_correlation::{HeaderRule, IdHeader, Mode, Propagation, Sampling};
 ///
 /// let propagation = Propagation::new()
 ///     .mode(Mode::Restart) // a public edge: never trust the caller's trace
@@ -139,7 +139,7 @@ pub struct IdHeader {
 /// ]);
 /// assert_ne!(incoming.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// assert_eq!(incoming.response_headers(), vec![("x-request-id", "req-7".to_owned())]);
-/// # Ok::<(), correlation::TraceStateError>(())
+/// # Ok::<(), keel_correlation::TraceStateError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Propagation {

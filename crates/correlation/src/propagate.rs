@@ -39,11 +39,11 @@ impl<F: Future> Future for InTrace<F> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use correlation::TraceFutureExt as _;
+/// use keel_correlation::TraceFutureExt as _;
 ///
-/// correlation::Tracer::off().start_trace("request", async {
-///     let id = correlation::correlation_id();
-///     let carried = tokio::spawn(async { correlation::correlation_id() }.in_current_trace());
+/// keel_correlation::Tracer::off().start_trace("request", async {
+///     let id = keel_correlation::correlation_id();
+///     let carried = tokio::spawn(async { keel_correlation::correlation_id() }.in_current_trace());
 ///     assert_eq!(carried.await.unwrap(), id);
 /// }).await;
 /// # }
@@ -69,10 +69,10 @@ impl<F: Future> TraceFutureExt for F {}
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// correlation::Tracer::off().start_trace("request", async {
-///     let id = correlation::correlation_id();
-///     assert_eq!(correlation::spawn(async { correlation::correlation_id() }).await.unwrap(), id);
-///     assert_eq!(tokio::spawn(async { correlation::correlation_id() }).await.unwrap(), None);
+/// keel_correlation::Tracer::off().start_trace("request", async {
+///     let id = keel_correlation::correlation_id();
+///     assert_eq!(keel_correlation::spawn(async { keel_correlation::correlation_id() }).await.unwrap(), id);
+///     assert_eq!(tokio::spawn(async { keel_correlation::correlation_id() }).await.unwrap(), None);
 /// }).await;
 /// # }
 /// ```
@@ -89,9 +89,9 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// correlation::Tracer::off().start_trace("request", async {
-///     let id = correlation::correlation_id();
-///     let seen = correlation::spawn_blocking(correlation::correlation_id).await.unwrap();
+/// keel_correlation::Tracer::off().start_trace("request", async {
+///     let id = keel_correlation::correlation_id();
+///     let seen = keel_correlation::spawn_blocking(keel_correlation::correlation_id).await.unwrap();
 ///     assert_eq!(seen, id);
 /// }).await;
 /// # }
@@ -110,9 +110,9 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// correlation::Tracer::off().start_trace("request", async {
-///     let id = correlation::correlation_id();
-///     let seen = std::thread::spawn(correlation::bind(correlation::correlation_id)).join().unwrap();
+/// keel_correlation::Tracer::off().start_trace("request", async {
+///     let id = keel_correlation::correlation_id();
+///     let seen = std::thread::spawn(keel_correlation::bind(keel_correlation::correlation_id)).join().unwrap();
 ///     assert_eq!(seen, id);
 /// }).await;
 /// # }

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(correlation::reqwest::Middleware::new())
+//!     .with(keel_correlation::reqwest::Middleware::new())
 //!     .build();
 //! // Inside a trace, `client.get(url).send().await` is a child span of the trace, and the
 //! // request carries `traceparent` (its own parent-id), `tracestate` and the id headers.
@@ -67,7 +67,7 @@ impl Middleware {
     /// How a request's span is named.
     ///
     /// ```
-    /// let middleware = correlation::reqwest::Middleware::new()
+    /// let middleware = keel_correlation::reqwest::Middleware::new()
     ///     .operation(|request| format!("call {}", request.url().path()).into());
     /// # drop(middleware);
     /// ```

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use correlation::tower::{ClientLayer, ServerLayer};
+//! use keel_correlation::tower::{ClientLayer, ServerLayer};
 //! use tower_layer::Layer as _;
 //! use tower_service::Service as _;
 //!
@@ -18,12 +18,12 @@
 //!         std::task::Poll::Ready(Ok(()))
 //!     }
 //!     fn call(&mut self, request: http::Request<()>) -> Self::Future {
-//!         assert!(correlation::current().is_some()); // the request is a trace
+//!         assert!(keel_correlation::current().is_some()); // the request is a trace
 //!         std::future::ready(Ok(http::Response::new("hello")))
 //!     }
 //! }
 //!
-//! let mut service = ServerLayer::new().tracer(correlation::Tracer::off()).layer(Hello);
+//! let mut service = ServerLayer::new().tracer(keel_correlation::Tracer::off()).layer(Hello);
 //! let request = http::Request::get("/orders").header("x-request-id", "req-1").body(()).unwrap();
 //! let response = service.call(request).await.unwrap();
 //! assert_eq!(response.headers()["x-request-id"], "req-1"); // echoed back
@@ -74,7 +74,7 @@ impl<'a> RequestHead<'a> {
     ///
     /// ```
     /// let request = http::Request::get("/orders/7").body(()).unwrap();
-    /// let head = correlation::tower::RequestHead::of(&request);
+    /// let head = keel_correlation::tower::RequestHead::of(&request);
     /// assert_eq!(head.uri.path(), "/orders/7");
     /// ```
     pub fn of<B>(request: &'a Request<B>) -> Self {
@@ -157,7 +157,7 @@ impl ServerLayer {
     /// How a request's trace is named, from its head.
     ///
     /// ```
-    /// let layer = correlation::tower::ServerLayer::new()
+    /// let layer = keel_correlation::tower::ServerLayer::new()
     ///     .operation(|head| format!("{} {}", head.method, head.uri.path()).into());
     /// # drop(layer);
     /// ```

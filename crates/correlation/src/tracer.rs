@@ -51,7 +51,7 @@ use crate::{
 /// }
 ///
 /// let output = Shared::default();
-/// let tracer = correlation::Tracer::writer(output.clone());
+/// let tracer = keel_correlation::Tracer::writer(output.clone());
 /// let value = tracer.start_trace("answer", async { 42 }).await;
 /// assert_eq!(value, 42);
 /// let text = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();
@@ -163,7 +163,7 @@ impl fmt::Display for Outcome {
 ///
 /// ```
 /// struct Reply;
-/// impl correlation::TraceOutcome for Reply {}
+/// impl keel_correlation::TraceOutcome for Reply {}
 /// ```
 pub trait TraceOutcome {
     /// The error to report, or `None` for success.
@@ -265,7 +265,7 @@ static GLOBAL: OnceLock<Tracer> = OnceLock::new();
 ///
 /// ```
 /// // In `main`, before serving requests:
-/// let _ = correlation::set_global(correlation::Tracer::stderr());
+/// let _ = keel_correlation::set_global(keel_correlation::Tracer::stderr());
 /// ```
 ///
 /// # Errors
@@ -329,7 +329,7 @@ impl Tracer {
     /// the tracer it came from.
     ///
     /// ```
-    /// let tracer = correlation::Tracer::off().with_spans();
+    /// let tracer = keel_correlation::Tracer::off().with_spans();
     /// let name = tracer.trace_sync("job", || tracing::Span::current().metadata().map(|m| m.name()));
     /// # let _ = name; // `None` here: no subscriber is installed to record spans.
     /// ```
@@ -444,8 +444,8 @@ impl Tracer {
     /// and resumed.
     ///
     /// ```
-    /// let tracer = correlation::Tracer::off();
-    /// let id = tracer.trace_sync("resize", || correlation::correlation_id());
+    /// let tracer = keel_correlation::Tracer::off();
+    /// let id = tracer.trace_sync("resize", || keel_correlation::correlation_id());
     /// assert!(id.is_some());
     /// ```
     pub fn trace_sync<R: TraceOutcome>(
@@ -460,11 +460,11 @@ impl Tracer {
     /// for thread-per-request servers, no async runtime needed.
     ///
     /// ```
-    /// let incoming = correlation::Incoming::from_headers([
+    /// let incoming = keel_correlation::Incoming::from_headers([
     ///     ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     /// ]);
-    /// let trace_id = correlation::Tracer::off().continue_trace_sync(incoming, "GET /orders", || {
-    ///     correlation::current().unwrap().trace_id().to_string()
+    /// let trace_id = keel_correlation::Tracer::off().continue_trace_sync(incoming, "GET /orders", || {
+    ///     keel_correlation::current().unwrap().trace_id().to_string()
     /// });
     /// assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     /// ```
@@ -901,9 +901,9 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let result: Result<u32, String> = correlation::start_trace("load-user", async {
-///     assert!(correlation::correlation_id().is_some());
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let result: Result<u32, String> = keel_correlation::start_trace("load-user", async {
+///     assert!(keel_correlation::correlation_id().is_some());
 ///     Ok(7)
 /// }).await;
 /// assert_eq!(result, Ok(7));
@@ -924,9 +924,9 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let id: correlation::CorrelationId = "job-17".parse().unwrap();
-/// let seen = correlation::start_trace_with_id(id.clone(), "job", async { correlation::correlation_id() }).await;
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let id: keel_correlation::CorrelationId = "job-17".parse().unwrap();
+/// let seen = keel_correlation::start_trace_with_id(id.clone(), "job", async { keel_correlation::correlation_id() }).await;
 /// assert_eq!(seen, Some(id));
 /// # }
 /// ```
@@ -946,12 +946,12 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let incoming = correlation::Incoming::from_headers([
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let incoming = keel_correlation::Incoming::from_headers([
 ///     ("TraceParent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
 /// ]);
-/// let trace_id = correlation::continue_trace(incoming, "GET /orders", async {
-///     correlation::current().unwrap().trace_id().to_string()
+/// let trace_id = keel_correlation::continue_trace(incoming, "GET /orders", async {
+///     keel_correlation::current().unwrap().trace_id().to_string()
 /// }).await;
 /// assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 /// # }
@@ -971,8 +971,8 @@ where
 /// [`Tracer::trace_sync`] with the enclosing trace's tracer, or the [`global`] one.
 ///
 /// ```
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let n = correlation::trace_sync("count", || 3);
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let n = keel_correlation::trace_sync("count", || 3);
 /// assert_eq!(n, 3);
 /// ```
 pub fn trace_sync<R: TraceOutcome>(
@@ -985,9 +985,9 @@ pub fn trace_sync<R: TraceOutcome>(
 /// [`Tracer::continue_trace_sync`] with the enclosing trace's tracer, or the [`global`] one.
 ///
 /// ```
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let incoming = correlation::Incoming::from_headers([("x-request-id", "req-3")]);
-/// let id = correlation::continue_trace_sync(incoming, "GET /", correlation::correlation_id);
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let incoming = keel_correlation::Incoming::from_headers([("x-request-id", "req-3")]);
+/// let id = keel_correlation::continue_trace_sync(incoming, "GET /", keel_correlation::correlation_id);
 /// assert_eq!(id.unwrap().to_string(), "req-3");
 /// ```
 pub fn continue_trace_sync<R: TraceOutcome>(
@@ -1004,11 +1004,11 @@ pub fn continue_trace_sync<R: TraceOutcome>(
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// correlation::start_trace("GET /orders", async {
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// keel_correlation::start_trace("GET /orders", async {
 ///     let mut parents = Vec::new();
 ///     for _ in 0..3 {
-///         let traceparent: Result<String, String> = correlation::client_call("GET inventory", |headers| async move {
+///         let traceparent: Result<String, String> = keel_correlation::client_call("GET inventory", |headers| async move {
 ///             // e.g. `request.header(name, value)` for each, then `.send().await`
 ///             Ok(headers[0].1.clone())
 ///         }).await;
@@ -1038,9 +1038,9 @@ where
 /// headers.
 ///
 /// ```
-/// # let _ = correlation::set_global(correlation::Tracer::off());
-/// let parents: Vec<String> = correlation::trace_sync("job", || {
-///     (0..2).map(|_| correlation::client_call_sync("POST /hook", |headers| headers[0].1.clone())).collect()
+/// # let _ = keel_correlation::set_global(keel_correlation::Tracer::off());
+/// let parents: Vec<String> = keel_correlation::trace_sync("job", || {
+///     (0..2).map(|_| keel_correlation::client_call_sync("POST /hook", |headers| headers[0].1.clone())).collect()
 /// });
 /// assert_ne!(parents[0], parents[1]);
 /// ```

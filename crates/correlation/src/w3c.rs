@@ -49,7 +49,7 @@ const LONG_ENTRY: usize = 128;
 /// reserved bits to be sent as zero.
 ///
 /// ```
-/// use correlation::TraceParent;
+/// use keel_correlation::TraceParent;
 ///
 /// let parent: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?;
 /// assert!(parent.flags.is_sampled());
@@ -63,7 +63,7 @@ const LONG_ENTRY: usize = 128;
 /// let odd: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff".parse()?;
 /// assert_eq!(odd.flags.bits(), 0xff);
 /// assert_eq!(odd.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
-/// # Ok::<(), correlation::TraceParentError>(())
+/// # Ok::<(), keel_correlation::TraceParentError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceParent {
@@ -251,14 +251,14 @@ impl fmt::Display for TraceParent {
 /// entries are dropped and the rest of the header kept.
 ///
 /// ```
-/// use correlation::TraceState;
+/// use keel_correlation::TraceState;
 ///
 /// let state: TraceState = " rojo=00f067aa0ba902b7 ,, congo=t61rcWkgMzE,tenant@vendor=x".parse()?;
 /// assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
 /// assert_eq!(state.to_string(), "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,tenant@vendor=x");
 /// assert_eq!("rojo=1,congo=2,rojo=3".parse::<TraceState>()?.to_string(), "rojo=1,congo=2");
 /// assert!("@rojo=1".parse::<TraceState>().is_err());
-/// # Ok::<(), correlation::TraceStateError>(())
+/// # Ok::<(), keel_correlation::TraceStateError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TraceState {
@@ -330,7 +330,7 @@ impl TraceState {
     /// Parses one `tracestate` value by the rules of `level` (see [`TraceContextLevel`]).
     ///
     /// ```
-    /// use correlation::{TraceContextLevel, TraceState};
+    /// use keel_correlation::{TraceContextLevel, TraceState};
     ///
     /// assert!(TraceState::parse_level("foo@=1", TraceContextLevel::Level2).is_ok());
     /// assert!(TraceState::parse_level("foo@=1", TraceContextLevel::Level1).is_err());
@@ -406,10 +406,10 @@ impl TraceState {
     /// [`TraceStateError::BadKey`] or [`TraceStateError::BadValue`] (member 0).
     ///
     /// ```
-    /// let mut state: correlation::TraceState = "congo=1,rojo=2".parse()?;
+    /// let mut state: keel_correlation::TraceState = "congo=1,rojo=2".parse()?;
     /// state.insert("rojo", "3")?;
     /// assert_eq!(state.to_string(), "rojo=3,congo=1");
-    /// # Ok::<(), correlation::TraceStateError>(())
+    /// # Ok::<(), keel_correlation::TraceStateError>(())
     /// ```
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), TraceStateError> {
         if !is_valid_key(key) {
@@ -433,9 +433,9 @@ impl TraceState {
     /// The length of the combined header value (`key=value` entries joined by `,`).
     ///
     /// ```
-    /// let state: correlation::TraceState = "a=1, b=22".parse()?;
+    /// let state: keel_correlation::TraceState = "a=1, b=22".parse()?;
     /// assert_eq!(state.header_len(), "a=1,b=22".len());
-    /// # Ok::<(), correlation::TraceStateError>(())
+    /// # Ok::<(), keel_correlation::TraceStateError>(())
     /// ```
     pub fn header_len(&self) -> usize {
         let entries: usize = self.iter().map(|(key, value)| entry_len(key, value)).sum();
@@ -449,12 +449,12 @@ impl TraceState {
     ///
     /// ```
     /// let long = "v".repeat(200);
-    /// let mut state: correlation::TraceState = format!("a=1,big={long},b=2,c=3").parse()?;
+    /// let mut state: keel_correlation::TraceState = format!("a=1,big={long},b=2,c=3").parse()?;
     /// state.truncate(11);
     /// assert_eq!(state.to_string(), "a=1,b=2,c=3");
     /// state.truncate(8);
     /// assert_eq!(state.to_string(), "a=1,b=2");
-    /// # Ok::<(), correlation::TraceStateError>(())
+    /// # Ok::<(), keel_correlation::TraceStateError>(())
     /// ```
     pub fn truncate(&mut self, max_len: usize) {
         if self.header_len() <= max_len {

@@ -2,7 +2,7 @@
 //! bare `serde_json` floor and the original plan, and peak memory, each memory case in its
 //! own process.
 //!
-//! Run: `cargo bench -p snapshot --bench vs_peers` (1 000 000 entries, about 140 MB of
+//! Run: `cargo bench -p keel-snapshot --bench vs_peers` (1 000 000 entries, about 140 MB of
 //! JSON); `BENCH_QUICK=1` uses 50 000 entries. Every row is measured by `xtask::harness`:
 //! ours and the baseline alternately, round after round, the median ratio with its spread
 //! (see `xtask/src/bench.rs` for the report protocol). Files go to a temp dir under
@@ -22,8 +22,8 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use keel_snapshot::{CacheEntry, CachePersistence};
 use serde::{Deserialize, Serialize};
-use snapshot::{CacheEntry, CachePersistence};
 use xtask::harness::{Harness, Row, seconds};
 
 /// A realistic cached value: a small record with strings, numbers and a flag.
@@ -191,7 +191,7 @@ fn restore_value_floor(path: &Path) -> Vec<FloorValueEntry> {
 fn moka_cache() -> moka::sync::Cache<String, CacheEntry<Profile>> {
     moka::sync::Cache::builder()
         .expire_after(
-            snapshot::moka::ExpiresAt::new()
+            keel_snapshot::moka::ExpiresAt::new()
                 .with_clock(|| UNIX_EPOCH + Duration::from_millis(NOW_MILLIS)),
         )
         .build()

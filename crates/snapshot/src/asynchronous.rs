@@ -34,7 +34,7 @@ impl CachePersistence {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use snapshot::{CacheEntry, CachePersistence};
+    /// use keel_snapshot::{CacheEntry, CachePersistence};
     /// let dir = tempfile::tempdir()?;
     /// let persistence = CachePersistence::new(dir.path());
     /// let cache = vec![("a".to_string(), CacheEntry::new(1_u32))];
@@ -69,8 +69,8 @@ impl CachePersistence {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), snapshot::SnapshotError> {
-    /// let persistence = snapshot::CachePersistence::new("/nonexistent/dir");
+    /// # async fn main() -> Result<(), keel_snapshot::SnapshotError> {
+    /// let persistence = keel_snapshot::CachePersistence::new("/nonexistent/dir");
     /// assert!(persistence.restore_async::<String>().await?.entries.is_empty());
     /// # Ok(())
     /// # }
@@ -133,7 +133,7 @@ fn join<T>(
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::{sync::{Arc, Mutex}, collections::HashMap, time::Duration};
-/// use snapshot::{CacheEntry, CachePersistence, Persister};
+/// use keel_snapshot::{CacheEntry, CachePersistence, Persister};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let cache = Arc::new(Mutex::new(HashMap::new()));
@@ -161,7 +161,7 @@ pub struct Persister {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::{collections::HashMap, sync::{Arc, Mutex}, time::Duration};
-/// use snapshot::{CacheEntry, CachePersistence, Changes, Persister};
+/// use keel_snapshot::{CacheEntry, CachePersistence, Changes, Persister};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let persistence = CachePersistence::new(dir.path());
@@ -244,13 +244,13 @@ impl PersisterBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let changes = snapshot::Changes::new();
-    /// let persister = snapshot::Persister::builder(
-    ///     snapshot::CachePersistence::new(dir.path()),
+    /// let changes = keel_snapshot::Changes::new();
+    /// let persister = keel_snapshot::Persister::builder(
+    ///     keel_snapshot::CachePersistence::new(dir.path()),
     ///     std::time::Duration::from_secs(30),
     /// )
     /// .skip_unchanged(changes.clone())
-    /// .spawn(|| vec![("k", snapshot::CacheEntry::new(1))]);
+    /// .spawn(|| vec![("k", keel_snapshot::CacheEntry::new(1))]);
     /// # persister.shutdown().await.unwrap();
     /// # }
     /// ```
@@ -269,11 +269,11 @@ impl PersisterBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let persister = snapshot::Persister::builder(
-    ///     snapshot::CachePersistence::new(dir.path()),
+    /// let persister = keel_snapshot::Persister::builder(
+    ///     keel_snapshot::CachePersistence::new(dir.path()),
     ///     std::time::Duration::from_secs(30),
     /// )
-    /// .spawn(|| Vec::<(String, snapshot::CacheEntry<u8>)>::new());
+    /// .spawn(|| Vec::<(String, keel_snapshot::CacheEntry<u8>)>::new());
     /// # persister.shutdown().await.unwrap();
     /// # }
     /// ```
@@ -302,9 +302,9 @@ impl PersisterBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let cache = std::collections::BTreeMap::from([("k", snapshot::CacheEntry::new(1))]);
-    /// let persister = snapshot::Persister::builder(
-    ///     snapshot::CachePersistence::new(dir.path()),
+    /// let cache = std::collections::BTreeMap::from([("k", keel_snapshot::CacheEntry::new(1))]);
+    /// let persister = keel_snapshot::Persister::builder(
+    ///     keel_snapshot::CachePersistence::new(dir.path()),
     ///     std::time::Duration::from_secs(30),
     /// )
     /// .spawn_saving(move |persistence| persistence.save(&cache));
@@ -389,10 +389,10 @@ impl Persister {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let persister = snapshot::Persister::spawn(
-    ///     snapshot::CachePersistence::new(dir.path()),
+    /// let persister = keel_snapshot::Persister::spawn(
+    ///     keel_snapshot::CachePersistence::new(dir.path()),
     ///     std::time::Duration::from_secs(30),
-    ///     || Vec::<(String, snapshot::CacheEntry<u8>)>::new(),
+    ///     || Vec::<(String, keel_snapshot::CacheEntry<u8>)>::new(),
     /// );
     /// # persister.shutdown().await.unwrap();
     /// # }
@@ -411,8 +411,8 @@ impl Persister {
     /// and at shutdown).
     ///
     /// ```
-    /// let builder = snapshot::Persister::builder(
-    ///     snapshot::CachePersistence::new(".cache"),
+    /// let builder = keel_snapshot::Persister::builder(
+    ///     keel_snapshot::CachePersistence::new(".cache"),
     ///     std::time::Duration::from_secs(30),
     /// );
     /// # drop(builder);
@@ -432,8 +432,8 @@ impl Persister {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// # let persister = snapshot::Persister::spawn(snapshot::CachePersistence::new(dir.path()),
-    /// #     std::time::Duration::from_secs(30), || Vec::<(String, snapshot::CacheEntry<u8>)>::new());
+    /// # let persister = keel_snapshot::Persister::spawn(keel_snapshot::CachePersistence::new(dir.path()),
+    /// #     std::time::Duration::from_secs(30), || Vec::<(String, keel_snapshot::CacheEntry<u8>)>::new());
     /// persister.request_save();
     /// persister.request_save(); // coalesced with the first
     /// # persister.shutdown().await.unwrap();
@@ -459,8 +459,8 @@ impl Persister {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let persister = snapshot::Persister::spawn(snapshot::CachePersistence::new(dir.path()),
-    ///     std::time::Duration::from_secs(30), || vec![("k", snapshot::CacheEntry::new(1))]);
+    /// let persister = keel_snapshot::Persister::spawn(keel_snapshot::CachePersistence::new(dir.path()),
+    ///     std::time::Duration::from_secs(30), || vec![("k", keel_snapshot::CacheEntry::new(1))]);
     /// let report = persister.shutdown().await.unwrap();
     /// assert_eq!(report.entries, 1);
     /// # }

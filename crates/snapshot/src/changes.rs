@@ -16,7 +16,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// updates by itself.
 ///
 /// ```
-/// let changes = snapshot::Changes::new();
+/// let changes = keel_snapshot::Changes::new();
 /// let writer = changes.clone();
 /// assert_eq!(changes.generation(), 0);
 /// writer.mark();
@@ -37,7 +37,7 @@ impl Changes {
     /// A counter at zero.
     ///
     /// ```
-    /// assert_eq!(snapshot::Changes::new().generation(), 0);
+    /// assert_eq!(keel_snapshot::Changes::new().generation(), 0);
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -46,7 +46,7 @@ impl Changes {
     /// Records that the cache changed.
     ///
     /// ```
-    /// let changes = snapshot::Changes::new();
+    /// let changes = keel_snapshot::Changes::new();
     /// changes.mark();
     /// changes.mark();
     /// assert_eq!(changes.generation(), 2);
@@ -60,7 +60,7 @@ impl Changes {
     /// How many changes have been marked (wrapping at `u64::MAX`).
     ///
     /// ```
-    /// assert_eq!(snapshot::Changes::new().generation(), 0);
+    /// assert_eq!(keel_snapshot::Changes::new().generation(), 0);
     /// ```
     pub fn generation(&self) -> u64 {
         // Acquire: pairs with the Release in `mark`.

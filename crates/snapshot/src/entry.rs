@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// lives outside the entry because callers keep entries in their own maps.
 ///
 /// ```
-/// use snapshot::CacheEntry;
+/// use keel_snapshot::CacheEntry;
 ///
 /// let entry = CacheEntry::new("hello").expiring_at(1_900_000_000_000).tagged(["greeting"]);
 /// assert_eq!(entry.expires_at, Some(1_900_000_000_000));
@@ -29,7 +29,7 @@ impl<V> CacheEntry<V> {
     /// An entry that never expires and has no tags.
     ///
     /// ```
-    /// let entry = snapshot::CacheEntry::new(42);
+    /// let entry = keel_snapshot::CacheEntry::new(42);
     /// assert_eq!((entry.value, entry.expires_at, entry.tags), (42, None, None));
     /// ```
     pub fn new(value: V) -> Self {
@@ -43,7 +43,7 @@ impl<V> CacheEntry<V> {
     /// Sets the absolute expiry, in milliseconds since the Unix epoch.
     ///
     /// ```
-    /// let entry = snapshot::CacheEntry::new(()).expiring_at(5);
+    /// let entry = keel_snapshot::CacheEntry::new(()).expiring_at(5);
     /// assert_eq!(entry.expires_at, Some(5));
     /// ```
     #[must_use]
@@ -55,7 +55,7 @@ impl<V> CacheEntry<V> {
     /// Sets the tags.
     ///
     /// ```
-    /// let entry = snapshot::CacheEntry::new(()).tagged(["a", "b"]);
+    /// let entry = keel_snapshot::CacheEntry::new(()).tagged(["a", "b"]);
     /// assert_eq!(entry.tags, Some(vec!["a".to_string(), "b".to_string()]));
     /// ```
     #[must_use]
@@ -69,7 +69,7 @@ impl<V> CacheEntry<V> {
     /// An entry expires at its `expires_at` instant: `expires_at <= now` is expired.
     ///
     /// ```
-    /// let entry = snapshot::CacheEntry::new(()).expiring_at(10);
+    /// let entry = keel_snapshot::CacheEntry::new(()).expiring_at(10);
     /// assert!(!entry.is_expired_at(9));
     /// assert!(entry.is_expired_at(10));
     /// ```

@@ -17,9 +17,9 @@ use std::{fmt, io, path::Path, path::PathBuf};
 /// ```
 /// let dir = tempfile::tempdir()?;
 /// std::fs::write(dir.path().join("cache-snapshot.json"), r#"{"version":2,"entries":[]}"#)?;
-/// let persistence = snapshot::CachePersistence::new(dir.path());
+/// let persistence = keel_snapshot::CachePersistence::new(dir.path());
 /// let error = persistence.restore::<String>().unwrap_err();
-/// assert!(matches!(error, snapshot::SnapshotError::UnsupportedVersion { .. }));
+/// assert!(matches!(error, keel_snapshot::SnapshotError::UnsupportedVersion { .. }));
 /// assert!(error.quarantined_to().is_some());
 /// assert!(!persistence.exists());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -142,7 +142,7 @@ impl SnapshotError {
     /// ```
     /// # let dir = tempfile::tempdir()?;
     /// std::fs::write(dir.path().join("cache-snapshot.json"), "{ not json")?;
-    /// let error = snapshot::CachePersistence::new(dir.path()).restore::<u8>().unwrap_err();
+    /// let error = keel_snapshot::CachePersistence::new(dir.path()).restore::<u8>().unwrap_err();
     /// let moved_to = error.quarantined_to().unwrap();
     /// assert_eq!(std::fs::read_to_string(moved_to)?, "{ not json");
     /// # Ok::<(), Box<dyn std::error::Error>>(())

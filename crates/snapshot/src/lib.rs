@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::collections::HashMap;
-//! use snapshot::{CacheEntry, CachePersistence};
+//! use keel_snapshot::{CacheEntry, CachePersistence};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let persistence = CachePersistence::new(dir.path());

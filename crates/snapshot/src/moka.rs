@@ -10,11 +10,11 @@
 //!
 //! ```
 //! use moka::sync::Cache;
-//! use snapshot::{CacheEntry, CachePersistence, moka::ExpiresAt};
+//! use keel_snapshot::{CacheEntry, CachePersistence, moka::ExpiresAt};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let persistence = CachePersistence::new(dir.path());
-//! let in_an_hour = snapshot::moka::epoch_millis_now() + 3_600_000;
+//! let in_an_hour = keel_snapshot::moka::epoch_millis_now() + 3_600_000;
 //!
 //! let cache: Cache<String, CacheEntry<String>> =
 //!     Cache::builder().expire_after(ExpiresAt::new()).build();
@@ -64,7 +64,7 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// ```
 /// use std::time::{Duration, Instant, UNIX_EPOCH};
 /// use moka::Expiry;
-/// use snapshot::{CacheEntry, moka::ExpiresAt};
+/// use keel_snapshot::{CacheEntry, moka::ExpiresAt};
 ///
 /// let policy = ExpiresAt::new().with_clock(|| UNIX_EPOCH + Duration::from_millis(1_000));
 /// let key = "k".to_string();
@@ -99,8 +99,8 @@ impl ExpiresAt {
     /// The policy, reading the time from [`SystemTime::now`].
     ///
     /// ```
-    /// let cache: moka::sync::Cache<String, snapshot::CacheEntry<u8>> =
-    ///     moka::sync::Cache::builder().expire_after(snapshot::moka::ExpiresAt::new()).build();
+    /// let cache: moka::sync::Cache<String, keel_snapshot::CacheEntry<u8>> =
+    ///     moka::sync::Cache::builder().expire_after(keel_snapshot::moka::ExpiresAt::new()).build();
     /// # drop(cache);
     /// ```
     pub fn new() -> Self {
@@ -114,7 +114,7 @@ impl ExpiresAt {
     /// clock as the [`CachePersistence`] that restores, so both agree on what expired.
     ///
     /// ```
-    /// let policy = snapshot::moka::ExpiresAt::new().with_clock(std::time::SystemTime::now);
+    /// let policy = keel_snapshot::moka::ExpiresAt::new().with_clock(std::time::SystemTime::now);
     /// # drop(policy);
     /// ```
     #[must_use]
@@ -130,11 +130,11 @@ impl ExpiresAt {
     /// next insert does.)
     ///
     /// ```
-    /// let changes = snapshot::Changes::new();
-    /// let cache: moka::sync::Cache<String, snapshot::CacheEntry<u8>> = moka::sync::Cache::builder()
-    ///     .expire_after(snapshot::moka::ExpiresAt::new().marking(changes.clone()))
+    /// let changes = keel_snapshot::Changes::new();
+    /// let cache: moka::sync::Cache<String, keel_snapshot::CacheEntry<u8>> = moka::sync::Cache::builder()
+    ///     .expire_after(keel_snapshot::moka::ExpiresAt::new().marking(changes.clone()))
     ///     .build();
-    /// cache.insert("k".into(), snapshot::CacheEntry::new(1));
+    /// cache.insert("k".into(), keel_snapshot::CacheEntry::new(1));
     /// assert_eq!(changes.generation(), 1);
     /// ```
     #[must_use]
@@ -182,7 +182,7 @@ impl<V> Expiry<String, CacheEntry<V>> for ExpiresAt {
 /// [`CacheEntry::expires_at`].
 ///
 /// ```
-/// assert!(snapshot::moka::epoch_millis_now() > 1_700_000_000_000);
+/// assert!(keel_snapshot::moka::epoch_millis_now() > 1_700_000_000_000);
 /// ```
 pub fn epoch_millis_now() -> u64 {
     epoch_millis(SystemTime::now())
@@ -284,10 +284,10 @@ impl CachePersistence {
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
-    /// let cache = moka::future::Cache::<String, snapshot::CacheEntry<u32>>::new(100);
+    /// let cache = moka::future::Cache::<String, keel_snapshot::CacheEntry<u32>>::new(100);
     /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    /// rt.block_on(cache.insert("k".into(), snapshot::CacheEntry::new(1)));
-    /// let report = snapshot::CachePersistence::new(dir.path()).save_moka(&cache)?;
+    /// rt.block_on(cache.insert("k".into(), keel_snapshot::CacheEntry::new(1)));
+    /// let report = keel_snapshot::CachePersistence::new(dir.path()).save_moka(&cache)?;
     /// assert_eq!(report.entries, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -317,13 +317,13 @@ impl CachePersistence {
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
-    /// let persistence = snapshot::CachePersistence::new(dir.path());
-    /// persistence.save(&std::collections::BTreeMap::from([("k", snapshot::CacheEntry::new(1_u32))]))?;
+    /// let persistence = keel_snapshot::CachePersistence::new(dir.path());
+    /// persistence.save(&std::collections::BTreeMap::from([("k", keel_snapshot::CacheEntry::new(1_u32))]))?;
     /// let cache = moka::sync::Cache::builder()
-    ///     .expire_after(snapshot::moka::ExpiresAt::new())
+    ///     .expire_after(keel_snapshot::moka::ExpiresAt::new())
     ///     .build();
     /// persistence.restore_moka(&cache)?;
-    /// assert_eq!(cache.get("k").map(|entry: snapshot::CacheEntry<u32>| entry.value), Some(1));
+    /// assert_eq!(cache.get("k").map(|entry: keel_snapshot::CacheEntry<u32>| entry.value), Some(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn restore_moka<V, C>(&self, cache: &C) -> Result<RestoreReport, SnapshotError>

@@ -44,7 +44,7 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use snapshot::{CacheEntry, CachePersistence};
+/// use keel_snapshot::{CacheEntry, CachePersistence};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let persistence = CachePersistence::new(dir.path().join("cache"));
@@ -118,7 +118,7 @@ pub struct RestoreReport {
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
-/// let restored = snapshot::CachePersistence::new(dir.path()).restore::<String>()?;
+/// let restored = keel_snapshot::CachePersistence::new(dir.path()).restore::<String>()?;
 /// assert!(restored.entries.is_empty());
 /// assert!(!restored.report.found);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -161,7 +161,7 @@ impl CachePersistence {
     /// Persistence in `directory` (created on the first save), with default limits.
     ///
     /// ```
-    /// let persistence = snapshot::CachePersistence::new("/var/cache/my-service");
+    /// let persistence = keel_snapshot::CachePersistence::new("/var/cache/my-service");
     /// assert_eq!(persistence.path(), std::path::Path::new("/var/cache/my-service/cache-snapshot.json"));
     /// ```
     pub fn new(directory: impl Into<PathBuf>) -> Self {
@@ -185,7 +185,7 @@ impl CachePersistence {
     /// Refuses to restore files larger than `bytes` (default 4 GiB).
     ///
     /// ```
-    /// let persistence = snapshot::CachePersistence::new(".cache").with_max_file_size(1 << 20);
+    /// let persistence = keel_snapshot::CachePersistence::new(".cache").with_max_file_size(1 << 20);
     /// assert_eq!(persistence.max_file_size(), 1 << 20);
     /// ```
     #[must_use]
@@ -198,7 +198,7 @@ impl CachePersistence {
     /// (default 100 million).
     ///
     /// ```
-    /// let persistence = snapshot::CachePersistence::new(".cache").with_max_entries(10);
+    /// let persistence = keel_snapshot::CachePersistence::new(".cache").with_max_entries(10);
     /// assert_eq!(persistence.max_entries(), 10);
     /// ```
     #[must_use]
@@ -212,7 +212,7 @@ impl CachePersistence {
     ///
     /// ```
     /// use std::time::{Duration, UNIX_EPOCH};
-    /// let persistence = snapshot::CachePersistence::new(".cache")
+    /// let persistence = keel_snapshot::CachePersistence::new(".cache")
     ///     .with_clock(|| UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     /// # drop(persistence);
     /// ```
@@ -225,7 +225,7 @@ impl CachePersistence {
     /// The snapshot file's path.
     ///
     /// ```
-    /// let persistence = snapshot::CachePersistence::default();
+    /// let persistence = keel_snapshot::CachePersistence::default();
     /// assert_eq!(persistence.path(), std::path::Path::new(".cache/cache-snapshot.json"));
     /// ```
     pub fn path(&self) -> &Path {
@@ -235,7 +235,7 @@ impl CachePersistence {
     /// The restore size limit in bytes.
     ///
     /// ```
-    /// assert_eq!(snapshot::CachePersistence::default().max_file_size(), 4 << 30);
+    /// assert_eq!(keel_snapshot::CachePersistence::default().max_file_size(), 4 << 30);
     /// ```
     pub fn max_file_size(&self) -> u64 {
         self.max_file_size
@@ -244,7 +244,7 @@ impl CachePersistence {
     /// The restore entry-count limit.
     ///
     /// ```
-    /// assert_eq!(snapshot::CachePersistence::default().max_entries(), 100_000_000);
+    /// assert_eq!(keel_snapshot::CachePersistence::default().max_entries(), 100_000_000);
     /// ```
     pub fn max_entries(&self) -> u64 {
         self.max_entries
@@ -255,9 +255,9 @@ impl CachePersistence {
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
-    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// let persistence = keel_snapshot::CachePersistence::new(dir.path());
     /// assert!(!persistence.exists());
-    /// persistence.save(&std::collections::BTreeMap::<String, snapshot::CacheEntry<u8>>::new())?;
+    /// persistence.save(&std::collections::BTreeMap::<String, keel_snapshot::CacheEntry<u8>>::new())?;
     /// assert!(persistence.exists());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -272,9 +272,9 @@ impl CachePersistence {
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
-    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// let persistence = keel_snapshot::CachePersistence::new(dir.path());
     /// assert_eq!(persistence.last_persist_time(), None);
-    /// persistence.save(&std::collections::HashMap::<String, snapshot::CacheEntry<()>>::new())?;
+    /// persistence.save(&std::collections::HashMap::<String, keel_snapshot::CacheEntry<()>>::new())?;
     /// assert!(persistence.last_persist_time().is_some());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

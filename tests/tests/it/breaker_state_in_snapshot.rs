@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use breaker::{CircuitBreaker, ManualClock, Policy, Rejected, State};
-use snapshot::{CacheEntry, CachePersistence};
+use keel_breaker::{CircuitBreaker, ManualClock, Policy, Rejected, State};
+use keel_snapshot::{CacheEntry, CachePersistence};
 
 #[test]
 fn an_open_breaker_restored_from_a_snapshot_stays_open_for_the_remaining_time() {
@@ -27,7 +27,7 @@ fn an_open_breaker_restored_from_a_snapshot_stays_open_for_the_remaining_time() 
     persistence.save([("breaker:payments", &entry)]).unwrap();
     drop(before_restart);
 
-    let restored = persistence.restore::<breaker::SavedState>().unwrap();
+    let restored = persistence.restore::<keel_breaker::SavedState>().unwrap();
     let saved = restored.entries["breaker:payments"].value.clone();
     let clock = ManualClock::new(); // a new process: a new clock origin
     let after_restart = CircuitBreaker::builder("payments")

@@ -71,7 +71,7 @@ async fn sigterm_mid_run_shuts_down_gracefully_and_writes_the_final_snapshot() {
     stdout.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("(stopped by a signal)"), "{rest}");
 
-    let restored = snapshot::CachePersistence::new(dir.path())
+    let restored = keel_snapshot::CachePersistence::new(dir.path())
         .restore::<integration::upstream::Item>()
         .unwrap();
     assert!(restored.report.found, "the final snapshot was written");
@@ -139,7 +139,7 @@ async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
         "{rest}"
     );
     assert!(
-        snapshot::CachePersistence::new(dir.path()).exists(),
+        keel_snapshot::CachePersistence::new(dir.path()).exists(),
         "the final snapshot was written"
     );
 }

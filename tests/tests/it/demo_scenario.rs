@@ -7,8 +7,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use breaker::State;
 use integration::demo::{self, Config, Summary};
+use keel_breaker::State;
 use serde_json::Value;
 use tracing_subscriber::prelude::*;
 
@@ -42,9 +42,9 @@ async fn run(config: Config) -> (Summary, Vec<String>) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::registry()
-        .with(correlation::json_layer().with_writer(move || writer.clone()));
+        .with(keel_correlation::json_layer().with_writer(move || writer.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let tracer = correlation::Tracer::writer(captured.clone());
+    let tracer = keel_correlation::Tracer::writer(captured.clone());
     let summary = demo::run(config, tracer, std::future::pending(), |_| {})
         .await
         .unwrap();
@@ -251,7 +251,7 @@ fn flags_parse_and_bad_ones_are_named() {
 async fn shutdown_midway_still_writes_the_final_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let captured = Captured::default();
-    let tracer = correlation::Tracer::writer(captured);
+    let tracer = keel_correlation::Tracer::writer(captured);
     // The example passes Ctrl-C here; any future that completes stops the run the same way.
     let stop = tokio::time::sleep(std::time::Duration::from_millis(500));
     let summary = demo::run(config(dir.path()), tracer, stop, |_| {})
@@ -269,7 +269,7 @@ async fn shutdown_midway_still_writes_the_final_snapshot() {
         "the final save ran: {}",
         counts(&summary)
     );
-    let restored = snapshot::CachePersistence::new(dir.path())
+    let restored = keel_snapshot::CachePersistence::new(dir.path())
         .restore::<integration::upstream::Item>()
         .unwrap();
     assert_eq!(restored.report.loaded, summary.final_save.entries);

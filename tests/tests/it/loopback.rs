@@ -10,7 +10,6 @@ use std::{
 };
 
 use axum::body::Body;
-use breaker::State;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -18,6 +17,7 @@ use integration::{
     demo::{self, Config, Summary, Transport},
     service::Answered,
 };
+use keel_breaker::State;
 use serde_json::Value;
 use tracing_subscriber::prelude::*;
 
@@ -69,9 +69,9 @@ async fn run_watched(config: Config) -> (Summary, Watched, Vec<String>) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::registry()
-        .with(correlation::json_layer().with_writer(move || writer.clone()));
+        .with(keel_correlation::json_layer().with_writer(move || writer.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let tracer = correlation::Tracer::writer(captured.clone());
+    let tracer = keel_correlation::Tracer::writer(captured.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let config = Config {
@@ -378,7 +378,7 @@ async fn a_second_loopback_run_restores_the_first_runs_cache_and_serves_from_it(
         serve: false,
         ..short_config(dir.path(), "loopback-restart")
     };
-    let tracer = || correlation::Tracer::off();
+    let tracer = || keel_correlation::Tracer::off();
     let first = demo::run(config(), tracer(), std::future::pending(), |_| {})
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use breaker::Backoff;
+use keel_breaker::Backoff;
 use proptest::prelude::*;
 
 /// Any duration from a nanosecond to `Duration::MAX`, spread over every magnitude.

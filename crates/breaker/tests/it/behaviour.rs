@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{
+use keel_breaker::{
     Backoff, BreakerError, CircuitBreaker, ConfigError, Event, ManualClock, Policy, Rejected, State,
 };
 
@@ -460,7 +460,7 @@ fn snapshot_round_trips_through_json() {
     fail(&breaker);
     clock.advance(Duration::from_secs(3));
     let json = serde_json::to_string(&breaker.saved_state()).unwrap();
-    let saved: breaker::SavedState = serde_json::from_str(&json).unwrap();
+    let saved: keel_breaker::SavedState = serde_json::from_str(&json).unwrap();
     assert_eq!(saved, breaker.saved_state());
     let restored = builder(&ManualClock::new(), 1)
         .initial_state(saved)
@@ -521,7 +521,7 @@ fn errors_display_what_happened() {
         open.to_string(),
         "circuit breaker is open (since 3s ago); retry after 2s"
     );
-    assert_eq!(open.reason(), Some(breaker::RejectReason::Open));
+    assert_eq!(open.reason(), Some(keel_breaker::RejectReason::Open));
     let full: BreakerError<std::io::Error> = Rejected::HalfOpenFull {
         retry_after: Duration::from_secs(1),
     }

@@ -5,14 +5,16 @@
 //! `tests/proptest-regressions/model.txt` (committed, replayed first). The seed there is the
 //! shrunk case found when the backoff attempt was deliberately not advanced on a failed probe.
 //! Run more cases with
-//! `PROPTEST_CASES=10000 cargo test -p breaker --test it model`.
+//! `PROPTEST_CASES=10000 cargo test -p keel-breaker --test it model`.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     time::Duration,
 };
 
-use breaker::{Backoff, BreakerError, CircuitBreaker, Event, ManualClock, Permit, Rejected, State};
+use keel_breaker::{
+    Backoff, BreakerError, CircuitBreaker, Event, ManualClock, Permit, Rejected, State,
+};
 use proptest::prelude::*;
 
 use crate::support::{Recorder, quiet_panics};
@@ -241,7 +243,7 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let recorder = Recorder::default();
     let breaker = recorder
         .attach(CircuitBreaker::builder("model"))
-        .policy(breaker::Policy::consecutive_failures(THRESHOLD))
+        .policy(keel_breaker::Policy::consecutive_failures(THRESHOLD))
         .half_open_after(Backoff::exponential(
             Duration::from_millis(INITIAL_MS),
             Duration::from_millis(MAX_MS),

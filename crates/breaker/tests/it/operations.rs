@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{
+use keel_breaker::{
     Backoff, BreakerError, CircuitBreaker, Clock, Event, ManualClock, Outcome, Policy,
     RejectReason, Rejected, State,
 };
@@ -225,7 +225,7 @@ fn a_classifier_sees_the_whole_result_in_call_execute_and_permits() {
     assert_eq!(breaker.metrics().consecutive_failures, 2);
     let permit = breaker.try_acquire().unwrap();
     let result: Result<Response, &str> = Err("connection reset");
-    permit.record(breaker::Classify::classify(&by_status, &result));
+    permit.record(keel_breaker::Classify::classify(&by_status, &result));
     assert_eq!(breaker.state(), State::Open);
     let metrics = breaker.metrics();
     assert_eq!(
@@ -510,7 +510,7 @@ fn a_coarse_clock_never_rejects_past_the_deadline_nor_admits_before_it() {
 
 #[test]
 fn the_default_clock_s_coarse_reading_never_leads_it() {
-    let clock = breaker::MonotonicClock::new();
+    let clock = keel_breaker::MonotonicClock::new();
     for _ in 0..1_000 {
         let coarse = clock.coarse_now_nanos();
         assert!(coarse <= clock.now_nanos());

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{CircuitBreaker, Event, ManualClock, Policy, Rejected, State};
+use keel_breaker::{CircuitBreaker, Event, ManualClock, Policy, Rejected, State};
 
 use crate::support::{
     Recorder, builder, fail, full_wait, open_wait, poll_once, quiet_panics, succeed,
@@ -117,7 +117,7 @@ fn duration_max_open_time_does_not_panic() {
     assert_eq!(open_wait(restored.try_acquire().unwrap_err()), unbounded);
 
     let exponential = builder(&clock, 1)
-        .half_open_after(breaker::Backoff::exponential(
+        .half_open_after(keel_breaker::Backoff::exponential(
             Duration::from_secs(1),
             Duration::MAX,
         ))
@@ -372,7 +372,7 @@ fn panicking_predicate_releases_the_probe_slot() {
 }
 
 /// A breaker opened for `open_for`, saved at once.
-fn saved_open(open_for: Duration) -> breaker::SavedState {
+fn saved_open(open_for: Duration) -> keel_breaker::SavedState {
     let old = builder(&ManualClock::new(), 1)
         .half_open_after(open_for)
         .build()
@@ -441,7 +441,7 @@ struct IsolatingClock {
     breaker: Arc<Mutex<Option<CircuitBreaker>>>,
 }
 
-impl breaker::Clock for IsolatingClock {
+impl keel_breaker::Clock for IsolatingClock {
     fn now_nanos(&self) -> u64 {
         if self.armed.swap(false, Ordering::SeqCst) {
             let breaker = self.breaker.lock().unwrap().clone();
@@ -494,7 +494,7 @@ fn huge_windows_are_a_config_error() {
         .unwrap_err();
     assert_eq!(
         count,
-        breaker::ConfigError::TooLarge {
+        keel_breaker::ConfigError::TooLarge {
             setting: "count_window.size",
             value: u64::from(u32::MAX),
             max: 1 << 20,
@@ -506,7 +506,7 @@ fn huge_windows_are_a_config_error() {
         .unwrap_err();
     assert_eq!(
         time,
-        breaker::ConfigError::TooLarge {
+        keel_breaker::ConfigError::TooLarge {
             setting: "time_window.buckets",
             value: u64::from(u32::MAX),
             max: 1 << 16,
@@ -535,8 +535,9 @@ fn huge_windows_are_a_config_error() {
 #[test]
 fn probe_timeout_defaults_to_the_unjittered_open_time() {
     let clock = ManualClock::new();
-    let backoff = breaker::Backoff::exponential(Duration::from_secs(4), Duration::from_secs(60))
-        .with_jitter();
+    let backoff =
+        keel_breaker::Backoff::exponential(Duration::from_secs(4), Duration::from_secs(60))
+            .with_jitter();
     let breaker = builder(&clock, 1).half_open_after(backoff).build().unwrap();
     fail(&breaker);
     clock.advance(Duration::from_secs(4)); // the jittered open time is at most 4 s
@@ -583,7 +584,7 @@ fn zero_probe_timeout_is_a_config_error() {
     assert!(
         matches!(
             error,
-            breaker::ConfigError::Duration {
+            keel_breaker::ConfigError::Duration {
                 setting: "probe_timeout",
                 ..
             }
@@ -600,7 +601,7 @@ fn zero_min_calls_and_min_throughput_are_config_errors() {
         .unwrap_err();
     assert_eq!(
         count,
-        breaker::ConfigError::Zero {
+        keel_breaker::ConfigError::Zero {
             setting: "count_window.min_calls"
         }
     );
@@ -610,7 +611,7 @@ fn zero_min_calls_and_min_throughput_are_config_errors() {
         .unwrap_err();
     assert_eq!(
         time,
-        breaker::ConfigError::Zero {
+        keel_breaker::ConfigError::Zero {
             setting: "time_window.min_throughput"
         }
     );
@@ -619,8 +620,9 @@ fn zero_min_calls_and_min_throughput_are_config_errors() {
 #[test]
 fn jitter_differs_between_breakers_opened_at_the_same_instant() {
     let clock = ManualClock::new();
-    let backoff = breaker::Backoff::exponential(Duration::from_secs(8), Duration::from_secs(60))
-        .with_jitter();
+    let backoff =
+        keel_breaker::Backoff::exponential(Duration::from_secs(8), Duration::from_secs(60))
+            .with_jitter();
     let waits: std::collections::BTreeSet<Duration> = (0..10)
         .map(|_| {
             let breaker = builder(&clock, 1).half_open_after(backoff).build().unwrap();

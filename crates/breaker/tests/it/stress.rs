@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{Event, ManualClock, State};
+use keel_breaker::{Event, ManualClock, State};
 
 use crate::support::builder;
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{Builder, CircuitBreaker, Event, ManualClock, Policy, Rejected};
+use keel_breaker::{Builder, CircuitBreaker, Event, ManualClock, Policy, Rejected};
 
 /// Events a breaker delivered, in order.
 #[derive(Clone, Default)]

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use breaker::{
+use keel_breaker::{
     BreakerError, BreakerLayer, BreakerService, CircuitBreaker, ManualClock, Outcome, Policy, State,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -261,8 +261,8 @@ fn a_static_breaker_is_shared_by_reference() {
 #[cfg(feature = "http")]
 #[tokio::test(flavor = "current_thread")]
 async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after() {
-    use breaker::{HttpStatus, rejection_response};
     use http::{Response, StatusCode};
+    use keel_breaker::{HttpStatus, rejection_response};
 
     let clock = ManualClock::new();
     let breaker = builder(&clock, 2).build().unwrap();
@@ -297,15 +297,15 @@ async fn http_statuses_open_the_layer_and_rejections_become_503_with_retry_after
     // 7.5 s left, rounded up.
     assert_eq!(response.headers()["retry-after"], "8");
     assert!(statuses.lock().unwrap().is_empty());
-    let isolated = rejection_response::<String>(&breaker::Rejected::Isolated);
+    let isolated = rejection_response::<String>(&keel_breaker::Rejected::Isolated);
     assert!(isolated.headers().get("retry-after").is_none());
 }
 
 #[cfg(feature = "http")]
 #[test]
 fn an_upstream_retry_after_holds_the_breaker_open_up_to_the_cap() {
-    use breaker::HttpStatus;
     use http::Response;
+    use keel_breaker::HttpStatus;
 
     let respond = |retry_after: Option<&'static str>| {
         service_fn(move |(): ()| {
@@ -381,8 +381,8 @@ async fn get(address: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "current_thread")]
 async fn a_real_axum_server_answers_503_with_the_upstream_retry_after() {
     use axum::{Router, body::Body, extract::State as AxumState, routing::get as route};
-    use breaker::{HttpStatus, rejection_response};
     use http::Response;
+    use keel_breaker::{HttpStatus, rejection_response};
     use tower::util::BoxCloneSyncService;
 
     type Upstream = BoxCloneSyncService<(), Response<Body>, BreakerError<Infallible>>;

@@ -12,8 +12,8 @@ use axum::{
     extract::{MatchedPath, State},
     routing::get,
 };
-use correlation::{TraceParent, tower::ServerLayer};
 use http::HeaderMap;
+use keel_correlation::{TraceParent, tower::ServerLayer};
 
 use crate::Capture;
 
@@ -53,7 +53,7 @@ async fn an_axum_service_continues_each_request_and_gives_each_call_its_own_span
     let capture = Capture::default();
     let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(correlation::reqwest::Middleware::new())
+        .with(keel_correlation::reqwest::Middleware::new())
         .build();
     let layer = ServerLayer::new()
         .tracer(capture.tracer())

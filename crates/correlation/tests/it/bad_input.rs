@@ -5,7 +5,7 @@ use std::{
     io::{self, Write},
 };
 
-use correlation::Tracer;
+use keel_correlation::Tracer;
 
 use crate::{Capture, ready};
 

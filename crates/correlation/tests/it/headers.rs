@@ -1,6 +1,6 @@
 //! Choosing the incoming id (precedence, validation) and the headers sent downstream.
 
-use correlation::{IdSource, Incoming, InvalidCorrelationId, RejectionReason};
+use keel_correlation::{IdSource, Incoming, InvalidCorrelationId, RejectionReason};
 
 use crate::{Capture, ready};
 
@@ -155,8 +155,8 @@ fn continued_trace_sends_w3c_headers_downstream() {
         "GET /orders",
         async {
             (
-                correlation::current().unwrap(),
-                correlation::outgoing_headers(),
+                keel_correlation::current().unwrap(),
+                keel_correlation::outgoing_headers(),
             )
         },
     ));
@@ -191,15 +191,16 @@ fn continued_trace_sends_w3c_headers_downstream() {
 #[test]
 fn text_ids_get_a_random_trace_id_that_nested_traces_keep() {
     let incoming = Incoming::from_headers([("x-correlation-id", "order-55")]);
-    let (outer, inner) = ready(correlation::Tracer::off().continue_trace(
-        incoming,
-        "outer",
-        async {
-            let inner =
-                correlation::start_trace("inner", async { correlation::current().unwrap() }).await;
-            (correlation::current().unwrap(), inner)
-        },
-    ));
+    let (outer, inner) =
+        ready(
+            keel_correlation::Tracer::off().continue_trace(incoming, "outer", async {
+                let inner = keel_correlation::start_trace("inner", async {
+                    keel_correlation::current().unwrap()
+                })
+                .await;
+                (keel_correlation::current().unwrap(), inner)
+            }),
+        );
     assert_eq!(inner.trace_id(), outer.trace_id());
     assert_eq!(outer.correlation_id().to_string(), "order-55");
 }
@@ -225,20 +226,20 @@ fn undefined_trace_flags_are_not_sent_downstream() {
             received,
             "the received byte stays readable"
         );
-        let (outer, inner, headers) = ready(correlation::Tracer::off().continue_trace(
-            incoming,
-            "outer",
-            async {
-                let inner =
-                    correlation::start_trace("inner", async { correlation::current().unwrap() })
-                        .await;
-                (
-                    correlation::current().unwrap(),
-                    inner,
-                    correlation::outgoing_headers(),
-                )
-            },
-        ));
+        let (outer, inner, headers) =
+            ready(
+                keel_correlation::Tracer::off().continue_trace(incoming, "outer", async {
+                    let inner = keel_correlation::start_trace("inner", async {
+                        keel_correlation::current().unwrap()
+                    })
+                    .await;
+                    (
+                        keel_correlation::current().unwrap(),
+                        inner,
+                        keel_correlation::outgoing_headers(),
+                    )
+                }),
+            );
         let expected = format!(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-{sent}",
             outer.span_id()

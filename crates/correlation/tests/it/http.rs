@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use correlation::{TraceOutcome, TraceParent, Tracer, http::Classified};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use keel_correlation::{TraceOutcome, TraceParent, Tracer, http::Classified};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{Capture, ready};
@@ -112,11 +112,11 @@ async fn handle(
         upstream_saw.lock().unwrap().push(request.headers().clone());
         return Ok(Response::new(Full::new(Bytes::from_static(b"stock"))));
     }
-    let incoming = correlation::http::incoming(request.headers(), None);
+    let incoming = keel_correlation::http::incoming(request.headers(), None);
     let response = tracer
         .continue_trace(incoming, "GET /service", async move {
             for _ in 0..3 {
-                let reply = correlation::client_call("GET /upstream", |headers| {
+                let reply = keel_correlation::client_call("GET /upstream", |headers| {
                     get(addr, "/upstream", headers)
                 })
                 .await
@@ -125,8 +125,8 @@ async fn handle(
                 assert_eq!(&body[..], b"stock");
             }
             let mut response = Response::new(Full::new(Bytes::from_static(b"done")));
-            let back = correlation::current().unwrap().response_headers();
-            correlation::http::insert(response.headers_mut(), back);
+            let back = keel_correlation::current().unwrap().response_headers();
+            keel_correlation::http::insert(response.headers_mut(), back);
             response
         })
         .await;

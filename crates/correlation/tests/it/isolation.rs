@@ -19,14 +19,14 @@ fn ten_thousand_concurrent_traces_see_only_their_own_id() {
         let mut tasks = Vec::with_capacity(2 * TRACES);
         for index in 0..TRACES {
             let request_future = tracer.start_trace(format!("request-{index}"), async move {
-                let own = correlation::correlation_id().expect("inside a trace");
-                let span = correlation::current().unwrap().span_id();
+                let own = keel_correlation::correlation_id().expect("inside a trace");
+                let span = keel_correlation::current().unwrap().span_id();
                 for _ in 0..4 {
                     tokio::task::yield_now().await;
-                    assert_eq!(correlation::correlation_id().as_ref(), Some(&own));
-                    assert_eq!(correlation::current().unwrap().span_id(), span);
+                    assert_eq!(keel_correlation::correlation_id().as_ref(), Some(&own));
+                    assert_eq!(keel_correlation::current().unwrap().span_id(), span);
                     assert_eq!(
-                        correlation::current().unwrap().operation(),
+                        keel_correlation::current().unwrap().operation(),
                         format!("request-{index}")
                     );
                 }
@@ -35,15 +35,15 @@ fn ten_thousand_concurrent_traces_see_only_their_own_id() {
             tasks.push(tokio::spawn(async move {
                 let own = request_future.await;
                 // The trace is over: nothing may linger in this task.
-                assert_eq!(correlation::correlation_id(), None);
+                assert_eq!(keel_correlation::correlation_id(), None);
                 tokio::task::yield_now().await;
-                assert_eq!(correlation::correlation_id(), None);
+                assert_eq!(keel_correlation::correlation_id(), None);
                 Some(own)
             }));
             // Untraced tasks sharing the workers must never see a trace.
             tasks.push(tokio::spawn(async {
                 for _ in 0..2 {
-                    assert_eq!(correlation::correlation_id(), None);
+                    assert_eq!(keel_correlation::correlation_id(), None);
                     tokio::task::yield_now().await;
                 }
                 None

@@ -1,6 +1,6 @@
 //! The `tracing-subscriber` integration puts the ids at the top level of JSON events.
 
-use correlation::{Tracer, WithCorrelation};
+use keel_correlation::{Tracer, WithCorrelation};
 use serde_json::Value;
 use tracing_subscriber::{fmt::format, prelude::*};
 
@@ -23,7 +23,7 @@ fn json_events_inside_a_trace_carry_top_level_ids() {
         tracing::info!(answer = 42, "outside");
         let context = ready(Tracer::off().start_trace("request", async {
             tracing::info!(answer = 42, "inside");
-            correlation::current().unwrap()
+            keel_correlation::current().unwrap()
         }));
         Tracer::off().trace_sync("sync", || tracing::warn!("sync inside"));
         context
@@ -50,11 +50,11 @@ fn json_layer_works_with_a_registry() {
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::registry()
-        .with(correlation::json_layer().with_writer(move || writer.clone()));
+        .with(keel_correlation::json_layer().with_writer(move || writer.clone()));
     let id = tracing::subscriber::with_default(subscriber, || {
         Tracer::off().trace_sync("sync", || {
             tracing::info!("hello");
-            correlation::correlation_id().unwrap()
+            keel_correlation::correlation_id().unwrap()
         })
     });
     let events = json_events(&capture);
@@ -153,7 +153,7 @@ fn every_line_of_a_mixed_run_has_one_flat_schema() {
         let capture = Capture::default();
         let writer = capture.clone();
         let subscriber = tracing_subscriber::registry()
-            .with(correlation::json_layer().with_writer(move || writer.clone()));
+            .with(keel_correlation::json_layer().with_writer(move || writer.clone()));
         let tracer = if own_lines_through_tracing {
             Tracer::tracing()
         } else {
@@ -165,7 +165,7 @@ fn every_line_of_a_mixed_run_has_one_flat_schema() {
                 ready(tracer.start_trace("GET /orders", async move {
                     tracing::info!(answer, "looked up");
                     tracing::warn!(user = "alice", "slow");
-                    correlation::current().unwrap()
+                    keel_correlation::current().unwrap()
                 }))
             };
             (request(1), request(2))
@@ -202,7 +202,7 @@ fn an_application_field_named_correlation_id_cannot_spoof_the_id() {
         ("json_layer", |capture| {
             Box::new(
                 tracing_subscriber::registry()
-                    .with(correlation::json_layer().with_writer(move || capture.clone())),
+                    .with(keel_correlation::json_layer().with_writer(move || capture.clone())),
             )
         }),
         ("WithCorrelation, flattened", |capture| {
@@ -234,7 +234,7 @@ fn an_application_field_named_correlation_id_cannot_spoof_the_id() {
                     span_id = "x",
                     "inside"
                 );
-                correlation::current().unwrap()
+                keel_correlation::current().unwrap()
             }))
         });
         let text = capture.text();

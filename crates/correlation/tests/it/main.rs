@@ -32,7 +32,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use correlation::Tracer;
+use keel_correlation::Tracer;
 use serde_json::Value;
 
 /// A sink that keeps everything written to it, shared between clones.

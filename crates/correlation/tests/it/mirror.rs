@@ -13,33 +13,33 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use correlation::{CorrelationId, TraceContext, TraceFutureExt as _, Tracer};
+use keel_correlation::{CorrelationId, TraceContext, TraceFutureExt as _, Tracer};
 use proptest::prelude::*;
 
 use crate::ready;
 
 /// The id `current()` names, which `correlation_id()` must equal.
 fn expected() -> Option<CorrelationId> {
-    correlation::current().map(|context| context.correlation_id().clone())
+    keel_correlation::current().map(|context| context.correlation_id().clone())
 }
 
 /// Checks the two agree here, and returns the id.
 #[track_caller]
 fn agreed() -> Option<CorrelationId> {
-    let id = correlation::correlation_id();
+    let id = keel_correlation::correlation_id();
     assert_eq!(id, expected(), "correlation_id() disagrees with current()");
     id
 }
 
 fn context_with_id(id: &str) -> Arc<TraceContext> {
     let id: CorrelationId = id.parse().expect("a valid id");
-    ready(Tracer::off().start_trace_with_id(id, "source", async { correlation::current() }))
+    ready(Tracer::off().start_trace_with_id(id, "source", async { keel_correlation::current() }))
         .expect("inside a trace")
 }
 
 fn uuid_context() -> Arc<TraceContext> {
     Tracer::off()
-        .trace_sync("source", correlation::current)
+        .trace_sync("source", keel_correlation::current)
         .expect("inside a trace")
 }
 
@@ -74,16 +74,16 @@ fn outside_any_trace_both_are_none() {
 fn nested_and_exited_scopes_agree() {
     let outer = uuid_context();
     let text = context_with_id("job-17");
-    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+    keel_correlation::sync_scope(Some(Arc::clone(&outer)), || {
         assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
-        correlation::sync_scope(Some(Arc::clone(&text)), || {
+        keel_correlation::sync_scope(Some(Arc::clone(&text)), || {
             assert_eq!(agreed().as_ref(), Some(text.correlation_id()));
-            correlation::sync_scope(None, || assert_eq!(agreed(), None));
+            keel_correlation::sync_scope(None, || assert_eq!(agreed(), None));
             assert_eq!(agreed().as_ref(), Some(text.correlation_id()));
         });
         assert_eq!(agreed().as_ref(), Some(outer.correlation_id()));
         // A nested trace keeps the id, also under a text id.
-        correlation::sync_scope(Some(Arc::clone(&text)), || {
+        keel_correlation::sync_scope(Some(Arc::clone(&text)), || {
             let inner = Tracer::off().trace_sync("child", agreed);
             assert_eq!(inner.as_ref(), Some(text.correlation_id()));
         });
@@ -94,7 +94,7 @@ fn nested_and_exited_scopes_agree() {
 #[test]
 fn the_nil_uuid_is_still_an_id() {
     let nil = context_with_id("00000000-0000-0000-0000-000000000000");
-    correlation::sync_scope(Some(Arc::clone(&nil)), || {
+    keel_correlation::sync_scope(Some(Arc::clone(&nil)), || {
         assert_eq!(agreed().as_ref(), Some(nil.correlation_id()));
     });
 }
@@ -104,9 +104,9 @@ fn a_panic_leaves_the_enclosing_id_in_place() {
     let outer = uuid_context();
     // A UUID: a text id would be read from the task-local, and hide a stale mirror.
     let inner = uuid_context();
-    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+    keel_correlation::sync_scope(Some(Arc::clone(&outer)), || {
         let result = catch_unwind(AssertUnwindSafe(|| {
-            correlation::sync_scope(Some(Arc::clone(&inner)), || {
+            keel_correlation::sync_scope(Some(Arc::clone(&inner)), || {
                 assert_eq!(agreed().as_ref(), Some(inner.correlation_id()));
                 panic!("deliberate");
             })
@@ -175,7 +175,7 @@ impl Drop for SeesOnDrop {
 #[test]
 fn destructors_of_unfinished_futures_run_inside_their_trace() {
     let outer = uuid_context();
-    correlation::sync_scope(Some(Arc::clone(&outer)), || {
+    keel_correlation::sync_scope(Some(Arc::clone(&outer)), || {
         for logged in [false, true] {
             let seen = Rc::new(RefCell::new(Vec::new()));
             let guard = SeesOnDrop(Rc::clone(&seen));
@@ -219,7 +219,7 @@ fn destructors_of_unfinished_futures_run_inside_their_trace() {
 async fn tasks_moving_between_workers_agree_at_every_await() {
     let mut tasks = Vec::new();
     for task in 0..200 {
-        tasks.push(correlation::spawn(async move {
+        tasks.push(keel_correlation::spawn(async move {
             let tracer = Tracer::off();
             let body = async {
                 let id = agreed();
@@ -259,13 +259,13 @@ fn run(steps: &[Step]) {
         return;
     };
     match step {
-        Step::Uuid => correlation::sync_scope(Some(uuid_context()), || run(rest)),
-        Step::Text => correlation::sync_scope(Some(context_with_id("text-id")), || run(rest)),
-        Step::Nothing => correlation::sync_scope(None, || run(rest)),
+        Step::Uuid => keel_correlation::sync_scope(Some(uuid_context()), || run(rest)),
+        Step::Text => keel_correlation::sync_scope(Some(context_with_id("text-id")), || run(rest)),
+        Step::Nothing => keel_correlation::sync_scope(None, || run(rest)),
         Step::Trace => ready(Tracer::off().start_trace("step", async { run(rest) })),
         Step::Panic => {
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                correlation::sync_scope(Some(uuid_context()), || {
+                keel_correlation::sync_scope(Some(uuid_context()), || {
                     run(rest);
                     panic!("deliberate");
                 })
@@ -287,7 +287,7 @@ proptest! {
         Just(Step::Panic),
     ], 0..8)) {
         run(&steps);
-        prop_assert_eq!(correlation::correlation_id(), None);
+        prop_assert_eq!(keel_correlation::correlation_id(), None);
     }
 }
 
@@ -296,7 +296,9 @@ struct Probe(std::sync::mpsc::Sender<(Option<CorrelationId>, Option<CorrelationI
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        let _ = self.0.send((correlation::correlation_id(), expected()));
+        let _ = self
+            .0
+            .send((keel_correlation::correlation_id(), expected()));
     }
 }
 
@@ -307,7 +309,7 @@ fn a_future_dropped_inside_with_current_sees_the_enclosing_trace() {
     let (sender, receiver) = std::sync::mpsc::channel();
     let outer = uuid_context();
     let other = uuid_context();
-    correlation::sync_scope(Some(outer), || {
+    keel_correlation::sync_scope(Some(outer), || {
         let probe = Probe(sender);
         let inner = Box::pin(
             async move {
@@ -318,7 +320,7 @@ fn a_future_dropped_inside_with_current_sees_the_enclosing_trace() {
         );
         // The task-local is borrowed while the closure runs, so tokio cannot enter the
         // inner scope to drop the future.
-        correlation::with_current(|_| drop(inner));
+        keel_correlation::with_current(|_| drop(inner));
     });
     let (mirror, task_local) = receiver.recv().unwrap();
     assert!(task_local.is_some());

@@ -1,7 +1,7 @@
 //! Feature `opentelemetry`: with `tracing-opentelemetry` and the SDK's real tracer provider,
 //! each trace's span is exported with the ids its JSON lines carry.
 
-use correlation::{Incoming, Tracer};
+use keel_correlation::{Incoming, Tracer};
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::Value;
@@ -18,7 +18,7 @@ const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 fn exported(f: impl FnOnce(&Tracer)) -> (Vec<Value>, Vec<SpanData>) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
-        .with_id_generator(correlation::opentelemetry::TraceIds::default())
+        .with_id_generator(keel_correlation::opentelemetry::TraceIds::default())
         .with_simple_exporter(exporter.clone())
         .build();
     let subscriber = tracing_subscriber::registry()
@@ -99,8 +99,8 @@ fn a_nested_trace_is_exported_as_a_child_of_the_outer_trace() {
         ready(tracer.continue_trace(incoming, "GET /orders", async {
             // An unrelated span in between: the nested trace's parent is still the outer trace.
             let _between = tracing::info_span!("between").entered();
-            ready(correlation::start_trace("load", async {}));
-            correlation::trace_sync("resize", || {});
+            ready(keel_correlation::start_trace("load", async {}));
+            keel_correlation::trace_sync("resize", || {});
         }));
     });
     assert_eq!((lines.len(), spans.len()), (3, 4), "{lines:?} {spans:#?}");
@@ -153,7 +153,7 @@ fn an_unsampled_continued_trace_is_not_exported() {
 fn a_tracer_without_spans_exports_nothing() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
-        .with_id_generator(correlation::opentelemetry::TraceIds::default())
+        .with_id_generator(keel_correlation::opentelemetry::TraceIds::default())
         .with_simple_exporter(exporter.clone())
         .build();
     let subscriber = tracing_subscriber::registry()

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use correlation::{CorrelationId, Tracer};
+use keel_correlation::{CorrelationId, Tracer};
 use serde_json::Value;
 
 use crate::{Capture, ready};
@@ -157,11 +157,15 @@ fn nested_trace_keeps_id_and_links_parent() {
     let capture = Capture::default();
     let tracer = capture.tracer();
     let (outer, inner) = ready(tracer.start_trace("outer", async {
-        let outer = correlation::current().unwrap();
+        let outer = keel_correlation::current().unwrap();
         let inner =
-            correlation::start_trace("inner", async { correlation::current().unwrap() }).await;
+            keel_correlation::start_trace("inner", async { keel_correlation::current().unwrap() })
+                .await;
         // Back in the outer trace after the nested one ends.
-        assert_eq!(correlation::current().unwrap().span_id(), outer.span_id());
+        assert_eq!(
+            keel_correlation::current().unwrap().span_id(),
+            outer.span_id()
+        );
         (outer, inner)
     }));
     assert_eq!(inner.correlation_id(), outer.correlation_id());
@@ -198,7 +202,9 @@ fn start_trace_with_id_continues_the_id() {
     let seen = ready(
         capture
             .tracer()
-            .start_trace_with_id(id.clone(), "job", async { correlation::correlation_id() }),
+            .start_trace_with_id(id.clone(), "job", async {
+                keel_correlation::correlation_id()
+            }),
     );
     assert_eq!(seen, Some(id));
     let end = single_trace(&capture, "job", "success");
@@ -212,7 +218,7 @@ fn sync_traces_have_the_same_outcomes() {
     let capture = Capture::default();
     let tracer = capture.tracer();
     let result: Result<(), &str> = tracer.trace_sync("sync-error", || {
-        assert!(correlation::correlation_id().is_some());
+        assert!(keel_correlation::correlation_id().is_some());
         Err("nope")
     });
     assert_eq!(result, Err("nope"));
@@ -222,7 +228,7 @@ fn sync_traces_have_the_same_outcomes() {
         });
     });
     assert!(panicked.is_err());
-    assert_eq!(correlation::correlation_id(), None);
+    assert_eq!(keel_correlation::correlation_id(), None);
     let outcomes: Vec<Value> = capture
         .lines()
         .into_iter()
@@ -237,7 +243,8 @@ fn sync_traces_have_the_same_outcomes() {
 
 #[test]
 fn tracer_off_writes_nothing_but_keeps_context() {
-    let seen = ready(Tracer::off().start_trace("quiet", async { correlation::correlation_id() }));
+    let seen =
+        ready(Tracer::off().start_trace("quiet", async { keel_correlation::correlation_id() }));
     assert!(seen.is_some());
 }
 
@@ -247,9 +254,9 @@ fn tracer_off_keeps_the_whole_context() {
     assert_eq!(tracer.write_failures(), 0);
     assert!(format!("{tracer:?}").contains("off"));
     let (outer, inner, elapsed) = ready(tracer.start_trace("outer", async {
-        let outer = correlation::current().expect("inside a trace");
+        let outer = keel_correlation::current().expect("inside a trace");
         let first = outer.elapsed();
-        let inner = correlation::start_trace("inner", async { correlation::current() })
+        let inner = keel_correlation::start_trace("inner", async { keel_correlation::current() })
             .await
             .expect("inside a nested trace");
         (outer.clone(), inner, (first, outer.elapsed()))
@@ -261,7 +268,7 @@ fn tracer_off_keeps_the_whole_context() {
     assert_eq!(inner.correlation_id(), outer.correlation_id());
     assert_eq!(inner.parent_span_id(), Some(outer.span_id()));
     assert!(inner.tracer().write_failures() == 0);
-    assert_eq!(correlation::correlation_id(), None);
+    assert_eq!(keel_correlation::correlation_id(), None);
 }
 
 #[test]
@@ -272,10 +279,9 @@ fn correlation_id_reads_every_kind_of_id() {
     let fresh = CorrelationId::new();
     for id in [nil, text, fresh] {
         for tracer in [Tracer::off(), Capture::default().tracer()] {
-            let seen =
-                ready(tracer.start_trace_with_id(id.clone(), "read", async {
-                    correlation::correlation_id()
-                }));
+            let seen = ready(tracer.start_trace_with_id(id.clone(), "read", async {
+                keel_correlation::correlation_id()
+            }));
             assert_eq!(seen, Some(id.clone()));
         }
     }
@@ -290,17 +296,17 @@ fn a_panic_in_a_quiet_trace_leaves_no_context_behind() {
         ready(Tracer::off().start_trace("boom", async { boom() }));
     });
     assert!(result.is_err());
-    assert_eq!(correlation::correlation_id(), None);
+    assert_eq!(keel_correlation::correlation_id(), None);
     let result = std::panic::catch_unwind(|| Tracer::off().trace_sync("boom", boom));
     assert!(result.is_err());
-    assert_eq!(correlation::correlation_id(), None);
+    assert_eq!(keel_correlation::correlation_id(), None);
 }
 
 #[test]
 fn a_logging_trace_measures_from_its_start() {
     let capture = Capture::default();
     let (start_time, first, second) = ready(capture.tracer().start_trace("timed", async {
-        let context = correlation::current().expect("inside a trace");
+        let context = keel_correlation::current().expect("inside a trace");
         let first = context.elapsed().expect("a logging trace has a start");
         std::thread::sleep(std::time::Duration::from_millis(2));
         (context.start_time(), first, context.elapsed().unwrap())

@@ -1,7 +1,7 @@
 //! The choices a service makes as a participant: id headers downstream and back, one span
 //! per outgoing call, sync continuation, tuple outcomes.
 
-use correlation::{HeaderRule, IdHeader, Incoming, Propagation, TraceParent, Tracer};
+use keel_correlation::{HeaderRule, IdHeader, Incoming, Propagation, TraceParent, Tracer};
 
 use crate::{Capture, ready};
 
@@ -37,8 +37,8 @@ fn by_default_the_id_headers_the_caller_sent_are_echoed_back_and_sent_on() {
             .collect();
         assert_eq!(incoming.response_headers(), expected, "{received:?}");
         let (back, downstream) = Tracer::off().continue_trace_sync(incoming, "GET /", || {
-            let context = correlation::current().unwrap();
-            let nested = correlation::trace_sync("inner", correlation::outgoing_headers);
+            let context = keel_correlation::current().unwrap();
+            let nested = keel_correlation::trace_sync("inner", keel_correlation::outgoing_headers);
             (context.response_headers(), nested)
         });
         assert_eq!(back, expected, "{received:?}: inside the trace");
@@ -71,7 +71,7 @@ fn id_header_rules_are_configurable() {
         vec![("x-correlation-id", id.clone())]
     );
     let downstream =
-        Tracer::off().continue_trace_sync(incoming, "GET /", correlation::outgoing_headers);
+        Tracer::off().continue_trace_sync(incoming, "GET /", keel_correlation::outgoing_headers);
     assert_eq!(names(&downstream), ["traceparent", "x-correlation-id"]);
     assert_eq!(downstream[1].1, id);
 }
@@ -84,10 +84,11 @@ fn each_client_call_carries_its_own_parent_id() {
         let mut sent = Vec::new();
         for _ in 0..3 {
             let headers: Vec<(&'static str, String)> =
-                correlation::client_call("call upstream", |headers| async move { headers }).await;
+                keel_correlation::client_call("call upstream", |headers| async move { headers })
+                    .await;
             sent.push(headers[0].1.parse::<TraceParent>().unwrap());
         }
-        (correlation::current().unwrap().span_id(), sent)
+        (keel_correlation::current().unwrap().span_id(), sent)
     }));
     let mut parents: Vec<_> = sent.iter().map(|parent| parent.parent_id).collect();
     parents.sort();
@@ -121,7 +122,7 @@ fn continue_trace_sync_needs_no_runtime() {
     let tracer = capture.tracer();
     let (id, parent) = std::thread::spawn(move || {
         tracer.continue_trace_sync(incoming, "GET /sync", || {
-            let context = correlation::current().unwrap();
+            let context = keel_correlation::current().unwrap();
             (context.correlation_id().clone(), context.parent_span_id())
         })
     })

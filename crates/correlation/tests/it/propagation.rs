@@ -1,7 +1,7 @@
 //! The context follows work into tasks, blocking tasks and threads through the helpers, and
 //! is lost (as documented) through bare `tokio::spawn`.
 
-use correlation::{CorrelationId, TraceFutureExt as _, Tracer};
+use keel_correlation::{CorrelationId, TraceFutureExt as _, Tracer};
 
 /// Runs `body` inside a trace and returns the trace's id and what `body` saw.
 async fn traced<F, Fut>(body: F) -> (CorrelationId, Option<CorrelationId>)
@@ -11,7 +11,7 @@ where
 {
     Tracer::off()
         .start_trace("request", async {
-            let id = correlation::correlation_id().unwrap();
+            let id = keel_correlation::correlation_id().unwrap();
             (id, body().await)
         })
         .await
@@ -20,9 +20,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_carries_the_trace() {
     let (id, seen) = traced(|| async {
-        correlation::spawn(async {
+        keel_correlation::spawn(async {
             tokio::task::yield_now().await;
-            correlation::correlation_id()
+            keel_correlation::correlation_id()
         })
         .await
         .unwrap()
@@ -34,7 +34,7 @@ async fn spawn_carries_the_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_blocking_carries_the_trace() {
     let (id, seen) = traced(|| async {
-        correlation::spawn_blocking(correlation::correlation_id)
+        keel_correlation::spawn_blocking(keel_correlation::correlation_id)
             .await
             .unwrap()
     })
@@ -45,7 +45,7 @@ async fn spawn_blocking_carries_the_trace() {
 #[tokio::test]
 async fn bind_carries_the_trace_to_a_thread() {
     let (id, seen) = traced(|| async {
-        let bound = correlation::bind(correlation::correlation_id);
+        let bound = keel_correlation::bind(keel_correlation::correlation_id);
         std::thread::spawn(bound).join().unwrap()
     })
     .await;
@@ -59,7 +59,7 @@ async fn in_current_trace_carries_the_trace() {
         tokio::spawn(
             async {
                 tokio::task::yield_now().await;
-                correlation::correlation_id()
+                keel_correlation::correlation_id()
             }
             .in_current_trace(),
         )
@@ -73,10 +73,12 @@ async fn in_current_trace_carries_the_trace() {
 #[tokio::test]
 async fn sync_scope_carries_a_context_to_a_thread() {
     let (id, seen) = traced(|| async {
-        let context = correlation::current();
-        std::thread::spawn(move || correlation::sync_scope(context, correlation::correlation_id))
-            .join()
-            .unwrap()
+        let context = keel_correlation::current();
+        std::thread::spawn(move || {
+            keel_correlation::sync_scope(context, keel_correlation::correlation_id)
+        })
+        .join()
+        .unwrap()
     })
     .await;
     assert_eq!(seen, Some(id));
@@ -86,7 +88,7 @@ async fn sync_scope_carries_a_context_to_a_thread() {
 #[allow(clippy::disallowed_methods)] // Demonstrates the trap the lint exists for.
 async fn bare_tokio_spawn_loses_the_trace() {
     let (_, seen) = traced(|| async {
-        tokio::spawn(async { correlation::correlation_id() })
+        tokio::spawn(async { keel_correlation::correlation_id() })
             .await
             .unwrap()
     })
@@ -96,14 +98,14 @@ async fn bare_tokio_spawn_loses_the_trace() {
         "tokio does not carry task-locals into spawned tasks"
     );
     let (_, blocking) = traced(|| async {
-        tokio::task::spawn_blocking(correlation::correlation_id)
+        tokio::task::spawn_blocking(keel_correlation::correlation_id)
             .await
             .unwrap()
     })
     .await;
     assert_eq!(blocking, None);
     let (_, thread) = traced(|| async {
-        std::thread::spawn(correlation::correlation_id)
+        std::thread::spawn(keel_correlation::correlation_id)
             .join()
             .unwrap()
     })
@@ -115,12 +117,13 @@ async fn bare_tokio_spawn_loses_the_trace() {
 async fn a_trace_started_in_a_spawned_task_is_a_child() {
     let (parent, child) = Tracer::off()
         .start_trace("request", async {
-            let parent = correlation::current().unwrap();
-            let child = correlation::spawn(correlation::start_trace("background", async {
-                correlation::current().unwrap()
-            }))
-            .await
-            .unwrap();
+            let parent = keel_correlation::current().unwrap();
+            let child =
+                keel_correlation::spawn(keel_correlation::start_trace("background", async {
+                    keel_correlation::current().unwrap()
+                }))
+                .await
+                .unwrap();
             (parent, child)
         })
         .await;
@@ -130,7 +133,7 @@ async fn a_trace_started_in_a_spawned_task_is_a_child() {
 
 #[test]
 fn in_current_trace_outside_a_trace_carries_none() {
-    let future = async { correlation::correlation_id() }.in_current_trace();
+    let future = async { keel_correlation::correlation_id() }.in_current_trace();
     let seen = crate::ready(Tracer::off().start_trace("other", future));
     assert_eq!(
         seen, None,

@@ -1,6 +1,8 @@
 //! Property tests: format/parse round trips, parsers never panic, one JSON line per event.
 
-use correlation::{CorrelationId, Incoming, SpanId, TraceFlags, TraceId, TraceParent, TraceState};
+use keel_correlation::{
+    CorrelationId, Incoming, SpanId, TraceFlags, TraceId, TraceParent, TraceState,
+};
 use proptest::prelude::*;
 
 use crate::{Capture, ready};

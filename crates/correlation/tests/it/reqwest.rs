@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use correlation::TraceParent;
 use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use keel_correlation::TraceParent;
 use tokio::net::TcpListener;
 
 use crate::Capture;
@@ -52,7 +52,7 @@ async fn upstream(
 
 fn client() -> reqwest_middleware::ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(correlation::reqwest::Middleware::new())
+        .with(keel_correlation::reqwest::Middleware::new())
         .build()
 }
 
@@ -61,7 +61,7 @@ async fn every_request_through_the_client_is_a_span_with_its_own_parent_id() {
     let (addr, seen) = upstream(3, 200).await;
     let capture = Capture::default();
     let client = client();
-    let incoming = correlation::Incoming::from_headers([
+    let incoming = keel_correlation::Incoming::from_headers([
         (
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -79,7 +79,7 @@ async fn every_request_through_the_client_is_a_span_with_its_own_parent_id() {
                     .unwrap();
                 assert_eq!(response.status(), 200);
             }
-            correlation::current().unwrap().span_id()
+            keel_correlation::current().unwrap().span_id()
         })
         .await;
     let seen = seen.lock().unwrap().clone();

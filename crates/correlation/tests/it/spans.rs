@@ -1,7 +1,7 @@
 //! `Tracer::with_spans`: each trace is also a `tracing` span carrying its ids, so span-based
 //! tools see the request; without it a trace makes no span.
 
-use correlation::Tracer;
+use keel_correlation::Tracer;
 use serde_json::Value;
 use tracing_subscriber::fmt::format;
 
@@ -30,16 +30,16 @@ fn each_trace_is_a_span_with_its_ids() {
     let ((outer, inner, sync), events) = events_of(|| {
         ready(tracer.start_trace("GET /orders", async {
             tracing::info!("in the request");
-            let inner = correlation::start_trace("load", async {
+            let inner = keel_correlation::start_trace("load", async {
                 tracing::info!("in the nested trace");
-                correlation::current().unwrap()
+                keel_correlation::current().unwrap()
             })
             .await;
-            let sync = correlation::trace_sync("resize", || {
+            let sync = keel_correlation::trace_sync("resize", || {
                 tracing::info!("in a sync trace");
-                correlation::current().unwrap()
+                keel_correlation::current().unwrap()
             });
-            (correlation::current().unwrap(), inner, sync)
+            (keel_correlation::current().unwrap(), inner, sync)
         }))
     });
     let app: Vec<&Value> = events
@@ -81,7 +81,7 @@ fn without_spans_a_trace_makes_none() {
     let (id, events) = events_of(|| {
         ready(Tracer::off().with_spans().start_trace("quiet", async {
             tracing::info!("in a quiet span");
-            correlation::correlation_id().unwrap()
+            keel_correlation::correlation_id().unwrap()
         }))
     });
     assert_eq!(events.len(), 1);

@@ -1,6 +1,6 @@
 //! W3C Trace Context rules, one table row per rule (values from the specification's text).
 
-use correlation::{
+use keel_correlation::{
     IdSource, Incoming, Mode, Propagation, RejectionReason, Sampling, TraceContextLevel,
     TraceFlags, TraceParent, TraceParentError, TraceState, TraceStateError, Tracer,
 };
@@ -426,7 +426,7 @@ fn header_names_are_case_insensitive_and_repeats_invalid() {
         ("Traceparent", value.as_str()),
         ("tracestate", "congo=1"),
     ]);
-    assert_eq!(repeated.source(), correlation::IdSource::Generated);
+    assert_eq!(repeated.source(), keel_correlation::IdSource::Generated);
     assert_eq!(
         repeated.rejections()[0].reason,
         RejectionReason::TraceParent(TraceParentError::Repeated)
@@ -459,7 +459,7 @@ fn repeated_tracestate_fields_are_combined() {
     );
     assert_eq!(
         duplicate.source(),
-        correlation::IdSource::TraceParent,
+        keel_correlation::IdSource::TraceParent,
         "a bad tracestate does not affect traceparent"
     );
 }
@@ -469,7 +469,7 @@ fn repeated_tracestate_fields_are_combined() {
 fn sent_traceparent(propagation: &Propagation, headers: &[(&str, &str)]) -> TraceParent {
     let incoming = propagation.incoming(headers.iter().copied());
     Tracer::off().continue_trace_sync(incoming, "GET /", || {
-        correlation::client_call_sync("call", |headers| {
+        keel_correlation::client_call_sync("call", |headers| {
             headers
                 .iter()
                 .find(|(name, _)| *name == "traceparent")
@@ -538,7 +538,7 @@ fn random_flag_is_propagated_and_set_on_new_traces() {
         assert_eq!(sent_flags(&defaults, &headers), expected, "{rule}");
     }
     // A trace started without a request: a fresh UUID v4 as trace id.
-    let flags = Tracer::off().trace_sync("job", || correlation::current().unwrap().flags());
+    let flags = Tracer::off().trace_sync("job", || keel_correlation::current().unwrap().flags());
     assert_eq!(flags.bits(), fresh, "start_trace sets random on a fresh id");
 }
 
@@ -579,7 +579,7 @@ fn sampling_decides_only_new_traces() {
     let consecutive = (0..1000u128)
         .filter(|counter| {
             let trace_id =
-                correlation::TraceId::from_u128((0x0190 << 112) | (counter + 1)).unwrap();
+                keel_correlation::TraceId::from_u128((0x0190 << 112) | (counter + 1)).unwrap();
             Sampling::Ratio(0.5).sampled(trace_id)
         })
         .count();
@@ -623,8 +623,12 @@ fn pass_through_forwards_the_trace_unchanged() {
         ("tracestate", "congo=1,rojo=2"),
     ]);
     let (first, second, own_span) = Tracer::off().continue_trace_sync(incoming, "proxy", || {
-        let call = || correlation::client_call_sync("forward", |headers| headers);
-        (call(), call(), correlation::current().unwrap().span_id())
+        let call = || keel_correlation::client_call_sync("forward", |headers| headers);
+        (
+            call(),
+            call(),
+            keel_correlation::current().unwrap().span_id(),
+        )
     });
     for headers in [&first, &second] {
         assert_eq!(headers[0], ("traceparent", received.clone()));
@@ -646,7 +650,7 @@ fn own_tracestate_entry_is_added_in_front_and_updated() {
         ("tracestate", "congo=1,acme=old,rojo=2"),
     ]);
     let headers = Tracer::off().continue_trace_sync(incoming, "GET /", || {
-        correlation::client_call_sync("call", |headers| headers)
+        keel_correlation::client_call_sync("call", |headers| headers)
     });
     let parent: TraceParent = headers[0].1.parse().unwrap();
     assert_eq!(
@@ -688,7 +692,7 @@ fn outgoing_tracestate_is_truncated_to_512_long_entries_first() {
     let incoming =
         Incoming::from_headers([("traceparent", value.as_str()), ("tracestate", &received)]);
     let headers =
-        Tracer::off().continue_trace_sync(incoming, "GET /", correlation::outgoing_headers);
+        Tracer::off().continue_trace_sync(incoming, "GET /", keel_correlation::outgoing_headers);
     assert_eq!(headers[1].1, text);
 }
 

@@ -9,11 +9,11 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use correlation::{
+use http::{HeaderMap, Request, Response, StatusCode};
+use keel_correlation::{
     TraceParent,
     tower::{ClientLayer, ServerLayer},
 };
-use http::{HeaderMap, Request, Response, StatusCode};
 use tower_layer::Layer as _;
 use tower_service::Service;
 
@@ -60,7 +60,7 @@ fn the_server_layer_continues_the_request_and_echoes_its_id_headers() {
     let capture = Capture::default();
     let mut service = ServerLayer::new().tracer(capture.tracer()).layer(FnService(
         |_request: Request<()>| async {
-            let context = correlation::current().unwrap();
+            let context = keel_correlation::current().unwrap();
             assert_eq!(
                 context.trace_id().to_string(),
                 "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -167,16 +167,16 @@ fn the_client_layer_gives_each_request_its_own_span_and_parent_id() {
     let recorded = Arc::clone(&seen);
     let inner = FnService(move |request: Request<()>| {
         recorded.lock().unwrap().push(request.headers().clone());
-        let context = correlation::current().unwrap();
+        let context = keel_correlation::current().unwrap();
         let span = context.span_id();
         async move {
             // The future runs in the client span too.
-            assert_eq!(correlation::current().unwrap().span_id(), span);
+            assert_eq!(keel_correlation::current().unwrap().span_id(), span);
             Ok::<_, Infallible>(status(200))
         }
     });
     let mut client = ClientLayer::new().layer(inner);
-    let incoming = correlation::Incoming::from_headers([("traceparent", TRACEPARENT)]);
+    let incoming = keel_correlation::Incoming::from_headers([("traceparent", TRACEPARENT)]);
     let server_span = ready(capture.tracer().continue_trace(incoming, "GET /", async {
         for _ in 0..3 {
             let request = Request::get("http://inventory.local/stock")
@@ -184,7 +184,7 @@ fn the_client_layer_gives_each_request_its_own_span_and_parent_id() {
                 .unwrap();
             client.call(request).await.unwrap();
         }
-        correlation::current().unwrap().span_id()
+        keel_correlation::current().unwrap().span_id()
     }));
     let parents: Vec<TraceParent> = seen
         .lock()

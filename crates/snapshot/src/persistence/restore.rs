@@ -41,7 +41,7 @@ impl CachePersistence {
     /// are left in place.
     ///
     /// ```
-    /// use snapshot::{CacheEntry, CachePersistence};
+    /// use keel_snapshot::{CacheEntry, CachePersistence};
     /// use std::time::{Duration, UNIX_EPOCH};
     ///
     /// let dir = tempfile::tempdir()?;
@@ -92,7 +92,7 @@ impl CachePersistence {
     ///
     /// ```
     /// use std::collections::BTreeMap;
-    /// use snapshot::{CacheEntry, CachePersistence};
+    /// use keel_snapshot::{CacheEntry, CachePersistence};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let persistence = CachePersistence::new(dir.path());
@@ -175,7 +175,7 @@ impl CachePersistence {
     /// ```
     /// let dir = tempfile::tempdir()?;
     /// std::fs::write(dir.path().join("cache-snapshot.json"), "{\"version\":1,\"entries\":[")?;
-    /// let persistence = snapshot::CachePersistence::new(dir.path());
+    /// let persistence = keel_snapshot::CachePersistence::new(dir.path());
     /// let restored = persistence.restore_or_empty::<String>();
     /// assert!(restored.entries.is_empty());
     /// assert!(!persistence.exists(), "the truncated file was moved aside");

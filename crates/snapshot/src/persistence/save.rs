@@ -45,7 +45,7 @@ impl CachePersistence {
     ///
     /// ```
     /// use std::collections::BTreeMap;
-    /// use snapshot::{CacheEntry, CachePersistence, SnapshotError};
+    /// use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let persistence = CachePersistence::new(dir.path());

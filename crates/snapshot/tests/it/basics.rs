@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::PermissionsExt,
 };
 
-use snapshot::{CacheEntry, CachePersistence, SnapshotError};
+use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
 
 use crate::support::{NOW_MILLIS, fixed_clock, generation, temp_files};
 

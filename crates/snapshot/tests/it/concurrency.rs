@@ -10,7 +10,7 @@ use std::{
     thread,
 };
 
-use snapshot::CachePersistence;
+use keel_snapshot::CachePersistence;
 
 use crate::support::{
     assert_whole_generation, child_dir, child_mode, child_start, generation, spawn_child,

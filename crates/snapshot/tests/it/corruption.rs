@@ -4,8 +4,8 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
+use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
 use serde::{Deserialize, Serialize};
-use snapshot::{CacheEntry, CachePersistence, SnapshotError};
 
 use crate::support::{NOW_MILLIS, Rng, fixed_clock};
 

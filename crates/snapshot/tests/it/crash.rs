@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use snapshot::CachePersistence;
+use keel_snapshot::CachePersistence;
 
 use crate::support::{
     Rng, assert_whole_generation, child_dir, child_mode, child_start, generation, spawn_child,

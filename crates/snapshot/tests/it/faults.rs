@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fs, io::Read};
 
-use snapshot::{CacheEntry, CachePersistence, SnapshotError};
+use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
 
 use crate::support::{child_dir, child_mode, generation, spawn_child, temp_files};
 

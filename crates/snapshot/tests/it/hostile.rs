@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, fs};
 
-use snapshot::{CachePersistence, SnapshotError};
+use keel_snapshot::{CachePersistence, SnapshotError};
 
 /// 1024 small entries, then `padding` bytes of whitespace and a last entry: the
 /// restore's size estimate after 1024 entries would see megabytes still to come.
@@ -36,8 +36,8 @@ fn whitespace_after_the_first_entries_does_not_inflate_the_map() {
 fn good_snapshot() -> (tempfile::TempDir, Vec<u8>) {
     let directory = tempfile::tempdir().unwrap();
     let persistence = CachePersistence::new(directory.path());
-    let cache: std::collections::BTreeMap<String, snapshot::CacheEntry<u32>> = (0..20)
-        .map(|index| (format!("k{index}"), snapshot::CacheEntry::new(index)))
+    let cache: std::collections::BTreeMap<String, keel_snapshot::CacheEntry<u32>> = (0..20)
+        .map(|index| (format!("k{index}"), keel_snapshot::CacheEntry::new(index)))
         .collect();
     persistence.save(&cache).unwrap();
     let bytes = fs::read(persistence.path()).unwrap();

@@ -8,11 +8,11 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use moka::{future, sync::Cache};
-use snapshot::{
+use keel_snapshot::{
     CacheEntry, CachePersistence, Changes, Persister,
     moka::{ExpiresAt, epoch_millis_now},
 };
+use moka::{future, sync::Cache};
 
 type Moka = Cache<String, CacheEntry<u64>>;
 

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, fs, io::Read};
 
-use snapshot::{CacheEntry, CachePersistence};
+use keel_snapshot::{CacheEntry, CachePersistence};
 
 use crate::support::{NOW_MILLIS, child_dir, child_mode, fixed_clock, spawn_child};
 

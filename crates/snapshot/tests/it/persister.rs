@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use snapshot::{CacheEntry, CachePersistence, Changes, Persister};
+use keel_snapshot::{CacheEntry, CachePersistence, Changes, Persister};
 
 type Cache = Arc<Mutex<HashMap<String, CacheEntry<u64>>>>;
 
@@ -285,7 +285,7 @@ async fn a_change_during_a_save_and_a_failed_save_are_saved_again() {
             }
             if attempt == 2 {
                 // The second save fails; nothing changes afterwards.
-                return Err(snapshot::SnapshotError::Io {
+                return Err(keel_snapshot::SnapshotError::Io {
                     action: "write",
                     path: persistence.path().to_path_buf(),
                     source: std::io::Error::other("disk full"),

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use keel_snapshot::{CacheEntry, CachePersistence};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
-use snapshot::{CacheEntry, CachePersistence};
 
 use crate::support::{NOW_MILLIS, fixed_clock};
 

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, fs};
 
-use snapshot::{CacheEntry, CachePersistence, SnapshotError};
+use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
 
 use crate::support::{NOW_MILLIS, fixed_clock};
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use snapshot::{CacheEntry, CachePersistence, Restored};
+use keel_snapshot::{CacheEntry, CachePersistence, Restored};
 
 /// The environment variable that turns a test into the child half of itself.
 pub(crate) const CHILD_MODE: &str = "SNAPSHOT_TEST_CHILD";

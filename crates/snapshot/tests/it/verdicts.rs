@@ -5,9 +5,9 @@
 
 use std::{collections::BTreeMap, fs};
 
+use keel_snapshot::{CacheEntry, CachePersistence, SnapshotError};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
-use snapshot::{CacheEntry, CachePersistence, SnapshotError};
 
 /// Writes `bytes` as the snapshot of a fresh directory and restores it as `V`.
 fn restore_bytes<V: serde::de::DeserializeOwned + Send>(
@@ -57,7 +57,7 @@ fn assert_incompatible(case: &str, bytes: &[u8]) {
     match result {
         Err(error @ SnapshotError::Incompatible { .. }) => {
             assert_eq!(error.quarantined_to(), None, "{case}: {error}");
-            let path = directory.path().join(snapshot::SNAPSHOT_FILE_NAME);
+            let path = directory.path().join(keel_snapshot::SNAPSHOT_FILE_NAME);
             assert_eq!(
                 fs::read(path).unwrap(),
                 bytes,
