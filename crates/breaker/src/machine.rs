@@ -26,12 +26,17 @@ pub(crate) const MANUAL_ATTEMPT: u8 = u8::MAX;
 /// admitting everyone; no real probe answers faster than this.
 pub(crate) const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 
+/// The generation's bits in the state word (and in a tagged count).
+const GENERATION_BITS: u64 = 0xFFFF_FFFF_0000_0000;
+
 /// The shared state of one breaker and its clones.
 ///
-/// `repr(C)`, hot fields first: a closed success reads `word`, `plain`, `fast_success`,
-/// `failures` and the event listeners' pointer, which then share one cache line (the
-/// `Arc` header takes the line's first 16 bytes) instead of four.
-#[repr(C)]
+/// `repr(C)`, hot fields first: a closed call reads `word`, `plain`, `quiet_success` and
+/// `failures`, which then share one cache line instead of four. Aligned to a cache line, so
+/// that line is not the one holding the `Arc`'s reference counts either: every clone or drop
+/// of a `CircuitBreaker` (a clone per request is common) writes those counts, and on the
+/// same line it would take the hot words away from every other core's cache.
+#[repr(C, align(64))]
 pub(crate) struct Inner {
     /// The state word, `[generation: 32 | isolations: 16 | attempt: 8 | state: 8]`.
     ///
@@ -53,9 +58,10 @@ pub(crate) struct Inner {
     pub(crate) failures: AtomicU64,
     /// Whether a closed call may take the fast path: no counters, no slow-call timing.
     pub(crate) plain: bool,
-    /// Whether a closed success may take the fast path: `plain` under the
-    /// consecutive-failures policy.
-    fast_success: bool,
+    /// Whether a closed success may return after one load: `plain`, under the
+    /// consecutive-failures policy, with no event listener (nothing to count, nothing to
+    /// announce; only a failure streak to reset, which that load checks).
+    quiet_success: bool,
     pub(crate) listeners: Listeners,
     /// Half-open slots: `[generation: 32 | in_flight: 16 | successes: 16]`; another
     /// generation's tag reads as zero, so superseding or reopening frees every slot at once.
@@ -106,6 +112,13 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
+    /// A closed call admitted with the generation bits `tag` of the state word (not a
+    /// probe, not timed).
+    #[inline]
+    pub(crate) fn closed_tagged(tag: u64) -> Admission {
+        Admission::new(Word(tag).generation(), false)
+    }
+
     #[inline]
     fn new(generation: u32, probe: bool) -> Admission {
         Admission {
@@ -197,11 +210,12 @@ impl Inner {
         name: Box<str>,
     ) -> Inner {
         let plain = counters.is_none() && slow_call_nanos == 0;
-        let fast_success = plain && matches!(tracker, Tracker::Consecutive { .. });
+        let quiet_success =
+            plain && matches!(tracker, Tracker::Consecutive { .. }) && !listeners.any();
         Inner {
             word: AtomicU64::new(start.word.0),
             failures: AtomicU64::new(start.failures),
-            fast_success,
+            quiet_success,
             listeners,
             probes: AtomicU64::new(0),
             opened_at: AtomicI64::new(start.opened_at),
@@ -274,7 +288,40 @@ impl Inner {
         deadline_after(started, self.probe_timeout(word))
     }
 
-    /// The fast path: a closed breaker admits with one load.
+    /// The fast path of `call`: for a closed breaker whose successes are quiet (see
+    /// `quiet_success`), the state word's generation bits, `[generation: 32 | 0: 32]` (one
+    /// load); `None` when the call needs the general path.
+    #[inline]
+    pub(crate) fn admit_quiet(&self) -> Option<u64> {
+        // Acquire: as in `admit`.
+        let word = Word(self.word.load(Ordering::Acquire));
+        (word.state() == CLOSED && self.quiet_success).then_some(word.0 & GENERATION_BITS)
+    }
+
+    /// Records the outcome of a call admitted by [`admit_quiet`](Self::admit_quiet) with
+    /// `tag` (its generation bits): a success with no failure streak of its generation to
+    /// reset returns after one load; anything else is one cold call.
+    #[inline]
+    pub(crate) fn record_quiet(&self, tag: u64, outcome: Outcome) {
+        if outcome == Outcome::Success {
+            // Relaxed: as in `record_success`. `failures - tag` is in `1..=u32::MAX` exactly
+            // when the count is tagged with this generation and not zero (`tagged_count`,
+            // in two instructions): only then is there a streak to reset.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if failures.wrapping_sub(tag).wrapping_sub(1) >= u64::from(u32::MAX) {
+                return;
+            }
+        }
+        self.record_quiet_slow(tag, outcome);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_quiet_slow(&self, tag: u64, outcome: Outcome) {
+        self.record_slow(Admission::closed_tagged(tag), outcome);
+    }
+
+    /// Admits or rejects a call (the fast path: a closed breaker admits with one load).
     #[inline]
     pub(crate) fn admit(&self) -> Result<Admission, Rejected> {
         // Acquire: pairs with the Release half of the transition CAS that stored this word,
@@ -288,6 +335,7 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     fn admit_slow(&self, word: Word) -> Result<Admission, Rejected> {
         match self.admit_from(word) {
             Ok(mut admission) => {
@@ -512,31 +560,42 @@ impl Inner {
         (word.generation() == generation).then_some(word)
     }
 
-    /// Records an outcome the caller classified.
+    /// Records an outcome the caller classified: a quiet closed success (see
+    /// [`record_success`](Self::record_success)) inline, anything else in one cold call.
     #[inline]
     pub(crate) fn record(&self, admission: Admission, outcome: Outcome) {
+        if outcome == Outcome::Success && self.quiet_success && !admission.probe() {
+            // Relaxed: as in `record_success`.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if tagged_count(failures, admission.generation()) == 0 {
+                return;
+            }
+        }
+        self.record_slow(admission, outcome);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_slow(&self, admission: Admission, outcome: Outcome) {
         match outcome {
-            Outcome::Success => self.record_success(admission),
+            Outcome::Success => self.record_success_slow(admission),
             Outcome::Failure => self.record_failure(admission),
             Outcome::Ignored => self.record_ignored(admission),
         }
     }
 
-    /// The hot half of recording a success: a closed call under the default policy.
+    /// The hot half of recording a success: a closed call under the default policy with
+    /// nobody listening returns after one load and a compare; everything else (a streak to
+    /// reset, a listener to tell, counters, windows, probes) is one cold call.
     #[inline]
     pub(crate) fn record_success(&self, admission: Admission) {
-        if self.fast_success && !admission.probe() {
-            // Relaxed: the count publishes nothing. Only a load unless a streak must be
-            // reset; a count tagged with another generation reads as zero, so a stale
-            // success never writes.
+        if self.quiet_success && !admission.probe() {
+            // Relaxed: the count publishes nothing. A count tagged with another generation
+            // reads as zero, so a stale success never writes (and never leaves this path).
             let failures = self.failures.load(Ordering::Relaxed);
-            if tagged_count(failures, admission.generation()) != 0 {
-                self.reset_streak(failures, admission.generation());
+            if tagged_count(failures, admission.generation()) == 0 {
+                return;
             }
-            if self.listeners.any() {
-                self.announce_success(admission.generation());
-            }
-            return;
         }
         self.record_success_slow(admission);
     }
@@ -597,6 +656,7 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     fn record_success_slow(&self, admission: Admission) {
         if self.is_slow(admission) {
             // A slow success counts as a failure for the policy (and as a slow call).
@@ -633,6 +693,7 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     pub(crate) fn record_failure(&self, admission: Admission) {
         // Only counted: a slow failure is a failure either way.
         if let Some(counters) = &self.counters
@@ -753,6 +814,7 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     pub(crate) fn cancel(&self, admission: Admission) {
         if let Some(counters) = &self.counters {
             counters.cancelled();
@@ -785,7 +847,7 @@ impl Inner {
     /// Does nothing unless the breaker is open with less than `wait` left, or if another
     /// transition gets there first.
     #[cold]
-    fn hold_open(&self, wait: Duration) {
+    pub(crate) fn hold_open(&self, wait: Duration) {
         let word = self.load();
         if word.state() != OPEN {
             return;

@@ -128,13 +128,68 @@ fn guarded<R>(call: &mut Call<'_>, work: impl FnOnce() -> R) -> R {
     output
 }
 
+/// `call`: a closed breaker with quiet successes (the default policy, no listener, no
+/// counters, no slow-call timing) admits and records inline; any other state or
+/// configuration takes [`call_admitting`], one cold call that runs the operation there (so
+/// the hot path holds one inlined copy of the operation and no rejection handling).
 #[inline]
 pub(crate) fn call_with<T, E>(
     inner: &Inner,
     operation: impl FnOnce() -> Result<T, E>,
     classifier: &impl Classify<T, E>,
 ) -> Result<T, BreakerError<E>> {
+    let Some(tag) = inner.admit_quiet() else {
+        return call_admitting(inner, operation, classifier);
+    };
+    let armed = FailQuietOnUnwind { inner, tag };
+    let result = operation();
+    mem::forget(armed);
+    // A panicking classifier records nothing (a closed call has no slot to free), as a
+    // cancelled call.
+    let outcome = classifier.classify(&result);
+    inner.record_quiet(tag, outcome);
+    if outcome == Outcome::Failure
+        && let Some(wait) = classifier.retry_after(&result)
+    {
+        inner.hold_open(wait);
+    }
+    result.map_err(BreakerError::Inner)
+}
+
+/// [`FailOnUnwind`] for a call admitted by `admit_quiet`, holding only what it needs (two
+/// words to store before the operation runs, not three).
+struct FailQuietOnUnwind<'a> {
+    inner: &'a Inner,
+    tag: u64,
+}
+
+impl Drop for FailQuietOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.inner.record_quiet(self.tag, Outcome::Failure);
+    }
+}
+
+/// `call` when the breaker is not closed with quiet successes: the full admission, then the same run.
+#[cold]
+#[inline(never)]
+fn call_admitting<T, E>(
+    inner: &Inner,
+    operation: impl FnOnce() -> Result<T, E>,
+    classifier: &impl Classify<T, E>,
+) -> Result<T, BreakerError<E>> {
     let admission = inner.admit()?;
+    run_admitted(inner, admission, operation, classifier)
+}
+
+/// Runs an admitted `operation` and records its classified outcome.
+#[inline]
+fn run_admitted<T, E>(
+    inner: &Inner,
+    admission: Admission,
+    operation: impl FnOnce() -> Result<T, E>,
+    classifier: &impl Classify<T, E>,
+) -> Result<T, BreakerError<E>> {
     let armed = FailOnUnwind { inner, admission };
     let result = operation();
     mem::forget(armed);
