@@ -60,8 +60,8 @@
 //!   reports what happened; every rejection says why ([`RejectReason`]) and, while open,
 //!   since when.
 //! - Invalid configuration is a [`ConfigError`] from [`Builder::build`]; nothing in the
-//!   crate panics except to resume a guarded call's own panic (and the usual panic of a
-//!   future polled after it completed). `Duration::MAX` is a valid open time. Policy choices
+//!   crate panics except to resume a guarded call's own panic (a future polled after it
+//!   completed stays `Pending`). `Duration::MAX` is a valid open time. Policy choices
 //!   that differ between peers (a window decides only on failures; any probe failure
 //!   reopens; `min_calls` of zero is an error) are listed on [`Builder`].
 //! - Time comes from a [`Clock`] (monotonic by default, [`ManualClock`] in tests); deadlines
@@ -216,3 +216,8 @@ pub use crate::tower::{BreakerLayer, BreakerService, ResponseFuture};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use crate::http::{HttpStatus, rejection_response};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -211,7 +211,11 @@ pin_project_lite::pin_project! {
     /// costs little more than the operation's own future.
     ///
     /// Dropping it before it completes cancels the call (nothing is recorded, a probe slot
-    /// is freed). Like most futures, it panics if polled again after it completed.
+    /// is freed). Polled again after it completed (with its output or a rejection), it
+    /// stays `Pending` forever and records nothing; it never panics. (The `Future` contract
+    /// allows either; tower's own futures panic, but a breaker must not turn a caller's
+    /// extra poll into a crash, and the tower layer's `ResponseFuture`, feature `tower`,
+    /// does the same.)
     ///
     /// # Examples
     ///
@@ -279,7 +283,9 @@ where
             this.future.set(Some(future));
         }
         let Some(future) = this.future.as_mut().as_pin_mut() else {
-            panic!("`Execute` polled after it completed");
+            // Completed already (or rejected): nothing to drive, nothing to record. Pending,
+            // not a panic, as `ResponseFuture` does (see the type's docs).
+            return Poll::Pending;
         };
         // Each poll is guarded: a panic inside it records a failure and then continues.
         let Poll::Ready(result) = guarded(this.call, || future.poll(context)) else {
