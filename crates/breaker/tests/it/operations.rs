@@ -185,14 +185,25 @@ fn a_panicking_rejection_listener_changes_nothing() {
     let clock = ManualClock::new();
     let breaker = builder(&clock, 1)
         .on_rejected(|_| panic!("listener panic"))
+        .probe_timeout(Duration::MAX)
+        .count_calls()
         .build()
         .unwrap();
     fail(&breaker);
     assert!(catch_unwind(AssertUnwindSafe(|| breaker.try_acquire().map(drop))).is_err());
     assert_eq!(breaker.state(), State::Open);
     clock.advance(Duration::from_secs(10));
-    breaker.try_acquire().expect("the probe").success();
+    let probe = breaker.try_acquire().expect("the probe");
+    // Rejected while half-open and full: the listener's panic leaves the probe's slot alone.
+    assert!(catch_unwind(AssertUnwindSafe(|| breaker.try_acquire().map(drop))).is_err());
+    probe.success();
     assert_eq!(breaker.state(), State::Closed);
+    // Each rejection was counted before its listener ran, so the panics lost no count.
+    let metrics = breaker.metrics();
+    assert_eq!(
+        (metrics.rejected_open, metrics.rejected_half_open_full),
+        (1, 1)
+    );
 }
 
 #[derive(Debug)]
