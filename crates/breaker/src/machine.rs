@@ -663,7 +663,7 @@ impl Inner {
             if let Some(counters) = &self.counters {
                 counters.slow();
             }
-            self.record_failure_counted(admission);
+            self.record_failure_counted(admission, None).announce(self);
             return;
         }
         if let Some(counters) = &self.counters {
@@ -695,26 +695,47 @@ impl Inner {
     #[cold]
     #[inline(never)]
     pub(crate) fn record_failure(&self, admission: Admission) {
+        self.record_failure_holding(admission, None);
+    }
+
+    /// Records a failure; with `hold` (an upstream's "come back after"), an opening it
+    /// causes lasts at least that long, set in the same compare-and-swap that opens, so no
+    /// caller can take a probe between the opening and the hold. Then, for an opening made
+    /// by another call (or one whose hold a racing opening overwrote), [`hold_open`]
+    /// extends an open breaker to at least `hold` from now.
+    ///
+    /// [`hold_open`]: Self::hold_open
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn record_failure_holding(&self, admission: Admission, hold: Option<Duration>) {
         // Only counted: a slow failure is a failure either way.
         if let Some(counters) = &self.counters
             && self.is_slow(admission)
         {
             counters.slow();
         }
-        self.record_failure_counted(admission);
+        let failed = self.record_failure_counted(admission, hold);
+        // Unless this call opened (with its hold), extend whatever opening there is;
+        // before announcing, so a panicking listener cannot skip it.
+        if let Some(wait) = hold
+            && !matches!(failed, Failed::Opened(_))
+        {
+            self.hold_open(wait);
+        }
+        failed.announce(self);
     }
 
-    fn record_failure_counted(&self, admission: Admission) {
+    /// Counts a failure and opens if it trips; returns what to announce.
+    fn record_failure_counted(&self, admission: Admission, hold: Option<Duration>) -> Failed {
         if let Some(counters) = &self.counters {
             counters.failure();
         }
         if admission.probe() {
-            self.probe_failed(admission.generation());
-            return;
+            return self.probe_failed(admission.generation(), hold);
         }
         let generation = admission.generation();
         if self.current(generation).is_none() {
-            return;
+            return Failed::Stale;
         }
         let (word, trip) = match &self.tracker {
             Tracker::Consecutive { threshold } => {
@@ -726,7 +747,7 @@ impl Inner {
                     if tag_is_newer(current, generation) {
                         // A newer generation counts here already: this result is stale,
                         // and writing would erase the live count.
-                        return;
+                        return Failed::Stale;
                     }
                     let count = tagged_count(current, generation).saturating_add(1);
                     match self.failures.compare_exchange_weak(
@@ -741,18 +762,17 @@ impl Inner {
                 };
                 // Announce only a failure of a generation still current.
                 let Some(word) = self.current(generation) else {
-                    return;
+                    return Failed::Stale;
                 };
                 (word, count >= *threshold)
             }
             _ => match self.record_in_window(generation, true) {
                 Some(decision) => decision,
-                None => return,
+                None => return Failed::Stale,
             },
         };
         // Open first, announce after: a panicking listener must not skip the opening.
-        let change = if trip { self.open(word) } else { None };
-        self.emit_with(Event::Failure, change);
+        Failed::from_opening(if trip { self.open(word, hold) } else { None })
     }
 
     /// A call whose outcome the classifier ignored: nothing counts, a probe slot is freed.
@@ -767,19 +787,29 @@ impl Inner {
     }
 
     /// Opens from `word` (closed or half-open) unless another transition got there first;
-    /// returns the state change to announce.
-    fn open(&self, word: Word) -> Option<Event> {
+    /// returns the state change to announce. With `hold` longer than the backoff's delay,
+    /// the opening's open time is `hold` instead (a manual open time, as `hold_open`
+    /// would set, but in the opening's own CAS).
+    fn open(&self, word: Word, hold: Option<Duration>) -> Option<Event> {
         let now = self.now();
         // Re-check right before raising `opened_at`: a thread that was preempted since it
         // read `word` must not push a newer opening's deadline later.
         if self.current(word.generation()) != Some(word) {
             return None;
         }
+        let mut next = word.next(OPEN).with_attempt(next_attempt(word));
+        if let Some(wait) = hold
+            && self.open_delay(next) < wait
+        {
+            // Relaxed: published by the CAS below, as in `trip`. An opening racing this
+            // one may overwrite it before its own CAS fails; `record_failure_holding`
+            // then extends the hold again once this CAS is done.
+            self.manual_delay.store(held_nanos(wait), Ordering::Relaxed);
+            next = next.with_attempt(MANUAL_ATTEMPT);
+        }
         // Release, before the CAS: pairs with `open_deadline`'s Acquire.
         self.opened_at.fetch_max(now, Ordering::Release);
-        self.cas(word, word.next(OPEN).with_attempt(next_attempt(word)))
-            .ok()
-            .flatten()
+        self.cas(word, next).ok().flatten()
     }
 
     fn probe_succeeded(&self, generation: u32) {
@@ -802,15 +832,12 @@ impl Inner {
         self.emit_with(Event::Success, change);
     }
 
-    fn probe_failed(&self, generation: u32) {
-        let Some(word) = self.current(generation) else {
-            return;
-        };
-        if word.state() != HALF_OPEN {
-            return;
+    /// Reopens after a failed probe of `generation`; returns what to announce.
+    fn probe_failed(&self, generation: u32, hold: Option<Duration>) -> Failed {
+        match self.current(generation) {
+            Some(word) if word.state() == HALF_OPEN => Failed::from_opening(self.open(word, hold)),
+            _ => Failed::Stale,
         }
-        let change = self.open(word);
-        self.emit_with(Event::Failure, change);
     }
 
     #[cold]
@@ -824,8 +851,9 @@ impl Inner {
         }
     }
 
-    /// Records a classified outcome, then, for a failure the classifier says came with a
-    /// "come back after" (an HTTP `Retry-After`), holds the breaker open at least that long.
+    /// Records a classified outcome; a failure the classifier says came with a "come back
+    /// after" (an HTTP `Retry-After`) holds the breaker open at least that long (see
+    /// [`record_failure_holding`](Self::record_failure_holding)).
     #[inline]
     pub(crate) fn record_classified<T, E>(
         &self,
@@ -834,12 +862,13 @@ impl Inner {
         classifier: &impl crate::Classify<T, E>,
         result: &Result<T, E>,
     ) {
-        self.record(admission, outcome);
         if outcome == Outcome::Failure
             && let Some(wait) = classifier.retry_after(result)
         {
-            self.hold_open(wait);
+            self.record_failure_holding(admission, Some(wait));
+            return;
         }
+        self.record(admission, outcome);
     }
 
     /// Keeps an open breaker open for at least `wait` from now: a new generation of the
@@ -847,7 +876,7 @@ impl Inner {
     /// Does nothing unless the breaker is open with less than `wait` left, or if another
     /// transition gets there first.
     #[cold]
-    pub(crate) fn hold_open(&self, wait: Duration) {
+    fn hold_open(&self, wait: Duration) {
         let word = self.load();
         if word.state() != OPEN {
             return;
@@ -857,10 +886,7 @@ impl Inner {
             return;
         }
         // Relaxed: published by the CAS below, as in `trip`.
-        self.manual_delay.store(
-            u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX - 1),
-            Ordering::Relaxed,
-        );
+        self.manual_delay.store(held_nanos(wait), Ordering::Relaxed);
         // Release, before the CAS: pairs with `open_deadline`'s Acquire.
         self.opened_at.fetch_max(now, Ordering::Release);
         let _ = self.cas(word, word.next(OPEN).with_attempt(MANUAL_ATTEMPT));
@@ -944,6 +970,36 @@ impl Inner {
         // Relaxed: a snapshot of the state for display; nothing is read based on it.
         public_state(Word(self.word.load(Ordering::Relaxed)).state())
     }
+}
+
+/// What recording a failure leaves to announce, once every state change is made.
+enum Failed {
+    /// A stale result: nothing.
+    Stale,
+    /// A failure that did not open (or whose opening lost to another transition).
+    Counted,
+    /// A failure, and the opening this call made (an opening always changes the state).
+    Opened(Event),
+}
+
+impl Failed {
+    fn from_opening(change: Option<Event>) -> Failed {
+        change.map_or(Failed::Counted, Failed::Opened)
+    }
+
+    fn announce(self, inner: &Inner) {
+        match self {
+            Failed::Stale => {}
+            Failed::Counted => inner.emit(&[Event::Failure]),
+            Failed::Opened(change) => inner.emit(&[Event::Failure, change]),
+        }
+    }
+}
+
+/// A hold's open time as `manual_delay` nanoseconds: saturating one short of `u64::MAX`
+/// (which would mean "until closed by hand"), so even an absurd hold ends.
+fn held_nanos(wait: Duration) -> u64 {
+    u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 /// The attempt after a failed probe of `word` (or a policy trip while closed): automatic

@@ -147,11 +147,12 @@ pub(crate) fn call_with<T, E>(
     // A panicking classifier records nothing (a closed call has no slot to free), as a
     // cancelled call.
     let outcome = classifier.classify(&result);
-    inner.record_quiet(tag, outcome);
     if outcome == Outcome::Failure
         && let Some(wait) = classifier.retry_after(&result)
     {
-        inner.hold_open(wait);
+        inner.record_failure_holding(Admission::closed_tagged(tag), Some(wait));
+    } else {
+        inner.record_quiet(tag, outcome);
     }
     result.map_err(BreakerError::Inner)
 }
