@@ -32,6 +32,7 @@ use keel_correlation::{
 };
 use keel_snapshot::{CacheEntry, SaveReport};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
@@ -228,8 +229,24 @@ fn cached(state: &AppState, key: &str, answered: Answered) -> Option<Response> {
     Some(response)
 }
 
+/// The bytes a key keeps as they are in the upstream URI: RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`). Everything else, `/ ? # % ;` and space included,
+/// and every byte of a non-ASCII character, is sent as `%XX`.
+const KEY_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The upstream URI of `key`: the key (as the caller meant it, percent-decoded by axum's
+/// `Path`) percent-encoded into one path segment, so whatever it holds it stays the key and
+/// never becomes a query, a fragment, another segment or a malformed URI.
+fn upstream_uri(base: &str, key: &str) -> String {
+    format!("{base}/items/{}", utf8_percent_encode(key, KEY_KEEPS))
+}
+
 async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    let uri = format!("{}/items/{key}", state.upstream_base);
+    let uri = upstream_uri(&state.upstream_base, &key);
     let Ok(request) = Request::get(uri).body(Body::empty()) else {
         return (StatusCode::BAD_REQUEST, "bad key").into_response();
     };

@@ -394,3 +394,93 @@ async fn a_second_loopback_run_restores_the_first_runs_cache_and_serves_from_it(
         "the restored cache answers during the outage"
     );
 }
+
+/// Every byte but ASCII letters and digits as `%XX`: how a careful client sends a key.
+fn encode_every_byte(key: &str) -> String {
+    key.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn item_keys_reach_the_upstream_intact_whatever_characters_they_hold() {
+    // Each key would change or break the upstream request if it went into the URI as it
+    // is: a query, a fragment, another path segment, an escape, bytes a URI cannot hold.
+    let keys = [
+        "a?b=c",
+        "a#frag",
+        "a/b",
+        "100%",
+        "%41",
+        "%zz",
+        "a b",
+        "a+b",
+        "tab\there",
+        "ü-ñ",
+        "日本",
+        ".",
+        "..",
+        "a;b",
+        "a&b",
+        "'\"<>`{}|\\^",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        requests: 0,
+        serve: true,
+        ..short_config(dir.path(), "loopback-keys")
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = demo::run(
+        config,
+        keel_correlation::Tracer::off(),
+        async {
+            let _ = stop_rx.await;
+        },
+        move |ready| {
+            let _ = ready_tx.send(ready.service.unwrap());
+        },
+    );
+    let ask = async move {
+        let address = ready_rx.await.unwrap();
+        let mut answers = Vec::new();
+        for key in keys {
+            let path = format!("/items/{}", encode_every_byte(key));
+            answers.push((key, get(address, &path).await));
+        }
+        let _ = stop_tx.send(());
+        answers
+    };
+    let (summary, answers) = tokio::join!(run, ask);
+    let summary = summary.unwrap();
+    // Every wrong answer at once, so a failure names each key it mishandles.
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(key, (status, headers, body))| {
+            let served_by = headers.get("x-served-by").map(http::HeaderValue::as_bytes);
+            let item: Option<Value> = serde_json::from_str(body).ok();
+            *status != 200
+                || served_by != Some(b"upstream".as_slice())
+                || item.is_none_or(|item| item["key"] != *key)
+        })
+        .map(|(key, (status, _, body))| format!("{key:?}: {status} {}", body.trim()))
+        .collect();
+    assert!(wrong.is_empty(), "keys answered wrongly: {wrong:#?}");
+    let received: Vec<&str> = summary
+        .upstream_calls
+        .iter()
+        .map(|call| call.path.as_str())
+        .collect();
+    let expected: Vec<String> = keys.iter().map(|key| format!("/items/{key}")).collect();
+    assert_eq!(
+        received, expected,
+        "one upstream call per key, each for that key"
+    );
+}
