@@ -92,6 +92,8 @@ async fn serve(router: Router) -> SocketAddr {
 
 /// The demo's service with every layer on, in front of `upstream`.
 async fn ours(upstream: SocketAddr, state_dir: &std::path::Path) -> (SocketAddr, Persister) {
+    // The recorder first, as the demo does, so the breaker's call counting counts for real.
+    let prometheus = service::prometheus();
     let breaker = Arc::new(
         CircuitBreaker::builder("bench")
             .policy(Policy::consecutive_failures(3))
@@ -122,7 +124,7 @@ async fn ours(upstream: SocketAddr, state_dir: &std::path::Path) -> (SocketAddr,
         ttl: Duration::from_secs(600),
         last_save: Arc::new(Mutex::new(None)),
         load: Arc::new(Mutex::new(LoadProgress::default())),
-        prometheus: service::prometheus(),
+        prometheus,
         started: tokio::time::Instant::now(),
     };
     let tracer = keel_correlation::Tracer::writer(std::io::sink());

@@ -125,6 +125,18 @@ async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-request-id"], "hello");
     assert_eq!(response.headers()["x-served-by"], "upstream");
+    // In a process of its own, `/metrics` has the breaker's figures and the demo's: nothing
+    // registered before the recorder was installed.
+    let (status, _, metrics) = get(address, "/metrics").await;
+    assert_eq!(status, 200);
+    for sample in [
+        r#"breaker_calls_total{breaker="upstream",outcome="success"}"#,
+        r#"breaker_state{breaker="upstream"} 0"#,
+        r#"demo_requests_total{answered="upstream"}"#,
+        r#"demo_traces_total{outcome="success"}"#,
+    ] {
+        assert!(metrics.contains(sample), "{sample} missing:\n{metrics}");
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
