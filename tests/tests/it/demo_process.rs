@@ -92,7 +92,14 @@ async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
         .args(["--serve", "--requests", "20", "--interval-ms", "1"])
-        .args(["--outage-start", "1000", "--state-dir"])
+        // Healthy and never unlucky, so the hand-made request is answered by the upstream.
+        .args([
+            "--outage-start",
+            "1000",
+            "--failure-rate",
+            "0",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
