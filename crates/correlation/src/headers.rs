@@ -78,10 +78,13 @@ impl Participation {
         correlation_id: &CorrelationId,
         downstream: bool,
     ) -> Vec<(&'static str, String)> {
-        let policy = match participation {
-            Some(participation) => participation.policy(),
-            None => default_policy(),
+        // Without a participation the policy is the default, which sends an id header only
+        // when it was received, and none was: no headers, decided without looking.
+        let Some(participation) = participation else {
+            return Vec::new();
         };
+        let policy = participation.policy();
+        let participation = Some(participation);
         let pick = |rule: crate::policy::IdHeader| {
             if downstream {
                 rule.downstream
@@ -434,9 +437,7 @@ fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option
     let result = match seen {
         Seen::None => return None,
         Seen::Repeated => Err(TraceParentError::Repeated),
-        Seen::Once(value) => std::str::from_utf8(value)
-            .map_err(|_| TraceParentError::NotUtf8)
-            .and_then(TraceParent::parse),
+        Seen::Once(value) => TraceParent::parse_bytes(value),
     };
     result
         .map_err(|error| {
