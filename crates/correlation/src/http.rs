@@ -154,7 +154,23 @@ pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incom
 pub fn insert(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::try_from(value) {
-            map.insert(HeaderName::from_static(name), value);
+            map.insert(header_name(name), value);
         }
+    }
+}
+
+/// The header names this crate sends, built once: `HeaderName::from_static` looks a name up
+/// among the standard ones and validates it every time it runs.
+fn header_name(name: &'static str) -> HeaderName {
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    match name {
+        "traceparent" => TRACEPARENT,
+        "tracestate" => TRACESTATE,
+        "x-correlation-id" => CORRELATION_ID,
+        "x-request-id" => REQUEST_ID,
+        other => HeaderName::from_static(other),
     }
 }
