@@ -545,7 +545,11 @@ mod tests {
     fn eight_digits_at_once_agree_with_one_at_a_time_for_every_byte_anywhere() {
         // Every byte value at every position of an 8-, 16- and 32-digit field, around
         // digits that sit next to each class boundary (`/0`, `9:`, `` `a ``, `fg`).
-        for base in [&b"09af09af"[..], b"0123456789abcdef", b"f0e1d2c3b4a5968778695a4b3c2d1e0f"] {
+        for base in [
+            &b"09af09af"[..],
+            b"0123456789abcdef",
+            b"f0e1d2c3b4a5968778695a4b3c2d1e0f",
+        ] {
             for position in 0..base.len() {
                 for byte in 0..=u8::MAX {
                     let mut digits = base.to_vec();
@@ -554,8 +558,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(parse_lower_hex(b"ffffffffffffffffffffffffffffffff"), Some(u128::MAX));
-        assert_eq!(parse_hex_u64(b"00f067aa0ba902b7"), Some(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(
+            parse_lower_hex(b"ffffffffffffffffffffffffffffffff"),
+            Some(u128::MAX)
+        );
+        assert_eq!(
+            parse_hex_u64(b"00f067aa0ba902b7"),
+            Some(0x00f0_67aa_0ba9_02b7)
+        );
     }
 
     proptest::proptest! {
