@@ -67,12 +67,14 @@ fn with_mirror<R>(mirror: Option<u128>, f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` inside `scope`: the task-local and its mirror.
+#[inline]
 pub(crate) fn enter_scope<R>(scope: TraceScope, f: impl FnOnce() -> R) -> R {
     let mirror = mirrored(&scope);
     CURRENT.sync_scope(scope, || with_mirror(mirror, f))
 }
 
 /// `future` inside `scope`: the task-local and its mirror.
+#[inline]
 pub(crate) fn scoped<F: Future>(scope: TraceScope, future: F) -> InScope<F> {
     let mirror = mirrored(&scope);
     CURRENT.scope(

@@ -262,6 +262,7 @@ impl Incoming {
     /// [`Incoming::with_propagation`] for headers already looked up by name (a
     /// `HeaderMap` does that by hashing, with no pass over every header).
     #[cfg(feature = "http")]
+    #[inline]
     pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
         let incoming = Self::choose_from(propagation, seen);
         for rejection in &incoming.rejections {
@@ -271,6 +272,7 @@ impl Incoming {
         incoming
     }
 
+    #[inline]
     fn choose_from(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
         let policy = match propagation {
             Some(propagation) => propagation.policy(),

@@ -124,6 +124,7 @@ impl<B> TraceOutcome for Classified<B> {
 /// let incoming = keel_correlation::http::incoming(&headers, None);
 /// assert_eq!(incoming.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
+#[inline]
 pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incoming {
     // One pass; a `HeaderMap`'s names are already lowercase, so an exact match (a length
     // check, then a comparison) is enough, and cheaper than four hashed look-ups.

@@ -647,6 +647,7 @@ impl Lineage {
         }
     }
 
+    #[inline]
     fn from_incoming(incoming: Incoming) -> Self {
         // This span sends them on: the reserved bits of a received byte must not go out.
         let flags = incoming.sent_flags();
@@ -661,6 +662,7 @@ impl Lineage {
     }
 
     /// The context of a span starting now, in its `Arc`, in the scope that makes it current.
+    #[inline]
     fn start(self, tracer: &Tracer, operation: impl Into<OperationName>) -> TraceScope {
         // Only lines need the start; see `TraceContext::elapsed`.
         let started = tracer.writes_lines().then(Instant::now);
@@ -813,6 +815,7 @@ where
 /// The scope of a span continuing `incoming`, for middleware that must run code inside the
 /// span before it has the future to trace (see [`traced_in`]).
 #[cfg(feature = "tower")]
+#[inline]
 pub(crate) fn scope_from_incoming(
     tracer: &Tracer,
     incoming: Incoming,
