@@ -179,6 +179,7 @@ impl From<Arc<TraceContext>> for TraceScope {
 }
 
 /// The longest `METHOD /path` a trace context holds in place (see [`OperationName`]).
+#[cfg(feature = "tower")]
 const JOINED_NAME_LEN: usize = 46;
 
 /// A trace's operation name: the one given, or two parts joined by a space (a request's
@@ -187,6 +188,7 @@ const JOINED_NAME_LEN: usize = 46;
 /// were a tenth of a quiet request's time in the server layer).
 pub(crate) enum OperationName {
     Given(Cow<'static, str>),
+    #[cfg(feature = "tower")]
     Joined {
         len: u8,
         bytes: [u8; JOINED_NAME_LEN],
@@ -195,6 +197,7 @@ pub(crate) enum OperationName {
 
 impl OperationName {
     /// `first second`.
+    #[cfg(feature = "tower")]
     pub(crate) fn joined(first: &str, second: &str) -> Self {
         let len = first.len() + 1 + second.len();
         let short = match u8::try_from(len) {
@@ -212,6 +215,7 @@ impl OperationName {
         match self {
             Self::Given(name) => name,
             // Two `str`s and a space: always UTF-8, so the fallback never shows.
+            #[cfg(feature = "tower")]
             Self::Joined { len, bytes } => {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
