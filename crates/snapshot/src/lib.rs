@@ -164,6 +164,7 @@ mod changes;
 mod check;
 mod entry;
 mod error;
+mod fast;
 mod format;
 mod insert;
 mod parallel;
