@@ -187,3 +187,8 @@ pub use persistence::{
     CachePersistence, DEFAULT_DIRECTORY, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_FILE_SIZE, RestoreReport,
     Restored, SNAPSHOT_FILE_NAME, SaveReport,
 };
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
