@@ -213,6 +213,11 @@ fn library_steps(root: &Path) -> Result<Vec<Step>, String> {
         )
         .packages(&libraries),
         Step::new(
+            "packaged-readmes",
+            &["cargo", "xtask", "packaged-readmes"],
+            "the message above says which README or example; the scratch project is kept to reproduce it",
+        ),
+        Step::new(
             "doc",
             &["cargo", "doc", "--workspace", "--all-features", "--no-deps", "--locked"],
             "fix the rustdoc warnings above (broken intra-doc links, missing docs)",
@@ -244,7 +249,7 @@ fn run_steps(root: &Path, steps: &[Step]) -> Result<(), String> {
     }
     println!("\n== CI passed in {}", seconds(ci_start.elapsed()));
     for (name, elapsed) in timings {
-        println!("   {name:<12} {}", seconds(elapsed));
+        println!("   {name:<16} {}", seconds(elapsed));
     }
     Ok(())
 }

@@ -82,7 +82,7 @@
 //! the caller is already unwinding from a guarded operation's panic: the operation's own
 //! panic always wins, in `call` and in `execute`.
 //!
-//! Every transition is also a `tracing` event at `INFO` level, target `breaker`, with fields
+//! Every transition is also a `tracing` event at `INFO` level, target `keel_breaker`, with fields
 //! `name`, `from` and `to`, whose message is `[CircuitBreaker:{name}] State: {state}` (the
 //! line Cockatiel-based services print), e.g. `[CircuitBreaker:inventory-api] State: Open`.
 //!

@@ -72,7 +72,7 @@ fn deliver<L, T>(listeners: &[L], items: &[T], call: impl Fn(&L, &T)) {
 pub(crate) fn log_change(name: &str, from: u8, to: u8) -> Event {
     let (from, to) = (public_state(from), public_state(to));
     tracing::info!(
-        target: "breaker",
+        target: "keel_breaker",
         name = %name,
         from = %from,
         to = %to,

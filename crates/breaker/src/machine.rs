@@ -418,7 +418,7 @@ impl Inner {
                     word = match self.transition(word, next) {
                         Ok(()) => {
                             tracing::debug!(
-                                target: "breaker",
+                                target: "keel_breaker",
                                 name = %self.name,
                                 "[CircuitBreaker:{}] hung probe superseded",
                                 self.name

@@ -230,7 +230,7 @@ impl Incoming {
         let incoming = Self::choose(propagation, headers);
         for rejection in &incoming.rejections {
             // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
+            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
         }
         incoming
     }
@@ -267,7 +267,7 @@ impl Incoming {
         let incoming = Self::choose_from(propagation, seen);
         for rejection in &incoming.rejections {
             // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "correlation", %rejection, "ignored an incoming trace header");
+            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
         }
         incoming
     }

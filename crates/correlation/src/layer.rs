@@ -86,7 +86,7 @@ where
 /// Whether `event` is one of the crate's own `trace.start` / `trace.end` events, whose
 /// fields carry the trace's ids.
 fn is_trace_event(event: &Event<'_>) -> bool {
-    event.metadata().target() == "correlation"
+    event.metadata().target() == "keel_correlation"
         && event.metadata().fields().field("correlation_id").is_some()
 }
 

@@ -292,7 +292,7 @@ impl Tracer {
         Self::with_output(Output::Writer(Mutex::new(Box::new(writer))))
     }
 
-    /// Emits start and end as `tracing` events (target `correlation`, fields as in the
+    /// Emits start and end as `tracing` events (target `keel_correlation`, fields as in the
     /// lines) instead of writing lines. The `error` field is handed over as text already
     /// rendered, so a subscriber never runs the error's own `Display`.
     pub fn tracing() -> Self {
@@ -321,7 +321,7 @@ impl Tracer {
         self.inner.as_deref()?.sink.as_deref()
     }
 
-    /// This tracer, with every trace also a `tracing` span (target `correlation`, name
+    /// This tracer, with every trace also a `tracing` span (target `keel_correlation`, name
     /// `trace`) carrying `correlation_id`, `trace_id`, `span_id`, `parent_span_id` (when
     /// there is one) and `operation`, entered around every poll of the trace (and around a
     /// sync trace), so span-based tools (`tracing-subscriber`'s span fields, tower-http's
@@ -349,7 +349,7 @@ impl Tracer {
         }
         let parent = context.parent_span_id.as_ref().map(tracing::field::display);
         let span = tracing::info_span!(
-            target: "correlation",
+            target: "keel_correlation",
             "trace",
             correlation_id = %context.correlation_id,
             trace_id = %context.trace_id,
@@ -547,7 +547,7 @@ fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
     macro_rules! event {
         ($level:expr) => {
             tracing::event!(
-                target: "correlation",
+                target: "keel_correlation",
                 $level,
                 event = if end.is_some() { "trace.end" } else { "trace.start" },
                 correlation_id = %context.correlation_id,

@@ -505,7 +505,10 @@ fn transitions_are_logged_in_the_cockatiel_format() {
         output.contains("[CircuitBreaker:api] State: Open"),
         "{output}"
     );
-    assert!(output.contains(" breaker:"), "target missing: {output}");
+    assert!(
+        output.contains(" keel_breaker:"),
+        "target missing: {output}"
+    );
     assert!(output.contains("from=Closed"), "{output}");
     assert!(output.contains("to=Open"), "{output}");
 }

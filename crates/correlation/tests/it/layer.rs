@@ -78,7 +78,7 @@ fn tracer_can_emit_start_and_end_as_tracing_events() {
     let events = json_events(&capture);
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["event"], "trace.start");
-    assert_eq!(events[0]["target"], "correlation");
+    assert_eq!(events[0]["target"], "keel_correlation");
     assert_eq!(events[1]["event"], "trace.end");
     assert_eq!(events[1]["outcome"], "error");
     assert_eq!(events[1]["error"], "no stock");

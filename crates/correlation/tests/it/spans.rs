@@ -44,7 +44,7 @@ fn each_trace_is_a_span_with_its_ids() {
     });
     let app: Vec<&Value> = events
         .iter()
-        .filter(|event| event["target"] != "correlation")
+        .filter(|event| event["target"] != "keel_correlation")
         .collect();
     assert_eq!(app.len(), 3, "{events:?}");
     for (event, context) in app.iter().zip([&outer, &inner, &sync]) {
