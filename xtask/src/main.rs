@@ -6,6 +6,7 @@
 //! benchmarks measure with; the binary needs only `serde_json`, for the report.
 
 mod bench;
+mod package;
 #[cfg(test)]
 mod tidy;
 
@@ -33,6 +34,9 @@ Tasks:
                       --twice       run it all twice; list the rows whose median ratio
                                     moved > 15% (target/bench/stability.md), fail if any
                       --write-docs  also regenerate docs/benchmarks.md from this (full) run
+  packaged-readmes    after `cargo package`: each packaged README is the doctested one, and
+                      its first example builds and runs in a scratch project outside the
+                      workspace that depends on the unpacked packages (CI runs it)
   help                this text
 ";
 
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
+        Some("packaged-readmes") => package::run(),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -80,6 +85,15 @@ impl Step {
             env: Vec::new(),
             fix_hint: fix_hint.to_string(),
         }
+    }
+
+    /// Appends `-p <package>` for each package.
+    fn packages(mut self, packages: &[String]) -> Step {
+        for package in packages {
+            self.args.push("-p".to_string());
+            self.args.push(package.clone());
+        }
+        self
     }
 
     fn env(mut self, key: &'static str, value: impl Into<String>) -> Step {
@@ -122,33 +136,8 @@ fn ci_steps(root: &Path) -> Result<Vec<Step>, String> {
             &["cargo", "test", "--workspace", "--all-features", "--locked"],
             "reproduce one crate with `cargo test -p <crate> --all-features`; a tidy failure says how to fix itself",
         ),
-        // Every feature is tested above; this proves each library still builds without its
-        // optional features (features are additive, so nothing may need one to compile).
-        Step::new(
-            "no-default",
-            &[
-                "cargo",
-                "check",
-                "--locked",
-                "--no-default-features",
-                "-p",
-                "keel-breaker",
-                "-p",
-                "keel-correlation",
-                "-p",
-                "keel-snapshot",
-            ],
-            "a library needs one of its optional features to compile: gate the code that uses it with `#[cfg(feature = \"...\")]`",
-        )
-        .env("RUSTFLAGS", "-D warnings")
-        .env("CARGO_TARGET_DIR", root.join("target/no-default").display().to_string()),
-        Step::new(
-            "doc",
-            &["cargo", "doc", "--workspace", "--all-features", "--no-deps", "--locked"],
-            "fix the rustdoc warnings above (broken intra-doc links, missing docs)",
-        )
-        .env("RUSTDOCFLAGS", "-D warnings"),
     ];
+    steps.extend(library_steps(root)?);
     // Model tests are discovered, so a crate that adds `tests/loom.rs` is checked without
     // editing this file. They build with `--cfg loom` in their own target directory so the
     // normal build cache is not invalidated by the changed RUSTFLAGS.
@@ -187,6 +176,52 @@ fn ci_steps(root: &Path) -> Result<Vec<Step>, String> {
         "the benchmarks must compile; run `cargo build --workspace --benches --all-features` to see why they do not",
     ));
     Ok(steps)
+}
+
+/// The steps that check each library crate on its own: without its optional features, as
+/// packaged for the registry, and its rustdoc.
+fn library_steps(root: &Path) -> Result<Vec<Step>, String> {
+    let libraries = crates_with_file(root, "Cargo.toml")?
+        .iter()
+        .map(|folder| package_name(root, folder))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(vec![
+        // Every feature is tested above; this proves each library still builds without its
+        // optional features (features are additive, so nothing may need one to compile).
+        Step::new(
+            "no-default",
+            &[
+                "cargo",
+                "check",
+                "--locked",
+                "--no-default-features",
+            ],
+            "a library needs one of its optional features to compile: gate the code that uses it with `#[cfg(feature = \"...\")]`",
+        )
+        .packages(&libraries)
+        .env("RUSTFLAGS", "-D warnings")
+        .env("CARGO_TARGET_DIR", root.join("target/no-default").display().to_string()),
+        // What `cargo publish` would upload, built from its packaged files alone (no path to a
+        // sibling, no file outside the crate); then the packaged READMEs' first examples in a
+        // scratch project outside the workspace.
+        Step::new(
+            "package",
+            &[
+                "cargo",
+                "package",
+                "--locked",
+                "--allow-dirty",
+            ],
+            "a packaged crate does not build alone: a file outside `include` in its manifest, or a path-only dependency",
+        )
+        .packages(&libraries),
+        Step::new(
+            "doc",
+            &["cargo", "doc", "--workspace", "--all-features", "--no-deps", "--locked"],
+            "fix the rustdoc warnings above (broken intra-doc links, missing docs)",
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+    ])
 }
 
 fn run_steps(root: &Path, steps: &[Step]) -> Result<(), String> {

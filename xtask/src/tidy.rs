@@ -60,26 +60,8 @@ fn library_crates(root: &Path) -> Vec<PathBuf> {
 #[test]
 fn library_crates_never_depend_on_each_other() {
     let root = project_root();
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
     let crates_dir = root.join("crates");
-    let packages = metadata["packages"].as_array().expect("packages array");
+    let packages = workspace_packages(&root);
     let is_library = |package: &Value| {
         package["manifest_path"]
             .as_str()
@@ -118,6 +100,90 @@ fn library_crates_never_depend_on_each_other() {
         "crates under crates/ must stay independent (users pick only the ones they need), \
          but found {violations:?}. Remove the dependency; code that needs two crates belongs \
          in the `integration` package under tests/ or in an example."
+    );
+}
+
+/// `cargo metadata --no-deps`: every workspace package, as JSON.
+fn workspace_packages(root: &Path) -> Vec<Value> {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    metadata["packages"]
+        .as_array()
+        .expect("packages array")
+        .clone()
+}
+
+#[test]
+fn library_crates_carry_what_a_registry_page_needs() {
+    let root = project_root();
+    let crates_dir = root.join("crates");
+    let mut problems = Vec::new();
+    for package in workspace_packages(&root) {
+        let name = package["name"].as_str().unwrap_or("?").to_string();
+        let in_crates = package["manifest_path"]
+            .as_str()
+            .is_some_and(|path| Path::new(path).starts_with(&crates_dir));
+        // `publish: []` is `publish = false`; null means any registry.
+        let publishable = !package["publish"].as_array().is_some_and(Vec::is_empty);
+        if !in_crates {
+            if publishable {
+                problems.push(format!("{name}: not a library crate, so `publish = false`"));
+            }
+            continue;
+        }
+        if !name.starts_with("keel-") {
+            problems.push(format!(
+                "{name}: library packages are named `keel-<folder>`"
+            ));
+        }
+        if !publishable {
+            problems.push(format!(
+                "{name}: a library crate is publishable (drop `publish = false`)"
+            ));
+        }
+        for field in [
+            "description",
+            "license",
+            "repository",
+            "readme",
+            "rust_version",
+            "documentation",
+        ] {
+            if package[field].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{name}: `{}` is missing", field.replace('_', "-")));
+            }
+        }
+        for field in ["keywords", "categories"] {
+            if package[field].as_array().is_none_or(Vec::is_empty) {
+                problems.push(format!("{name}: `{field}` is missing"));
+            }
+        }
+        if package["metadata"]["docs"]["rs"]["all-features"] != Value::Bool(true) {
+            problems.push(format!(
+                "{name}: `[package.metadata.docs.rs] all-features = true` is missing"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "library crates must be publishable with a complete registry page (and nothing else \
+         publishable): {problems:#?}"
     );
 }
 
