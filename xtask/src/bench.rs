@@ -724,7 +724,8 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          four batches of each side, alternating, and keeps each side's fastest. In \
          a row of several threads every batch starts at a spinning barrier, and a batch in \
          which a thread waited for a CPU (or started late) for more than 2% of it is timed \
-         again: the other threads ran uncontended meanwhile. Before every timed whole \
+         again, up to 8 times, and the round is dropped if it stays disturbed: the other \
+         threads ran uncontended meanwhile. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \
          writes do not land in the other's time. A `goal` \
          is the smallest median ratio the crate's issue asks for: **met** when every round \

@@ -38,12 +38,14 @@
 //!   callers real time, and CPU time would hide exactly that. Where the OS has no thread
 //!   CPU clock, every row uses wall-clock time (the row's `timer` says which);
 //! - **disturbed batches** (rows of several threads): the threads start every batch together
-//!   at a spinning barrier, and a batch is timed again (up to 8 times, then the least
-//!   disturbed attempt is kept) when a thread waited, runnable, for a CPU during more than
-//!   2% of it (Linux's `/proc/thread-self/schedstat`; sleeping on a lock does not count) or
-//!   the threads started more than 2% of it apart. In such a batch the other threads ran
-//!   uncontended for a while, so it measured a different, cheaper thing than its
-//!   counterpart on the other side; the output counts the batches redone.
+//!   at a spinning barrier, and a batch is timed again (up to 8 times) when a thread
+//!   waited, runnable, for a CPU during more than 2% of it (Linux's
+//!   `/proc/thread-self/schedstat`; sleeping on a lock does not count) or the threads
+//!   started more than 2% of it apart. In such a batch the other threads ran uncontended
+//!   for a while, so it measured a different, cheaper thing than its counterpart on the
+//!   other side. A round whose side stayed disturbed 8 times running is dropped (at most
+//!   twice the row's largest number of rounds are tried; if none was undisturbed, the least
+//!   disturbed batches are kept and the output says so); the output counts both.
 //!
 //! A [`Harness::compare`] row writes the system's dirty pages back (`sync`) before every
 //! timed call, so that one side's pending writes (a save without `fsync` leaves hundreds of
@@ -789,20 +791,27 @@ pub fn median_interval(values: &[f64]) -> (f64, f64) {
 struct Disturbed {
     /// Batches timed again because a thread was descheduled or started late.
     redone: usize,
-    /// Batches kept although every attempt was disturbed (the least disturbed one).
-    kept: usize,
+    /// Rounds dropped because a side stayed disturbed for [`MAX_ATTEMPTS`] attempts.
+    dropped: usize,
+    /// Whether no round was undisturbed, so the least disturbed batches were kept.
+    lenient: bool,
 }
 
 impl Disturbed {
     fn note(self) -> String {
-        if self == Disturbed::default() {
-            String::new()
-        } else {
-            format!(
-                "; {} disturbed batches redone, {} kept after {MAX_ATTEMPTS} tries",
-                self.redone, self.kept
-            )
+        let mut note = String::new();
+        if self.redone > 0 || self.dropped > 0 {
+            let _ = write!(
+                note,
+                "; {} disturbed batches timed again, {} rounds dropped (a side disturbed \
+                 {MAX_ATTEMPTS} times running)",
+                self.redone, self.dropped
+            );
         }
+        if self.lenient {
+            note.push_str("; NO undisturbed round: the least disturbed batches kept");
+        }
+        note
     }
 }
 
@@ -858,28 +867,50 @@ impl Shared {
         self.barrier.wait();
         time_batch(baseline, batch, 0, Timer::Wall);
         let mut disturbed = Disturbed::default();
-        let mut samples = Vec::new();
-        let mut ratios = Vec::new();
-        while plan.wants_more(&ratios, Duration::ZERO) {
-            let round = samples.len();
+        // One round, or `None` when a side stayed disturbed (unless `lenient`: then its
+        // least disturbed attempt counts).
+        let mut one_round = |round: usize, lenient: bool| {
             let offset = round as u64 * batch;
             let mut side = |ours_side: bool| {
-                if ours_side {
+                let value = if ours_side {
                     self.side(thread, ours, batch, offset, &run_queue, &mut disturbed)
                 } else {
                     self.side(thread, baseline, batch, offset, &run_queue, &mut disturbed)
+                };
+                if lenient {
+                    Some(value.unwrap_or_else(|least_disturbed| least_disturbed))
+                } else {
+                    value.ok()
                 }
             };
-            let sample = if round % 2 == 0 {
-                let first = side(true);
-                (first, side(false))
+            if round.is_multiple_of(2) {
+                let first = side(true)?;
+                Some((first, side(false)?))
             } else {
-                let first = side(false);
-                (side(true), first)
-            };
-            ratios.push(sample.1 / sample.0);
-            samples.push(sample);
+                let first = side(false)?;
+                Some((side(true)?, first))
+            }
+        };
+        let mut samples = Vec::new();
+        let mut ratios = Vec::new();
+        let mut tried = 0;
+        let mut dropped = 0;
+        while plan.wants_more(&ratios, Duration::ZERO) && tried < 2 * plan.max {
+            tried += 1;
+            if let Some(sample) = one_round(tried - 1, false) {
+                ratios.push(sample.1 / sample.0);
+                samples.push(sample);
+            } else {
+                dropped += 1;
+            }
         }
+        let lenient = samples.is_empty();
+        if lenient {
+            // Not one undisturbed round: the least disturbed batches, and the output says so.
+            samples.extend((0..plan.min).filter_map(|round| one_round(round, true)));
+        }
+        disturbed.dropped = dropped;
+        disturbed.lenient = lenient;
         (samples, disturbed)
     }
 
@@ -887,7 +918,8 @@ impl Shared {
     /// while it was disturbed, i.e. while a thread spent more than [`DISTURBED`] of the batch
     /// waiting for a CPU, or the threads started further apart than that. Such a batch
     /// measured something else: the other threads ran uncontended meanwhile. Returns the
-    /// time per call averaged over the threads.
+    /// time per call averaged over the threads, or, when every attempt was disturbed, the
+    /// least disturbed attempt's as an error.
     fn side<F, R>(
         &self,
         thread: usize,
@@ -896,7 +928,7 @@ impl Shared {
         offset: u64,
         run_queue: &RunQueue,
         disturbed: &mut Disturbed,
-    ) -> f64
+    ) -> Result<f64, f64>
     where
         F: Fn(u64) -> R,
     {
@@ -922,15 +954,14 @@ impl Shared {
             let (disturbance, value) = judge(&self.attempts.lock().unwrap());
             if disturbance <= DISTURBED {
                 disturbed.redone += attempt;
-                return value;
+                return Ok(value);
             }
             if least.is_none_or(|(least, _)| disturbance < least) {
                 least = Some((disturbance, value));
             }
         }
         disturbed.redone += MAX_ATTEMPTS - 1;
-        disturbed.kept += 1;
-        least.map_or(f64::NAN, |(_, value)| value)
+        Err(least.map_or(f64::NAN, |(_, value)| value))
     }
 }
 
