@@ -723,7 +723,8 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          after a warm-up, with `black_box` on every input and output; a one-thread round times \
          four batches of each side, alternating, and keeps each side's fastest. In \
          a row of several threads every batch starts at a spinning barrier, and a batch in \
-         which a thread waited for a CPU (or started late) for more than 2% of it is timed \
+         which a thread was preempted and waited for a CPU (or started late) for more than 2% \
+         of it is timed \
          again, up to 8 times, and the round is dropped if it stays disturbed: the other \
          threads ran uncontended meanwhile. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \

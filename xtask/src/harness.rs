@@ -39,9 +39,9 @@
 //!   CPU clock, every row uses wall-clock time (the row's `timer` says which);
 //! - **disturbed batches** (rows of several threads): the threads start every batch together
 //!   at a spinning barrier, and a batch is timed again (up to 8 times) when a thread
-//!   waited, runnable, for a CPU during more than 2% of it (Linux's
-//!   `/proc/thread-self/schedstat`; sleeping on a lock does not count) or the threads
-//!   started more than 2% of it apart. In such a batch the other threads ran uncontended
+//!   was preempted during it and waited, runnable, for a CPU for more than 2% of it
+//!   (Linux's `/proc/thread-self/status` and `schedstat`; sleeping on a lock, and waking
+//!   from it, do not count) or the threads started more than 2% of it apart. In such a batch the other threads ran uncontended
 //!   for a while, so it measured a different, cheaper thing than its counterpart on the
 //!   other side. A round whose side stayed disturbed 8 times running is dropped (at most
 //!   twice the row's largest number of rounds are tried; if none was undisturbed, the least
@@ -935,13 +935,10 @@ impl Shared {
         let mut least: Option<(f64, f64)> = None;
         for attempt in 0..MAX_ATTEMPTS {
             self.barrier.wait();
-            let queued_before = run_queue.waited();
+            let before = run_queue.now();
             let started = Instant::now();
             let wall = time_batch(body, batch, offset, Timer::Wall);
-            let queued = run_queue
-                .waited()
-                .zip(queued_before)
-                .map(|(after, before)| after.saturating_sub(before));
+            let queued = RunQueue::queued(before, run_queue.now());
             self.attempts.lock().unwrap()[thread] = Attempt {
                 started,
                 wall,
@@ -995,23 +992,58 @@ fn judge(attempts: &[Attempt]) -> (f64, f64) {
     ((skew / shortest).max(queued), value)
 }
 
-/// This thread's time spent runnable but waiting for a CPU, from Linux's
-/// `/proc/thread-self/schedstat` (its second field, in nanoseconds). Sleeping on a lock is
-/// not counted there, only being descheduled; `None` where the file does not exist.
-struct RunQueue(Option<File>);
+/// This thread's scheduling counters, from Linux's `/proc/thread-self/schedstat` (its
+/// second field: nanoseconds spent runnable but waiting for a CPU) and
+/// `/proc/thread-self/status` (`nonvoluntary_ctxt_switches`: how often another task took
+/// its CPU while it was running). Sleeping on a lock is neither; `None` where the files do
+/// not exist.
+struct RunQueue {
+    schedstat: Option<File>,
+    status: Option<File>,
+}
+
+/// A reading of [`RunQueue`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Sched {
+    waited: Option<Duration>,
+    preemptions: Option<u64>,
+}
 
 impl RunQueue {
-    /// Opens the calling thread's file (it stays the calling thread's).
+    /// Opens the calling thread's files (they stay the calling thread's).
     fn open() -> RunQueue {
-        RunQueue(File::open("/proc/thread-self/schedstat").ok())
+        RunQueue {
+            schedstat: File::open("/proc/thread-self/schedstat").ok(),
+            status: File::open("/proc/thread-self/status").ok(),
+        }
     }
 
-    fn waited(&self) -> Option<Duration> {
-        let mut file = self.0.as_ref()?;
+    fn read(file: Option<&File>) -> Option<String> {
+        let mut file = file?;
         file.rewind().ok()?;
         let mut text = String::new();
         file.read_to_string(&mut text).ok()?;
-        parse_run_delay(&text)
+        Some(text)
+    }
+
+    fn now(&self) -> Sched {
+        Sched {
+            waited: Self::read(self.schedstat.as_ref()).and_then(|text| parse_run_delay(&text)),
+            preemptions: Self::read(self.status.as_ref()).and_then(|text| parse_preemptions(&text)),
+        }
+    }
+
+    /// How long the thread waited for a CPU between `before` and `after` because another
+    /// task preempted it. A thread never preempted meanwhile counts zero: whatever it
+    /// waited followed a sleep of its own on a lock (waking up is part of a lock's cost).
+    fn queued(before: Sched, after: Sched) -> Option<Duration> {
+        if let (Some(before), Some(after)) = (before.preemptions, after.preemptions)
+            && after == before
+        {
+            return Some(Duration::ZERO);
+        }
+        let (before, after) = (before.waited?, after.waited?);
+        Some(after.saturating_sub(before))
     }
 }
 
@@ -1019,6 +1051,15 @@ impl RunQueue {
 fn parse_run_delay(text: &str) -> Option<Duration> {
     let nanos = text.split_whitespace().nth(1)?.parse::<u64>().ok()?;
     Some(Duration::from_nanos(nanos))
+}
+
+/// The `nonvoluntary_ctxt_switches` count in a `/proc/.../status` text.
+fn parse_preemptions(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A barrier whose waiters spin rather than sleep, so every thread starts its batch within
@@ -1229,6 +1270,31 @@ mod tests {
             Some(Duration::from_nanos(123_071_238))
         );
         assert_eq!(parse_run_delay("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_preempted_thread_counts_its_wait_for_a_cpu() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_preemptions(status), Some(3));
+        assert_eq!(parse_preemptions("Name:\tx\n"), None);
+        let at = |waited_us: u64, preemptions: Option<u64>| Sched {
+            waited: Some(Duration::from_micros(waited_us)),
+            preemptions,
+        };
+        // Woken from a lock onto a busy CPU: waited, but nobody preempted it.
+        assert_eq!(
+            RunQueue::queued(at(10, Some(3)), at(400, Some(3))),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            RunQueue::queued(at(10, Some(3)), at(400, Some(4))),
+            Some(Duration::from_micros(390))
+        );
+        // Without the switch counts, every wait counts.
+        assert_eq!(
+            RunQueue::queued(at(10, None), at(400, None)),
+            Some(Duration::from_micros(390))
+        );
     }
 
     #[test]
