@@ -455,6 +455,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(Ready),
 ) -> Result<Summary, DemoError> {
+    // The Prometheus recorder first: the breaker registers its metric handles with the
+    // recorder installed when it is built, and handles registered before any recorder
+    // count nothing.
+    let prometheus = service::prometheus();
     let started = Instant::now();
     let persistence = CachePersistence::new(&config.state_dir);
     let changes = Changes::new();
@@ -556,7 +560,7 @@ pub async fn run(
         ttl: config.ttl,
         last_save,
         load: Arc::clone(&load_progress),
-        prometheus: service::prometheus(),
+        prometheus,
         started,
     };
     let app = service::router(state, tracer);

@@ -11,6 +11,7 @@
 //!   `traceparent` per call) → `tower::timeout` → the HTTP client.
 
 use std::{
+    borrow::Cow,
     sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, SystemTime},
 };
@@ -32,6 +33,7 @@ use keel_correlation::{
 };
 use keel_snapshot::{CacheEntry, SaveReport};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
@@ -65,8 +67,18 @@ where
 {
     let stack = ServiceBuilder::new()
         .layer(BreakerLayer::new(breaker).classifier(HttpStatus::new()))
+        // The span's name is the route, not the path: one name for every key (what trace
+        // backends group by), and no allocation per call.
         .layer(ClientLayer::new().operation(|request| {
-            format!("{} upstream {}", request.method, request.uri.path()).into()
+            if request.method == http::Method::GET && request.uri.path().starts_with("/items/") {
+                Cow::Borrowed("GET upstream /items/{key}")
+            } else {
+                Cow::Owned(format!(
+                    "{} upstream {}",
+                    request.method,
+                    request.uri.path()
+                ))
+            }
         }))
         .timeout(timeout)
         .service(transport.map_response(|response: Response<B>| response.map(Body::new)));
@@ -155,29 +167,93 @@ pub struct AppState {
     pub started: Instant,
 }
 
+/// The demo's own counters, registered with the `metrics` recorder once, when the router is
+/// built: a request then increments a handle (one atomic add) instead of looking its name
+/// and labels up in the recorder's registry. Every label set shows on `/metrics` from the
+/// start, at 0.
+#[derive(Clone)]
+struct Counters {
+    /// `demo_requests_total` by `answered`, indexed by [`Counters::answered`].
+    requests: [metrics::Counter; 4],
+    /// `demo_traces_total{outcome="success"}`.
+    traces_success: metrics::Counter,
+    /// `demo_traces_total{outcome="error"}`.
+    traces_error: metrics::Counter,
+}
+
+impl Counters {
+    fn register() -> Counters {
+        let requests = [
+            Answered::Upstream,
+            Answered::CacheBreakerOpen,
+            Answered::Rejected,
+            Answered::Failed,
+        ]
+        .map(|answered| metrics::counter!("demo_requests_total", "answered" => answered.header()));
+        Counters {
+            requests,
+            traces_success: metrics::counter!("demo_traces_total", "outcome" => "success"),
+            traces_error: metrics::counter!("demo_traces_total", "outcome" => "error"),
+        }
+    }
+
+    /// The `demo_requests_total` counter of `answered`'s label (both cache answers share one).
+    fn answered(&self, answered: Answered) -> &metrics::Counter {
+        &self.requests[match answered {
+            Answered::Upstream => 0,
+            Answered::CacheBreakerOpen | Answered::CacheUpstreamFailed => 1,
+            Answered::Rejected => 2,
+            Answered::Failed => 3,
+        }]
+    }
+}
+
+/// What the handlers share, behind one `Arc`: axum clones a route's state for every
+/// request, and one reference count is cheaper than cloning every field.
+struct Shared {
+    state: AppState,
+    counters: Counters,
+}
+
+/// The server span's name: the route, not the path (one name per route, whatever the key,
+/// and no allocation per request).
+fn server_operation(head: keel_correlation::tower::RequestHead<'_>) -> Cow<'static, str> {
+    let path = head.uri.path();
+    match (head.method == http::Method::GET, path) {
+        (true, "/health") => Cow::Borrowed("GET /health"),
+        (true, "/metrics") => Cow::Borrowed("GET /metrics"),
+        (true, _) if path.starts_with("/items/") => Cow::Borrowed("GET /items/{key}"),
+        _ => Cow::Owned(format!("{} {path}", head.method)),
+    }
+}
+
 /// The service's router with the correlation server layer around every route.
 pub fn router(state: AppState, tracer: Tracer) -> Router {
+    let counters = Counters::register();
+    let for_traces = counters.clone();
     Router::new()
         .route("/items/{key}", get(item))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
-        .with_state(state)
+        .with_state(Arc::new(Shared { state, counters }))
         .layer(
             ServiceBuilder::new()
-                .map_response(count_trace)
-                .layer(ServerLayer::new().tracer(tracer)),
+                // Counts the traces by the outcome `ServerLayer` gives them (a 5xx is an
+                // `error`).
+                .map_response(move |response: Response| {
+                    if response.status().is_server_error() {
+                        for_traces.traces_error.increment(1);
+                    } else {
+                        for_traces.traces_success.increment(1);
+                    }
+                    response
+                })
+                .layer(
+                    ServerLayer::new()
+                        .tracer(tracer)
+                        .operation(server_operation),
+                ),
         )
-}
-
-/// Counts the traces by the outcome `ServerLayer` gives them (a 5xx is an `error`).
-fn count_trace(response: Response) -> Response {
-    let outcome = if response.status().is_server_error() {
-        "error"
-    } else {
-        "success"
-    };
-    metrics::counter!("demo_traces_total", "outcome" => outcome).increment(1);
-    response
 }
 
 /// The process's Prometheus exporter, installed as the `metrics` facade's global recorder
@@ -197,8 +273,8 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-fn answer(answered: Answered, status: StatusCode, body: Body) -> Response {
-    metrics::counter!("demo_requests_total", "answered" => answered.header()).increment(1);
+fn answer(counters: &Counters, answered: Answered, status: StatusCode, body: Body) -> Response {
+    counters.answered(answered).increment(1);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert("x-served-by", HeaderValue::from_static(answered.header()));
@@ -217,10 +293,10 @@ fn answer(answered: Answered, status: StatusCode, body: Body) -> Response {
     response
 }
 
-fn cached(state: &AppState, key: &str, answered: Answered) -> Option<Response> {
-    let entry = state.cache.get(key)?;
+fn cached(shared: &Shared, key: &str, answered: Answered) -> Option<Response> {
+    let entry = shared.state.cache.get(key)?;
     let body = serde_json::to_vec(&entry.value).ok()?;
-    let mut response = answer(answered, StatusCode::OK, Body::from(body));
+    let mut response = answer(&shared.counters, answered, StatusCode::OK, Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -228,8 +304,25 @@ fn cached(state: &AppState, key: &str, answered: Answered) -> Option<Response> {
     Some(response)
 }
 
-async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    let uri = format!("{}/items/{key}", state.upstream_base);
+/// The bytes a key keeps as they are in the upstream URI: RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`). Everything else, `/ ? # % ;` and space included,
+/// and every byte of a non-ASCII character, is sent as `%XX`.
+const KEY_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The upstream URI of `key`: the key (as the caller meant it, percent-decoded by axum's
+/// `Path`) percent-encoded into one path segment, so whatever it holds it stays the key and
+/// never becomes a query, a fragment, another segment or a malformed URI.
+fn upstream_uri(base: &str, key: &str) -> String {
+    format!("{base}/items/{}", utf8_percent_encode(key, KEY_KEEPS))
+}
+
+async fn item(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    let state = &shared.state;
+    let uri = upstream_uri(&state.upstream_base, &key);
     let Ok(request) = Request::get(uri).body(Body::empty()) else {
         return (StatusCode::BAD_REQUEST, "bad key").into_response();
     };
@@ -247,24 +340,28 @@ async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Respons
                             .cache
                             .insert(key, CacheEntry::new(item).expiring_at(expires));
                     }
-                    let mut response =
-                        answer(Answered::Upstream, StatusCode::OK, Body::from(bytes));
+                    let mut response = answer(
+                        &shared.counters,
+                        Answered::Upstream,
+                        StatusCode::OK,
+                        Body::from(bytes),
+                    );
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     );
                     response
                 }
-                Err(_) => failed(&state, &key, "upstream body cut short"),
+                Err(_) => failed(&shared, &key, "upstream body cut short"),
             }
         }
         Ok(response) => failed(
-            &state,
+            &shared,
             &key,
             &format!("upstream answered {}", response.status()),
         ),
         Err(error) if error.is_rejected() => {
-            if let Some(response) = cached(&state, &key, Answered::CacheBreakerOpen) {
+            if let Some(response) = cached(&shared, &key, Answered::CacheBreakerOpen) {
                 return response;
             }
             tracing::warn!(key, reason = ?error.reason(), "circuit open, nothing cached: 503");
@@ -274,22 +371,23 @@ async fn item(State(state): State<AppState>, Path(key): Path<String>) -> Respons
                 keel_breaker::rejection_response::<Body>(&rejected)
             });
             *response.body_mut() = Body::from(format!("{error}\n"));
-            metrics::counter!("demo_requests_total", "answered" => "rejected").increment(1);
+            shared.counters.answered(Answered::Rejected).increment(1);
             response
                 .headers_mut()
                 .insert("x-served-by", HeaderValue::from_static("rejected"));
             response
         }
-        Err(error) => failed(&state, &key, &error.to_string()),
+        Err(error) => failed(&shared, &key, &error.to_string()),
     }
 }
 
-fn failed(state: &AppState, key: &str, why: &str) -> Response {
-    if let Some(response) = cached(state, key, Answered::CacheUpstreamFailed) {
+fn failed(shared: &Shared, key: &str, why: &str) -> Response {
+    if let Some(response) = cached(shared, key, Answered::CacheUpstreamFailed) {
         return response;
     }
     tracing::warn!(key, why, "upstream failed, nothing cached: 502");
     answer(
+        &shared.counters,
         Answered::Failed,
         StatusCode::BAD_GATEWAY,
         Body::from(format!("{why}\n")),
@@ -313,7 +411,8 @@ fn state_name(state: keel_breaker::State) -> &'static str {
     }
 }
 
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn health(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let state = &shared.state;
     let now = SystemTime::now();
     let breaker = state.breaker.metrics();
     let since = now.checked_sub(breaker.in_state_for).unwrap_or(now);
@@ -346,7 +445,8 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn render_metrics(State(state): State<AppState>) -> Response {
+async fn render_metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let state = &shared.state;
     state.prometheus.run_upkeep();
     let mut response = state.prometheus.render().into_response();
     response.headers_mut().insert(

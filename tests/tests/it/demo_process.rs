@@ -92,7 +92,14 @@ async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
         .args(["--serve", "--requests", "20", "--interval-ms", "1"])
-        .args(["--outage-start", "1000", "--state-dir"])
+        // Healthy and never unlucky, so the hand-made request is answered by the upstream.
+        .args([
+            "--outage-start",
+            "1000",
+            "--failure-rate",
+            "0",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -125,6 +132,41 @@ async fn serve_prints_a_ready_curl_line_that_works_and_stops_on_sigterm() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-request-id"], "hello");
     assert_eq!(response.headers()["x-served-by"], "upstream");
+    // Every other printed `curl` line (until the line saying how to stop) names a URL of
+    // this service that answers.
+    let mut printed = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{printed:?}");
+        if line.contains("Ctrl-C") {
+            break;
+        }
+        printed.push(line);
+    }
+    assert!(printed.len() >= 2, "{printed:?}");
+    for line in &printed {
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL: {line}"));
+        let path = url
+            .strip_prefix(&format!("http://{address}"))
+            .unwrap_or_else(|| panic!("not this service: {line}"));
+        let (status, _, body) = get(address, path).await;
+        assert_eq!(status, 200, "{line}: {body}");
+    }
+    // In a process of its own, `/metrics` has the breaker's figures and the demo's: nothing
+    // registered before the recorder was installed.
+    let (status, _, metrics) = get(address, "/metrics").await;
+    assert_eq!(status, 200);
+    for sample in [
+        r#"breaker_calls_total{breaker="upstream",outcome="success"}"#,
+        r#"breaker_state{breaker="upstream"} 0"#,
+        r#"demo_requests_total{answered="upstream"}"#,
+        r#"demo_traces_total{outcome="success"}"#,
+    ] {
+        assert!(metrics.contains(sample), "{sample} missing:\n{metrics}");
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
