@@ -719,8 +719,8 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          then more while the median's 95% confidence interval is wider than ±4% of it, up to \
          four times as many (a row timing whole operations adds rounds only within a 20-second \
          budget), so \
-         `rounds` differs from row to row. Nanosecond rows use a batch calibrated to 1 ms, \
-         after a warm-up, with `black_box` on every input and output; a one-thread round times \
+         `rounds` differs from row to row. Nanosecond rows use a batch calibrated to 1 ms (4 ms \
+         on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
          four batches of each side, alternating, and keeps each side's fastest. In \
          a row of several threads every batch starts at a spinning barrier, and a batch in \
          which a thread was preempted and waited for a CPU (or started late) for more than 2% \
