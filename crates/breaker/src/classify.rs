@@ -62,10 +62,14 @@ pub trait Classify<T, E> {
     /// For a result classified as a failure: how long the dependency asked not to be
     /// called again (an HTTP `Retry-After`, say). When the breaker is open after recording
     /// that failure, it stays open at least that long, and rejections report it (the
-    /// longer opening is a new generation of the open state, like
-    /// [`open_for`](crate::CircuitBreaker::open_for): no event, and a failed probe after it
-    /// starts the backoff from its first delay). The default is `None`; `HttpStatus`
-    /// (feature `http`) reads `Retry-After`.
+    /// longer opening is a manual open time, like
+    /// [`open_for`](crate::CircuitBreaker::open_for): a failed probe after it starts the
+    /// backoff from its first delay). When this failure is the one that opens the breaker,
+    /// the hold is part of the opening's own compare-and-swap, so no racing caller can take
+    /// a probe in between; when the breaker was already open, it is extended (a new
+    /// generation of the open state, no event). Racing openings with different holds
+    /// apply one of them and then each failing call's own. The default is `None`;
+    /// `HttpStatus` (feature `http`) reads `Retry-After`.
     fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
         let _ = result;
         None

@@ -60,8 +60,8 @@
 //!   reports what happened; every rejection says why ([`RejectReason`]) and, while open,
 //!   since when.
 //! - Invalid configuration is a [`ConfigError`] from [`Builder::build`]; nothing in the
-//!   crate panics except to resume a guarded call's own panic (and the usual panic of a
-//!   future polled after it completed). `Duration::MAX` is a valid open time. Policy choices
+//!   crate panics except to resume a guarded call's own panic (a future polled after it
+//!   completed stays `Pending`). `Duration::MAX` is a valid open time. Policy choices
 //!   that differ between peers (a window decides only on failures; any probe failure
 //!   reopens; `min_calls` of zero is an error) are listed on [`Builder`].
 //! - Time comes from a [`Clock`] (monotonic by default, [`ManualClock`] in tests); deadlines
@@ -90,9 +90,14 @@
 //!
 //! A successful call while `Closed` under the default policy does two atomic loads (the
 //! state word, the failure count) and no read-modify-write, lock, clock read or
-//! allocation; the fields it reads share one cache line. Only the first success after a
-//! failure streak does more: one compare-and-swap to reset the streak (a CAS, not a store,
-//! so that a success whose generation just ended cannot erase a newer generation's count).
+//! allocation; the fields it reads share one cache line, and not the line of the `Arc`'s
+//! reference counts (which every clone writes). With no event listener,
+//! [`call`](CircuitBreaker::call) does all of it inline, a handful of instructions around
+//! the operation, with every other case (a rejection, a failure, a streak to reset, a
+//! listener to tell, counters, windows) one out-of-line call. Only the first success after
+//! a failure streak does more: one compare-and-swap to reset the streak (a CAS, not a
+//! store, so that a success whose generation just ended cannot erase a newer generation's
+//! count).
 //! A rejection while `Open` allocates nothing and reads the clock's cheap
 //! [coarse reading](Clock::coarse_now_nanos) (on Linux `CLOCK_MONOTONIC_COARSE`, a few
 //! nanoseconds), the precise clock only within the coarse clock's lag of the deadline; its
@@ -211,3 +216,8 @@ pub use crate::tower::{BreakerLayer, BreakerService, ResponseFuture};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use crate::http::{HttpStatus, rejection_response};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

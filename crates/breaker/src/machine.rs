@@ -26,12 +26,17 @@ pub(crate) const MANUAL_ATTEMPT: u8 = u8::MAX;
 /// admitting everyone; no real probe answers faster than this.
 pub(crate) const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 
+/// The generation's bits in the state word (and in a tagged count).
+const GENERATION_BITS: u64 = 0xFFFF_FFFF_0000_0000;
+
 /// The shared state of one breaker and its clones.
 ///
-/// `repr(C)`, hot fields first: a closed success reads `word`, `plain`, `fast_success`,
-/// `failures` and the event listeners' pointer, which then share one cache line (the
-/// `Arc` header takes the line's first 16 bytes) instead of four.
-#[repr(C)]
+/// `repr(C)`, hot fields first: a closed call reads `word`, `plain`, `quiet_success` and
+/// `failures`, which then share one cache line instead of four. Aligned to a cache line, so
+/// that line is not the one holding the `Arc`'s reference counts either: every clone or drop
+/// of a `CircuitBreaker` (a clone per request is common) writes those counts, and on the
+/// same line it would take the hot words away from every other core's cache.
+#[repr(C, align(64))]
 pub(crate) struct Inner {
     /// The state word, `[generation: 32 | isolations: 16 | attempt: 8 | state: 8]`.
     ///
@@ -53,9 +58,10 @@ pub(crate) struct Inner {
     pub(crate) failures: AtomicU64,
     /// Whether a closed call may take the fast path: no counters, no slow-call timing.
     pub(crate) plain: bool,
-    /// Whether a closed success may take the fast path: `plain` under the
-    /// consecutive-failures policy.
-    fast_success: bool,
+    /// Whether a closed success may return after one load: `plain`, under the
+    /// consecutive-failures policy, with no event listener (nothing to count, nothing to
+    /// announce; only a failure streak to reset, which that load checks).
+    quiet_success: bool,
     pub(crate) listeners: Listeners,
     /// Half-open slots: `[generation: 32 | in_flight: 16 | successes: 16]`; another
     /// generation's tag reads as zero, so superseding or reopening frees every slot at once.
@@ -106,6 +112,13 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
+    /// A closed call admitted with the generation bits `tag` of the state word (not a
+    /// probe, not timed).
+    #[inline]
+    pub(crate) fn closed_tagged(tag: u64) -> Admission {
+        Admission::new(Word(tag).generation(), false)
+    }
+
     #[inline]
     fn new(generation: u32, probe: bool) -> Admission {
         Admission {
@@ -197,11 +210,12 @@ impl Inner {
         name: Box<str>,
     ) -> Inner {
         let plain = counters.is_none() && slow_call_nanos == 0;
-        let fast_success = plain && matches!(tracker, Tracker::Consecutive { .. });
+        let quiet_success =
+            plain && matches!(tracker, Tracker::Consecutive { .. }) && !listeners.any();
         Inner {
             word: AtomicU64::new(start.word.0),
             failures: AtomicU64::new(start.failures),
-            fast_success,
+            quiet_success,
             listeners,
             probes: AtomicU64::new(0),
             opened_at: AtomicI64::new(start.opened_at),
@@ -274,7 +288,40 @@ impl Inner {
         deadline_after(started, self.probe_timeout(word))
     }
 
-    /// The fast path: a closed breaker admits with one load.
+    /// The fast path of `call`: for a closed breaker whose successes are quiet (see
+    /// `quiet_success`), the state word's generation bits, `[generation: 32 | 0: 32]` (one
+    /// load); `None` when the call needs the general path.
+    #[inline]
+    pub(crate) fn admit_quiet(&self) -> Option<u64> {
+        // Acquire: as in `admit`.
+        let word = Word(self.word.load(Ordering::Acquire));
+        (word.state() == CLOSED && self.quiet_success).then_some(word.0 & GENERATION_BITS)
+    }
+
+    /// Records the outcome of a call admitted by [`admit_quiet`](Self::admit_quiet) with
+    /// `tag` (its generation bits): a success with no failure streak of its generation to
+    /// reset returns after one load; anything else is one cold call.
+    #[inline]
+    pub(crate) fn record_quiet(&self, tag: u64, outcome: Outcome) {
+        if outcome == Outcome::Success {
+            // Relaxed: as in `record_success`. `failures - tag` is in `1..=u32::MAX` exactly
+            // when the count is tagged with this generation and not zero (`tagged_count`,
+            // in two instructions): only then is there a streak to reset.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if failures.wrapping_sub(tag).wrapping_sub(1) >= u64::from(u32::MAX) {
+                return;
+            }
+        }
+        self.record_quiet_slow(tag, outcome);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_quiet_slow(&self, tag: u64, outcome: Outcome) {
+        self.record_slow(Admission::closed_tagged(tag), outcome);
+    }
+
+    /// Admits or rejects a call (the fast path: a closed breaker admits with one load).
     #[inline]
     pub(crate) fn admit(&self) -> Result<Admission, Rejected> {
         // Acquire: pairs with the Release half of the transition CAS that stored this word,
@@ -288,6 +335,7 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     fn admit_slow(&self, word: Word) -> Result<Admission, Rejected> {
         match self.admit_from(word) {
             Ok(mut admission) => {
@@ -512,31 +560,42 @@ impl Inner {
         (word.generation() == generation).then_some(word)
     }
 
-    /// Records an outcome the caller classified.
+    /// Records an outcome the caller classified: a quiet closed success (see
+    /// [`record_success`](Self::record_success)) inline, anything else in one cold call.
     #[inline]
     pub(crate) fn record(&self, admission: Admission, outcome: Outcome) {
+        if outcome == Outcome::Success && self.quiet_success && !admission.probe() {
+            // Relaxed: as in `record_success`.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if tagged_count(failures, admission.generation()) == 0 {
+                return;
+            }
+        }
+        self.record_slow(admission, outcome);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_slow(&self, admission: Admission, outcome: Outcome) {
         match outcome {
-            Outcome::Success => self.record_success(admission),
+            Outcome::Success => self.record_success_slow(admission),
             Outcome::Failure => self.record_failure(admission),
             Outcome::Ignored => self.record_ignored(admission),
         }
     }
 
-    /// The hot half of recording a success: a closed call under the default policy.
+    /// The hot half of recording a success: a closed call under the default policy with
+    /// nobody listening returns after one load and a compare; everything else (a streak to
+    /// reset, a listener to tell, counters, windows, probes) is one cold call.
     #[inline]
     pub(crate) fn record_success(&self, admission: Admission) {
-        if self.fast_success && !admission.probe() {
-            // Relaxed: the count publishes nothing. Only a load unless a streak must be
-            // reset; a count tagged with another generation reads as zero, so a stale
-            // success never writes.
+        if self.quiet_success && !admission.probe() {
+            // Relaxed: the count publishes nothing. A count tagged with another generation
+            // reads as zero, so a stale success never writes (and never leaves this path).
             let failures = self.failures.load(Ordering::Relaxed);
-            if tagged_count(failures, admission.generation()) != 0 {
-                self.reset_streak(failures, admission.generation());
+            if tagged_count(failures, admission.generation()) == 0 {
+                return;
             }
-            if self.listeners.any() {
-                self.announce_success(admission.generation());
-            }
-            return;
         }
         self.record_success_slow(admission);
     }
@@ -597,13 +656,14 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     fn record_success_slow(&self, admission: Admission) {
         if self.is_slow(admission) {
             // A slow success counts as a failure for the policy (and as a slow call).
             if let Some(counters) = &self.counters {
                 counters.slow();
             }
-            self.record_failure_counted(admission);
+            self.record_failure_counted(admission, None).announce(self);
             return;
         }
         if let Some(counters) = &self.counters {
@@ -633,27 +693,49 @@ impl Inner {
     }
 
     #[cold]
+    #[inline(never)]
     pub(crate) fn record_failure(&self, admission: Admission) {
+        self.record_failure_holding(admission, None);
+    }
+
+    /// Records a failure; with `hold` (an upstream's "come back after"), an opening it
+    /// causes lasts at least that long, set in the same compare-and-swap that opens, so no
+    /// caller can take a probe between the opening and the hold. Then, for an opening made
+    /// by another call (or one whose hold a racing opening overwrote), [`hold_open`]
+    /// extends an open breaker to at least `hold` from now.
+    ///
+    /// [`hold_open`]: Self::hold_open
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn record_failure_holding(&self, admission: Admission, hold: Option<Duration>) {
         // Only counted: a slow failure is a failure either way.
         if let Some(counters) = &self.counters
             && self.is_slow(admission)
         {
             counters.slow();
         }
-        self.record_failure_counted(admission);
+        let failed = self.record_failure_counted(admission, hold);
+        // Unless this call opened (with its hold), extend whatever opening there is;
+        // before announcing, so a panicking listener cannot skip it.
+        if let Some(wait) = hold
+            && !matches!(failed, Failed::Opened(_))
+        {
+            self.hold_open(wait);
+        }
+        failed.announce(self);
     }
 
-    fn record_failure_counted(&self, admission: Admission) {
+    /// Counts a failure and opens if it trips; returns what to announce.
+    fn record_failure_counted(&self, admission: Admission, hold: Option<Duration>) -> Failed {
         if let Some(counters) = &self.counters {
             counters.failure();
         }
         if admission.probe() {
-            self.probe_failed(admission.generation());
-            return;
+            return self.probe_failed(admission.generation(), hold);
         }
         let generation = admission.generation();
         if self.current(generation).is_none() {
-            return;
+            return Failed::Stale;
         }
         let (word, trip) = match &self.tracker {
             Tracker::Consecutive { threshold } => {
@@ -665,7 +747,7 @@ impl Inner {
                     if tag_is_newer(current, generation) {
                         // A newer generation counts here already: this result is stale,
                         // and writing would erase the live count.
-                        return;
+                        return Failed::Stale;
                     }
                     let count = tagged_count(current, generation).saturating_add(1);
                     match self.failures.compare_exchange_weak(
@@ -680,18 +762,17 @@ impl Inner {
                 };
                 // Announce only a failure of a generation still current.
                 let Some(word) = self.current(generation) else {
-                    return;
+                    return Failed::Stale;
                 };
                 (word, count >= *threshold)
             }
             _ => match self.record_in_window(generation, true) {
                 Some(decision) => decision,
-                None => return,
+                None => return Failed::Stale,
             },
         };
         // Open first, announce after: a panicking listener must not skip the opening.
-        let change = if trip { self.open(word) } else { None };
-        self.emit_with(Event::Failure, change);
+        Failed::from_opening(if trip { self.open(word, hold) } else { None })
     }
 
     /// A call whose outcome the classifier ignored: nothing counts, a probe slot is freed.
@@ -706,19 +787,29 @@ impl Inner {
     }
 
     /// Opens from `word` (closed or half-open) unless another transition got there first;
-    /// returns the state change to announce.
-    fn open(&self, word: Word) -> Option<Event> {
+    /// returns the state change to announce. With `hold` longer than the backoff's delay,
+    /// the opening's open time is `hold` instead (a manual open time, as `hold_open`
+    /// would set, but in the opening's own CAS).
+    fn open(&self, word: Word, hold: Option<Duration>) -> Option<Event> {
         let now = self.now();
         // Re-check right before raising `opened_at`: a thread that was preempted since it
         // read `word` must not push a newer opening's deadline later.
         if self.current(word.generation()) != Some(word) {
             return None;
         }
+        let mut next = word.next(OPEN).with_attempt(next_attempt(word));
+        if let Some(wait) = hold
+            && self.open_delay(next) < wait
+        {
+            // Relaxed: published by the CAS below, as in `trip`. An opening racing this
+            // one may overwrite it before its own CAS fails; `record_failure_holding`
+            // then extends the hold again once this CAS is done.
+            self.manual_delay.store(held_nanos(wait), Ordering::Relaxed);
+            next = next.with_attempt(MANUAL_ATTEMPT);
+        }
         // Release, before the CAS: pairs with `open_deadline`'s Acquire.
         self.opened_at.fetch_max(now, Ordering::Release);
-        self.cas(word, word.next(OPEN).with_attempt(next_attempt(word)))
-            .ok()
-            .flatten()
+        self.cas(word, next).ok().flatten()
     }
 
     fn probe_succeeded(&self, generation: u32) {
@@ -741,18 +832,16 @@ impl Inner {
         self.emit_with(Event::Success, change);
     }
 
-    fn probe_failed(&self, generation: u32) {
-        let Some(word) = self.current(generation) else {
-            return;
-        };
-        if word.state() != HALF_OPEN {
-            return;
+    /// Reopens after a failed probe of `generation`; returns what to announce.
+    fn probe_failed(&self, generation: u32, hold: Option<Duration>) -> Failed {
+        match self.current(generation) {
+            Some(word) if word.state() == HALF_OPEN => Failed::from_opening(self.open(word, hold)),
+            _ => Failed::Stale,
         }
-        let change = self.open(word);
-        self.emit_with(Event::Failure, change);
     }
 
     #[cold]
+    #[inline(never)]
     pub(crate) fn cancel(&self, admission: Admission) {
         if let Some(counters) = &self.counters {
             counters.cancelled();
@@ -762,8 +851,9 @@ impl Inner {
         }
     }
 
-    /// Records a classified outcome, then, for a failure the classifier says came with a
-    /// "come back after" (an HTTP `Retry-After`), holds the breaker open at least that long.
+    /// Records a classified outcome; a failure the classifier says came with a "come back
+    /// after" (an HTTP `Retry-After`) holds the breaker open at least that long (see
+    /// [`record_failure_holding`](Self::record_failure_holding)).
     #[inline]
     pub(crate) fn record_classified<T, E>(
         &self,
@@ -772,12 +862,13 @@ impl Inner {
         classifier: &impl crate::Classify<T, E>,
         result: &Result<T, E>,
     ) {
-        self.record(admission, outcome);
         if outcome == Outcome::Failure
             && let Some(wait) = classifier.retry_after(result)
         {
-            self.hold_open(wait);
+            self.record_failure_holding(admission, Some(wait));
+            return;
         }
+        self.record(admission, outcome);
     }
 
     /// Keeps an open breaker open for at least `wait` from now: a new generation of the
@@ -795,10 +886,7 @@ impl Inner {
             return;
         }
         // Relaxed: published by the CAS below, as in `trip`.
-        self.manual_delay.store(
-            u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX - 1),
-            Ordering::Relaxed,
-        );
+        self.manual_delay.store(held_nanos(wait), Ordering::Relaxed);
         // Release, before the CAS: pairs with `open_deadline`'s Acquire.
         self.opened_at.fetch_max(now, Ordering::Release);
         let _ = self.cas(word, word.next(OPEN).with_attempt(MANUAL_ATTEMPT));
@@ -882,6 +970,36 @@ impl Inner {
         // Relaxed: a snapshot of the state for display; nothing is read based on it.
         public_state(Word(self.word.load(Ordering::Relaxed)).state())
     }
+}
+
+/// What recording a failure leaves to announce, once every state change is made.
+enum Failed {
+    /// A stale result: nothing.
+    Stale,
+    /// A failure that did not open (or whose opening lost to another transition).
+    Counted,
+    /// A failure, and the opening this call made (an opening always changes the state).
+    Opened(Event),
+}
+
+impl Failed {
+    fn from_opening(change: Option<Event>) -> Failed {
+        change.map_or(Failed::Counted, Failed::Opened)
+    }
+
+    fn announce(self, inner: &Inner) {
+        match self {
+            Failed::Stale => {}
+            Failed::Counted => inner.emit(&[Event::Failure]),
+            Failed::Opened(change) => inner.emit(&[Event::Failure, change]),
+        }
+    }
+}
+
+/// A hold's open time as `manual_delay` nanoseconds: saturating one short of `u64::MAX`
+/// (which would mean "until closed by hand"), so even an absurd hold ends.
+fn held_nanos(wait: Duration) -> u64 {
+    u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 /// The attempt after a failed probe of `word` (or a policy trip while closed): automatic

@@ -128,13 +128,69 @@ fn guarded<R>(call: &mut Call<'_>, work: impl FnOnce() -> R) -> R {
     output
 }
 
+/// `call`: a closed breaker with quiet successes (the default policy, no listener, no
+/// counters, no slow-call timing) admits and records inline; any other state or
+/// configuration takes [`call_admitting`], one cold call that runs the operation there (so
+/// the hot path holds one inlined copy of the operation and no rejection handling).
 #[inline]
 pub(crate) fn call_with<T, E>(
     inner: &Inner,
     operation: impl FnOnce() -> Result<T, E>,
     classifier: &impl Classify<T, E>,
 ) -> Result<T, BreakerError<E>> {
+    let Some(tag) = inner.admit_quiet() else {
+        return call_admitting(inner, operation, classifier);
+    };
+    let armed = FailQuietOnUnwind { inner, tag };
+    let result = operation();
+    mem::forget(armed);
+    // A panicking classifier records nothing (a closed call has no slot to free), as a
+    // cancelled call.
+    let outcome = classifier.classify(&result);
+    if outcome == Outcome::Failure
+        && let Some(wait) = classifier.retry_after(&result)
+    {
+        inner.record_failure_holding(Admission::closed_tagged(tag), Some(wait));
+    } else {
+        inner.record_quiet(tag, outcome);
+    }
+    result.map_err(BreakerError::Inner)
+}
+
+/// [`FailOnUnwind`] for a call admitted by `admit_quiet`, holding only what it needs (two
+/// words to store before the operation runs, not three).
+struct FailQuietOnUnwind<'a> {
+    inner: &'a Inner,
+    tag: u64,
+}
+
+impl Drop for FailQuietOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.inner.record_quiet(self.tag, Outcome::Failure);
+    }
+}
+
+/// `call` when the breaker is not closed with quiet successes: the full admission, then the same run.
+#[cold]
+#[inline(never)]
+fn call_admitting<T, E>(
+    inner: &Inner,
+    operation: impl FnOnce() -> Result<T, E>,
+    classifier: &impl Classify<T, E>,
+) -> Result<T, BreakerError<E>> {
     let admission = inner.admit()?;
+    run_admitted(inner, admission, operation, classifier)
+}
+
+/// Runs an admitted `operation` and records its classified outcome.
+#[inline]
+fn run_admitted<T, E>(
+    inner: &Inner,
+    admission: Admission,
+    operation: impl FnOnce() -> Result<T, E>,
+    classifier: &impl Classify<T, E>,
+) -> Result<T, BreakerError<E>> {
     let armed = FailOnUnwind { inner, admission };
     let result = operation();
     mem::forget(armed);
@@ -156,7 +212,11 @@ pin_project_lite::pin_project! {
     /// costs little more than the operation's own future.
     ///
     /// Dropping it before it completes cancels the call (nothing is recorded, a probe slot
-    /// is freed). Like most futures, it panics if polled again after it completed.
+    /// is freed). Polled again after it completed (with its output or a rejection), it
+    /// stays `Pending` forever and records nothing; it never panics. (The `Future` contract
+    /// allows either; tower's own futures panic, but a breaker must not turn a caller's
+    /// extra poll into a crash, and the tower layer's `ResponseFuture`, feature `tower`,
+    /// does the same.)
     ///
     /// # Examples
     ///
@@ -224,7 +284,9 @@ where
             this.future.set(Some(future));
         }
         let Some(future) = this.future.as_mut().as_pin_mut() else {
-            panic!("`Execute` polled after it completed");
+            // Completed already (or rejected): nothing to drive, nothing to record. Pending,
+            // not a panic, as `ResponseFuture` does (see the type's docs).
+            return Poll::Pending;
         };
         // Each poll is guarded: a panic inside it records a failure and then continues.
         let Poll::Ready(result) = guarded(this.call, || future.poll(context)) else {

@@ -231,7 +231,10 @@ pin_project_lite::pin_project! {
     /// The response future of [`BreakerService`]: a named type, no boxing. Resolves to the
     /// rejection at once, or to the inner future's output, recording its classified
     /// outcome. Dropped before it completes, it cancels the call. Polled again after it
-    /// completed, it stays pending and records nothing (it never panics).
+    /// completed (with the inner output or a rejection), it stays `Pending` forever and
+    /// records nothing; it never panics. (The `Future` contract allows either; tower's own
+    /// futures panic, but issue 12 rules out a panic of the layer's own, and
+    /// [`Execute`](crate::Execute) behaves the same.)
     #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, B: Borrow<CircuitBreaker>, C> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use keel_breaker::{CircuitBreaker, Event, ManualClock, Policy, State};
+use keel_breaker::{CircuitBreaker, Classify, Event, ManualClock, Outcome, Policy, State};
 use loom::{
     sync::{Arc, Mutex},
     thread,
@@ -255,5 +255,85 @@ fn manual_trip_racing_a_policy_trip_opens_once_and_stays_open() {
         // a new generation but no new state.
         assert_eq!(*log.lock().unwrap(), [(State::Closed, State::Open)]);
         assert!(breaker.try_acquire().is_err());
+    });
+}
+
+#[test]
+fn counted_calls_lose_no_count_under_concurrent_calls() {
+    // `count_calls`: every admission and outcome is one `fetch_add`, so two threads calling
+    // at once must lose none (a load-then-store would).
+    model(|| {
+        let breaker = CircuitBreaker::builder("loom")
+            .policy(Policy::consecutive_failures(3))
+            .clock(ManualClock::new())
+            .count_calls()
+            .build()
+            .unwrap();
+        let other = breaker.clone();
+        let racer = thread::spawn(move || {
+            let _ = other.call(|| Ok::<_, ()>(()));
+            fail(&other);
+        });
+        let _ = breaker.call(|| Ok::<_, ()>(()));
+        fail(&breaker);
+        racer.join().unwrap();
+        let metrics = breaker.metrics();
+        assert_eq!(
+            (metrics.admitted, metrics.successes, metrics.failures),
+            (4, 2, 2)
+        );
+        assert_eq!(breaker.state(), State::Closed);
+    });
+}
+
+/// A classifier for an upstream that answers every failure with `Retry-After: 60`.
+struct RetryAfterSixty;
+
+impl Classify<(), ()> for RetryAfterSixty {
+    fn classify(&self, result: &Result<(), ()>) -> Outcome {
+        if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+
+    fn retry_after(&self, _: &Result<(), ()>) -> Option<Duration> {
+        Some(Duration::from_secs(60))
+    }
+}
+
+#[test]
+fn an_upstream_retry_after_admits_no_probe_before_the_hold_ends() {
+    // The failure that opens the breaker asked for 60 s; the backoff says 1 s. A racing
+    // caller that lets 2 s pass and asks must never get a probe, whenever it runs
+    // relative to the opening.
+    model(|| {
+        let clock = ManualClock::new();
+        let (breaker, _log) = recorded(&clock, 1, 1);
+        let other = breaker.clone();
+        let later = clock.clone();
+        let racer = thread::spawn(move || {
+            later.advance(Duration::from_secs(2));
+            other.try_acquire().map(|permit| {
+                let probe = permit.is_probe();
+                std::mem::forget(permit);
+                probe
+            })
+        });
+        let _ = breaker.classify(RetryAfterSixty).call(|| Err(()));
+        let raced = racer.join().unwrap();
+        assert!(
+            !matches!(raced, Ok(true)),
+            "a probe was admitted 2 s into a 60 s hold"
+        );
+        if raced.is_err() {
+            assert_eq!(breaker.state(), State::Open);
+        }
+        let retry_after = breaker.try_acquire().unwrap_err().retry_after().unwrap();
+        assert!(
+            retry_after >= Duration::from_secs(58),
+            "held {retry_after:?}"
+        );
     });
 }

@@ -78,10 +78,13 @@ impl Participation {
         correlation_id: &CorrelationId,
         downstream: bool,
     ) -> Vec<(&'static str, String)> {
-        let policy = match participation {
-            Some(participation) => participation.policy(),
-            None => default_policy(),
+        // Without a participation the policy is the default, which sends an id header only
+        // when it was received, and none was: no headers, decided without looking.
+        let Some(participation) = participation else {
+            return Vec::new();
         };
+        let policy = participation.policy();
+        let participation = Some(participation);
         let pick = |rule: crate::policy::IdHeader| {
             if downstream {
                 rule.downstream
@@ -259,6 +262,7 @@ impl Incoming {
     /// [`Incoming::with_propagation`] for headers already looked up by name (a
     /// `HeaderMap` does that by hashing, with no pass over every header).
     #[cfg(feature = "http")]
+    #[inline]
     pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
         let incoming = Self::choose_from(propagation, seen);
         for rejection in &incoming.rejections {
@@ -268,6 +272,7 @@ impl Incoming {
         incoming
     }
 
+    #[inline]
     fn choose_from(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
         let policy = match propagation {
             Some(propagation) => propagation.policy(),
@@ -434,9 +439,7 @@ fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option
     let result = match seen {
         Seen::None => return None,
         Seen::Repeated => Err(TraceParentError::Repeated),
-        Seen::Once(value) => std::str::from_utf8(value)
-            .map_err(|_| TraceParentError::NotUtf8)
-            .and_then(TraceParent::parse),
+        Seen::Once(value) => TraceParent::parse_bytes(value),
     };
     result
         .map_err(|error| {

@@ -124,6 +124,7 @@ impl<B> TraceOutcome for Classified<B> {
 /// let incoming = keel_correlation::http::incoming(&headers, None);
 /// assert_eq!(incoming.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
+#[inline]
 pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incoming {
     // One pass; a `HeaderMap`'s names are already lowercase, so an exact match (a length
     // check, then a comparison) is enough, and cheaper than four hashed look-ups.
@@ -154,7 +155,23 @@ pub fn incoming(headers: &HeaderMap, propagation: Option<&Propagation>) -> Incom
 pub fn insert(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::try_from(value) {
-            map.insert(HeaderName::from_static(name), value);
+            map.insert(header_name(name), value);
         }
+    }
+}
+
+/// The header names this crate sends, built once: `HeaderName::from_static` looks a name up
+/// among the standard ones and validates it every time it runs.
+fn header_name(name: &'static str) -> HeaderName {
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    match name {
+        "traceparent" => TRACEPARENT,
+        "tracestate" => TRACESTATE,
+        "x-correlation-id" => CORRELATION_ID,
+        "x-request-id" => REQUEST_ID,
+        other => HeaderName::from_static(other),
     }
 }

@@ -480,10 +480,41 @@ fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
     (invalid & 0xf0 == 0).then_some(value)
 }
 
+/// Parses 8 lowercase hex digits at once, as one `u64` (SWAR): about a quarter of the
+/// work of eight table loads, for the 50 digits of every `traceparent` a server reads.
+fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Big-endian, so the first digit is the most significant byte, as in the value.
+    let bytes = u64::from_be_bytes(digits);
+    // For every byte `b` below 0x80, `(b | 0x80) - c` keeps its high bit exactly when
+    // `b >= c` (for `c <= 0x80`), and never borrows from the next byte.
+    let at_least = |c: u8| ((bytes | HIGH) - ONES * u64::from(c)) & HIGH;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if bytes & HIGH != 0 || digit | letter != HIGH {
+        return None;
+    }
+    // `0`-`9` are their low nibble; `a`-`f` have 1-6 there and bit 6 set, worth 9 more.
+    let nibbles = (bytes & (ONES * 0x0f)) + ((bytes >> 6) & ONES) * 9;
+    // Pack neighbours together: nibble pairs into bytes, bytes into 16 bits, then 32.
+    let pairs = (nibbles | (nibbles >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    // The low 32 bits hold the eight digits' value, truncation intended.
+    #[allow(clippy::cast_possible_truncation)]
+    let value = (quads | (quads >> 16)) as u32;
+    Some(value)
+}
+
 /// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.
 pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
     match digits.len() {
         0 | 33.. => None,
+        // The ids' lengths (16 and 32 digits), eight at a time.
+        len if len % 8 == 0 => digits.chunks_exact(8).try_fold(0u128, |value, chunk| {
+            let chunk: [u8; 8] = chunk.try_into().ok()?;
+            Some((value << 32) | u128::from(parse_hex8(chunk)?))
+        }),
         1..=16 => parse_hex_u64(digits).map(u128::from),
         len => {
             let (high, low) = digits.split_at(len - 16);
@@ -496,7 +527,57 @@ pub(crate) fn parse_lower_hex(digits: &[u8]) -> Option<u128> {
 
 #[cfg(test)]
 mod tests {
-    use super::{CorrelationId, SpanId};
+    use super::{CorrelationId, SpanId, parse_hex_u64, parse_lower_hex};
+
+    /// The digit-by-digit parser, the reference for the eight-at-a-time one.
+    fn reference(digits: &[u8]) -> Option<u128> {
+        digits.iter().try_fold(0u128, |value, &digit| {
+            let nibble = match digit {
+                b'0'..=b'9' => digit - b'0',
+                b'a'..=b'f' => digit - b'a' + 10,
+                _ => return None,
+            };
+            Some((value << 4) | u128::from(nibble))
+        })
+    }
+
+    #[test]
+    fn eight_digits_at_once_agree_with_one_at_a_time_for_every_byte_anywhere() {
+        // Every byte value at every position of an 8-, 16- and 32-digit field, around
+        // digits that sit next to each class boundary (`/0`, `9:`, `` `a ``, `fg`).
+        for base in [
+            &b"09af09af"[..],
+            b"0123456789abcdef",
+            b"f0e1d2c3b4a5968778695a4b3c2d1e0f",
+        ] {
+            for position in 0..base.len() {
+                for byte in 0..=u8::MAX {
+                    let mut digits = base.to_vec();
+                    digits[position] = byte;
+                    assert_eq!(parse_lower_hex(&digits), reference(&digits), "{digits:?}");
+                }
+            }
+        }
+        assert_eq!(
+            parse_lower_hex(b"ffffffffffffffffffffffffffffffff"),
+            Some(u128::MAX)
+        );
+        assert_eq!(
+            parse_hex_u64(b"00f067aa0ba902b7"),
+            Some(0x00f0_67aa_0ba9_02b7)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_field_parses_as_digit_by_digit(digits in proptest::collection::vec(proptest::prop_oneof![
+            proptest::sample::select(b"0123456789abcdef".to_vec()),
+            proptest::prelude::any::<u8>(),
+        ], 0..=34)) {
+            let expected = (!digits.is_empty() && digits.len() <= 32).then(|| reference(&digits)).flatten();
+            proptest::prop_assert_eq!(parse_lower_hex(&digits), expected);
+        }
+    }
 
     #[test]
     fn fresh_ids_have_the_configured_uuid_version() {

@@ -142,7 +142,7 @@ fn build_line(
         push_span(out, parent);
     }
     out.extend_from_slice(b"\",\"operation\":");
-    push_json_str(out, &context.operation);
+    push_json_str(out, context.operation.as_str());
     if let Some(end) = end {
         out.extend_from_slice(b",\"outcome\":\"");
         out.extend_from_slice(end.outcome.as_bytes());

@@ -21,7 +21,8 @@ use tracing::{Instrument as _, instrument::Instrumented};
 
 use crate::{
     context::{
-        CURRENT, InScope, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
+        CURRENT, InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope,
+        scoped,
     },
     headers::{Incoming, Participation},
     id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
@@ -354,7 +355,7 @@ impl Tracer {
             trace_id = %context.trace_id,
             span_id = %context.span_id,
             parent_span_id = parent,
-            operation = &*context.operation,
+            operation = context.operation.as_str(),
         );
         // The one hook of the `opentelemetry` integration: the span exported for this trace
         // gets the trace's own ids and parent.
@@ -553,7 +554,7 @@ fn emit_tracing_event(context: &TraceContext, end: Option<&End<'_>>) {
                 trace_id = %context.trace_id,
                 span_id = %context.span_id,
                 parent_span_id = parent,
-                operation = &*context.operation,
+                operation = context.operation.as_str(),
                 outcome = end.map(|end| end.outcome),
                 duration_ms = end.map(|end| duration_ms(end.duration(context))),
                 error = error.as_deref(),
@@ -646,6 +647,7 @@ impl Lineage {
         }
     }
 
+    #[inline]
     fn from_incoming(incoming: Incoming) -> Self {
         // This span sends them on: the reserved bits of a received byte must not go out.
         let flags = incoming.sent_flags();
@@ -660,7 +662,8 @@ impl Lineage {
     }
 
     /// The context of a span starting now, in its `Arc`, in the scope that makes it current.
-    fn start(self, tracer: &Tracer, operation: Cow<'static, str>) -> TraceScope {
+    #[inline]
+    fn start(self, tracer: &Tracer, operation: impl Into<OperationName>) -> TraceScope {
         // Only lines need the start; see `TraceContext::elapsed`.
         let started = tracer.writes_lines().then(Instant::now);
         let span_id = SpanId::random();
@@ -675,7 +678,7 @@ impl Lineage {
             parent_span_id: self.parent_span_id,
             flags: self.flags,
             trace_state: self.trace_state,
-            operation,
+            operation: operation.into(),
             started,
             tracer,
             participation: self.participation,
@@ -812,10 +815,11 @@ where
 /// The scope of a span continuing `incoming`, for middleware that must run code inside the
 /// span before it has the future to trace (see [`traced_in`]).
 #[cfg(feature = "tower")]
+#[inline]
 pub(crate) fn scope_from_incoming(
     tracer: &Tracer,
     incoming: Incoming,
-    operation: Cow<'static, str>,
+    operation: OperationName,
 ) -> TraceScope {
     Lineage::from_incoming(incoming).start(tracer, operation)
 }

@@ -156,7 +156,25 @@ impl TraceParent {
     /// # Errors
     /// [`TraceParentError`] names the rule the value breaks and where.
     pub fn parse(value: &str) -> Result<Self, TraceParentError> {
-        let bytes = trim_ows(value).as_bytes();
+        Self::parse_ascii(value.as_bytes())
+    }
+
+    /// [`TraceParent::parse`] of a header's raw bytes, with the same result as checking
+    /// them for UTF-8 first (an invalid value is [`TraceParentError::NotUtf8`]), without
+    /// that pass over every byte of a valid one: its known fields are lowercase hex and
+    /// dashes, so only an error, or bytes around or after them (whitespace, a future
+    /// version's fields), need the check.
+    pub(crate) fn parse_bytes(value: &[u8]) -> Result<Self, TraceParentError> {
+        let parsed = Self::parse_ascii(value);
+        if (parsed.is_err() || value.len() > TRACEPARENT_LEN) && std::str::from_utf8(value).is_err()
+        {
+            return Err(TraceParentError::NotUtf8);
+        }
+        parsed
+    }
+
+    fn parse_ascii(value: &[u8]) -> Result<Self, TraceParentError> {
+        let bytes = trim_ows_bytes(value);
         let version = bytes
             .get(0..2)
             .and_then(parse_lower_hex)
@@ -211,6 +229,18 @@ fn field(
             field: name,
             position: start,
         })
+}
+
+/// Removes HTTP optional whitespace (spaces and horizontal tabs) from both ends of bytes
+/// (neither is ever part of a multi-byte UTF-8 character, so this is [`trim_ows`]).
+fn trim_ows_bytes(mut value: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = value {
+        value = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = value {
+        value = rest;
+    }
+    value
 }
 
 /// Removes HTTP optional whitespace (spaces and horizontal tabs) from both ends.
@@ -553,4 +583,41 @@ fn is_valid_value(value: &str) -> bool {
         && bytes
             .iter()
             .all(|&byte| (0x20..=0x7e).contains(&byte) && byte != b',' && byte != b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TraceParent, TraceParentError};
+
+    /// What reading a header's bytes meant before [`TraceParent::parse_bytes`]: the UTF-8
+    /// check, then the parse.
+    fn checked_then_parsed(bytes: &[u8]) -> Result<TraceParent, TraceParentError> {
+        std::str::from_utf8(bytes)
+            .map_err(|_| TraceParentError::NotUtf8)
+            .and_then(TraceParent::parse)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_bytes_equals_checking_utf8_then_parsing(
+            version in proptest::sample::select(vec![&b"00"[..], b"cc", b"ff"]),
+            edits in proptest::collection::vec((0usize..70, proptest::prelude::any::<u8>()), 0..3),
+            padding in proptest::sample::select(vec![&b""[..], b" ", b"\t ", b"\xc3\xa9"]),
+            tail in proptest::sample::select(vec![&b""[..], b"-future", b"-\xff", b"\xe2\x82"]),
+            cut in 0usize..75,
+        ) {
+            let mut bytes = padding.to_vec();
+            bytes.extend_from_slice(version);
+            bytes.extend_from_slice(b"-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            bytes.extend_from_slice(tail);
+            bytes.extend_from_slice(padding);
+            for (position, byte) in edits {
+                if let Some(slot) = bytes.get_mut(position) {
+                    *slot = byte;
+                }
+            }
+            bytes.truncate(cut.max(50));
+            proptest::prop_assert_eq!(TraceParent::parse_bytes(&bytes), checked_then_parsed(&bytes));
+        }
+    }
 }

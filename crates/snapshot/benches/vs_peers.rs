@@ -9,7 +9,7 @@
 //! `target/`.
 //!
 //! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
-//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `floor-loop`) with
+//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `floor-loop`) with
 //! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
 
 use std::{
@@ -277,6 +277,18 @@ fn child(case: &str) {
             let mut kept = Vec::new();
             for _ in 0..20 {
                 kept.push(restore_ours(&persistence));
+            }
+            0.0
+        }
+        "raw-loop" => {
+            let mut kept = Vec::new();
+            for _ in 0..8 {
+                kept.push(
+                    persistence
+                        .restore::<Box<serde_json::value::RawValue>>()
+                        .unwrap()
+                        .entries,
+                );
             }
             0.0
         }

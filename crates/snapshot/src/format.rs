@@ -20,7 +20,7 @@ use serde::{
 };
 
 use crate::{
-    CacheEntry,
+    CacheEntry, fast,
     insert::{Fill, Inserter, Local as _, Pending, Sink},
     scan::{ScanError, Scanner, Streamed, beyond_reader, text_problem},
 };
@@ -77,6 +77,9 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     pub(crate) local: Option<T::Local>,
     /// Entries per batch; set from the map's size, lowered by tests.
     batch_entries: usize,
+    /// Whether full batches wait in `held` until the map is sized (see [`HOLD_ENTRIES`]).
+    holding: bool,
+    held: Vec<Pending<V>>,
     pub(crate) timestamp: Option<u64>,
     /// The key of the entry being read when an error struck.
     pub(crate) failed_key: Option<String>,
@@ -102,6 +105,8 @@ impl<V, T: Fill<V>> Restoring<V, T> {
             sink: Some(sink),
             local,
             batch_entries: FIRST_BATCH_ENTRIES,
+            holding: T::SIZED,
+            held: Vec::new(),
             timestamp: None,
             failed_key: None,
             failure: None,
@@ -250,54 +255,20 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     let entries_start = scanner.offset();
     let mut read_here = 0_u64;
     let mut next_estimate = ENTRIES_BEFORE_ESTIMATE;
+    // Decided at the first entry: whether `V` keeps its value as raw JSON text, which
+    // the fast path reads without `serde_json` (see `crate::fast`).
+    let mut raw = None;
+    let mut tags = Vec::new();
     loop {
-        // Fast path: parse the entry straight from the buffer. A syntax error is reported
-        // where it is; if the value does not fit (or the file ends inside it), frame the
-        // entry and parse again, which tells a wrong type from a wrong shape and reports
-        // the error with its key and position.
-        let streamed = scanner.next_streamed()?;
-        if let Streamed::Syntax = streamed {
-            // Broken right here: re-read only what the buffer holds, to learn the key.
-            let error = scanner.error_in_place(|bytes| {
-                EntrySeed::<V> {
-                    failed_key: &mut restoring.failed_key,
-                    value: PhantomData,
-                    lax: false,
-                }
-                .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            });
-            if let Some(error) = error {
-                return Err(error);
-            }
-        }
-        if let Streamed::Invalid(Framed(key, _), error) = streamed {
-            restoring.failed_key = Some(key);
-            return Err(error);
-        }
-        let (key, entry) = if let Streamed::Value(Framed(key, entry)) = streamed {
-            (key, entry)
+        let raw = *raw.get_or_insert_with(fast::is_raw_value::<V>);
+        let fast = if raw {
+            scanner.fast_entry(|bytes| fast::raw_entry::<V>(bytes, &mut tags))?
         } else {
-            let mut incompatible = false;
-            let framed = scanner.next_value(|bytes| {
-                let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-                let entry = EntrySeed {
-                    failed_key: &mut restoring.failed_key,
-                    value: PhantomData,
-                    lax: false,
-                }
-                .deserialize(&mut deserializer)
-                .inspect_err(|error| {
-                    // An entry that reads fine with any value is the reader's type or
-                    // limits, not a fault of the file.
-                    incompatible = fits_the_format(bytes, error);
-                })?;
-                deserializer.end()?;
-                Ok(entry)
-            });
-            if incompatible {
-                restoring.failure = Some(Failure::Incompatible);
-            }
-            framed?
+            None
+        };
+        let (key, entry) = match fast {
+            Some(entry) => entry,
+            None => strict_entry(scanner, restoring)?,
         };
         restoring.read += 1;
         read_here += 1;
@@ -308,28 +279,107 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
         if read_here == next_estimate {
             // The estimate trusts the file's size, which a hostile or padded file can
             // inflate at will: so it never reserves more than a few times the entries
-            // actually read, and is repeated as more are read. A reservation that
-            // fails is only a missed optimisation.
+            // actually read, and is repeated each time the entries read double. Until
+            // it covers the whole file the first entries are held back (up to
+            // `HOLD_ENTRIES`), so the map is allocated once, at its final size. A
+            // reservation that fails is only a missed optimisation.
             let used = scanner.offset() - entries_start;
             let remaining = file_size.saturating_sub(scanner.offset());
             let estimate = remaining.saturating_mul(read_here) / used.max(1);
-            let allowed = restoring.max_entries.saturating_sub(restoring.read);
             let step = read_here.saturating_mul(ESTIMATE_GROWTH);
-            restoring.reserve(usize::try_from(estimate.min(allowed).min(step)).unwrap_or(0));
-            if estimate > step {
-                next_estimate = read_here.saturating_add(step);
+            let covered = estimate <= step;
+            let total = read_here
+                .saturating_add(estimate.min(step))
+                .min(restoring.max_entries);
+            let can_hold_more = read_here.saturating_mul(2) <= HOLD_ENTRIES as u64;
+            if covered || !restoring.holding || !can_hold_more {
+                restoring.reserve(usize::try_from(total).unwrap_or(0));
+                restoring.release();
+            }
+            if !covered {
+                next_estimate = read_here.saturating_mul(2);
             }
         }
         restoring.accept(key, entry);
         if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {
+            if restoring.holding {
+                // The whole file fitted in what is held: now its size is known.
+                restoring.reserve(usize::try_from(read_here).unwrap_or(usize::MAX));
+                restoring.release();
+            }
             restoring.flush();
             return Ok(());
         }
     }
 }
 
+/// Reads the next entry with `serde_json`, judging exactly what is wrong if it fails.
+///
+/// Parses the entry straight from the buffer. A syntax error is reported where it is; if
+/// the value does not fit (or the file ends inside it), it frames the entry and parses
+/// again, which tells a wrong type from a wrong shape and reports the error with its key
+/// and position.
+fn strict_entry<R: Read, V: DeserializeOwned, T: Fill<V>>(
+    scanner: &mut Scanner<R>,
+    restoring: &mut Restoring<V, T>,
+) -> Result<(String, CacheEntry<V>), ScanError> {
+    let streamed = scanner.next_streamed()?;
+    if let Streamed::Syntax = streamed {
+        // Broken right here: re-read only what the buffer holds, to learn the key.
+        let error = scanner.error_in_place(|bytes| {
+            EntrySeed::<V> {
+                failed_key: &mut restoring.failed_key,
+                value: PhantomData,
+                lax: false,
+            }
+            .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+        });
+        if let Some(error) = error {
+            return Err(error);
+        }
+    }
+    if let Streamed::Invalid(Framed(key, _), error) = streamed {
+        restoring.failed_key = Some(key);
+        return Err(error);
+    }
+    if let Streamed::Value(Framed(key, entry)) = streamed {
+        return Ok((key, entry));
+    }
+    let mut incompatible = false;
+    let framed = scanner.next_value(|bytes| {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let entry = EntrySeed {
+            failed_key: &mut restoring.failed_key,
+            value: PhantomData,
+            lax: false,
+        }
+        .deserialize(&mut deserializer)
+        .inspect_err(|error| {
+            // An entry that reads fine with any value is the reader's type or
+            // limits, not a fault of the file.
+            incompatible = fits_the_format(bytes, error);
+        })?;
+        deserializer.end()?;
+        Ok(entry)
+    });
+    if incompatible {
+        restoring.failure = Some(Failure::Incompatible);
+    }
+    framed
+}
+
 /// Entries in a batch until the map has been sized (see [`Restoring::reserve`]).
 const FIRST_BATCH_ENTRIES: usize = 1024;
+
+/// Entries held back at most until the map is sized for the whole file (about 15 MB of
+/// entries on their way, for small values). A map that grows while it is filled
+/// allocates a chain of ever larger tables, and the entries already in each are spread
+/// over all of its pages, so every table is touched all over before it is replaced;
+/// holding the first entries back until the estimate covers the file (which the
+/// reservation limit allows once about a ninth of the entries are read) allocates the
+/// table once. A file of more than about 1.1 million entries stops holding at this many
+/// and grows the map in steps.
+const HOLD_ENTRIES: usize = 128 * 1024;
 
 /// Entries handed to the inserter per batch at most, which it sorts by bucket in a large map:
 /// large enough that consecutive inserts land close together in a million-entry table,
@@ -365,22 +415,44 @@ impl<V, T: Fill<V>> Restoring<V, T> {
         }
     }
 
-    /// Sizes the map for `additional` more entries, and the batches for the map: a
+    /// Sizes the map for `total` entries in all, and the batches for the map: a
     /// sixteenth of it, between the first batch's size and [`BATCH_ENTRIES`], so a
     /// small file's batches stay small next to its map.
-    fn reserve(&mut self, additional: usize) {
-        self.batch_entries = (additional / 16).clamp(FIRST_BATCH_ENTRIES, BATCH_ENTRIES);
+    fn reserve(&mut self, total: usize) {
+        self.batch_entries = (total / 16).clamp(FIRST_BATCH_ENTRIES, BATCH_ENTRIES);
         if let Some(sink) = &mut self.sink {
-            sink.reserve(additional);
+            sink.reserve(total);
         }
     }
 
-    /// Hands the pending entries to the inserter.
+    /// Hands the pending entries to the inserter, or holds them back while the map has
+    /// not been sized (and fewer than [`HOLD_ENTRIES`] are held).
     pub(crate) fn flush(&mut self) {
+        if self.holding {
+            if self.held.len() + self.pending.len() <= HOLD_ENTRIES {
+                if self.held.is_empty() {
+                    std::mem::swap(&mut self.held, &mut self.pending);
+                } else {
+                    self.held.append(&mut self.pending);
+                }
+                return;
+            }
+            self.release();
+        }
         if let Some(sink) = &mut self.sink
             && !self.pending.is_empty()
         {
             sink.send(&mut self.pending);
+        }
+    }
+
+    /// Stops holding entries back, and hands over those held, in file order.
+    fn release(&mut self) {
+        self.holding = false;
+        if let Some(sink) = &mut self.sink
+            && !self.held.is_empty()
+        {
+            sink.send(&mut self.held);
         }
     }
 }
@@ -505,7 +577,7 @@ fn beyond_this_reader(bytes: &[u8], error: &serde_json::Error) -> bool {
 /// An entry as a plain `Deserialize` type, for `serde_json`'s stream deserializer (which
 /// takes no seed). Its errors do not name the key; the caller re-reads a failed entry
 /// through [`EntrySeed`] to report it properly.
-struct Framed<V>(String, CacheEntry<V>);
+pub(crate) struct Framed<V>(pub(crate) String, pub(crate) CacheEntry<V>);
 
 impl<'de, V: DeserializeOwned> Deserialize<'de> for Framed<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -742,6 +814,7 @@ mod tests {
             let mut restoring = restoring::<u64>(100);
             if batched {
                 restoring.batch_entries = 100;
+                restoring.holding = false;
                 if let Some(Sink::Local(inserter)) = &mut restoring.sink {
                     inserter.sort_from_capacity = 0;
                 }

@@ -28,10 +28,13 @@ pub(crate) trait Fill<V> {
     type Local: Local<V>;
     /// Whether batches need their keys' hashes (computing them costs the parser).
     const NEEDS_HASH: bool;
+    /// Whether the target is sized by [`reserve`](Self::reserve), so the first entries
+    /// are worth holding back until the parser can size it for the whole file.
+    const SIZED: bool = false;
     /// The part of the filling the parser's thread does itself.
     fn local(&self) -> Self::Local;
-    /// Makes room for `additional` more entries, if that means anything here.
-    fn reserve(&mut self, additional: usize);
+    /// Makes room for `total` entries in all, if that means anything here.
+    fn reserve(&mut self, total: usize);
     /// Takes the batch's entries, in file order, leaving it empty.
     fn insert(&mut self, batch: &mut Vec<Pending<V>>);
     /// Entries taken, and earlier entries that later ones replaced.
@@ -166,13 +169,14 @@ impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
 impl<V> Fill<V> for Inserter<V> {
     type Local = Nothing;
     const NEEDS_HASH: bool = true;
+    const SIZED: bool = true;
 
     fn local(&self) -> Nothing {
         Nothing
     }
 
-    fn reserve(&mut self, additional: usize) {
-        Inserter::reserve(self, additional);
+    fn reserve(&mut self, total: usize) {
+        Inserter::reserve(self, total);
     }
 
     fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
@@ -201,11 +205,12 @@ impl<V> Inserter<V> {
         }
     }
 
-    /// Makes room for `additional` more entries if memory allows; the reservation is an
-    /// optimisation, so a failure to allocate is ignored (inserting will report it if the
-    /// entries really do not fit).
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        let _ = self.map.try_reserve(additional);
+    /// Makes room for `total` entries in all if memory allows. The total (not a number
+    /// more) because the parser asks while entries it has read are still on their way
+    /// here. The reservation is an optimisation, so a failure to allocate is ignored
+    /// (inserting will report it if the entries really do not fit).
+    pub(crate) fn reserve(&mut self, total: usize) {
+        let _ = self.map.try_reserve(total.saturating_sub(self.map.len()));
     }
 
     /// Inserts the batch, leaving it empty.
@@ -238,7 +243,7 @@ impl<V> Inserter<V> {
 }
 
 pub(crate) enum Message<V> {
-    /// Room for this many more entries, estimated early in the file.
+    /// Room for this many entries in all, estimated early in the file.
     Reserve(usize),
     Batch(Vec<Pending<V>>),
 }
@@ -254,13 +259,13 @@ pub(crate) enum Sink<V, T: Fill<V> = Inserter<V>> {
 }
 
 impl<V, T: Fill<V>> Sink<V, T> {
-    pub(crate) fn reserve(&mut self, additional: usize) {
+    pub(crate) fn reserve(&mut self, total: usize) {
         match self {
             // A send fails only if the helper is gone, which `finish` reports.
             Self::Thread { batches, .. } => {
-                let _ = batches.send(Message::Reserve(additional));
+                let _ = batches.send(Message::Reserve(total));
             }
-            Self::Local(inserter) => inserter.reserve(additional),
+            Self::Local(inserter) => inserter.reserve(total),
         }
     }
 
@@ -298,7 +303,7 @@ pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
                 let mut inserter = handed.recv().ok()?;
                 for message in inbox {
                     match message {
-                        Message::Reserve(additional) => inserter.reserve(additional),
+                        Message::Reserve(total) => inserter.reserve(total),
                         Message::Batch(mut batch) => {
                             inserter.insert(&mut batch);
                             // The parser may have finished; then the batch is just freed.

@@ -122,22 +122,27 @@
 //!
 //! # Restore details
 //!
-//! Restore keeps only the map it returns, a 256 KiB read buffer, and at most three
-//! batches of parsed entries on their way into the map (at most 64 Ki entries each, about
-//! 8 MiB; a sixteenth of the map for smaller files): no string of the file, no list of
-//! all entries. The calling thread reads the file in chunks and parses each entry with
+//! Restore keeps only the map it returns, a 256 KiB read buffer, and the parsed entries
+//! on their way into the map: at most three batches (at most 64 Ki entries each, about
+//! 8 MiB; a sixteenth of the map for smaller files), or up to 128 Ki entries held back
+//! while the map is not yet sized (below). No string of the file, no list of all
+//! entries. The calling thread reads the file in chunks and parses each entry with
 //! `serde_json` straight out of the buffer (an entry larger than the buffer grows it, up
 //! to 256 MiB or the file size limit if smaller; a larger entry is
 //! [`SnapshotError::EntryTooLarge`], and the file is left in place),
 //! while a scoped helper thread (`snapshot-insert`) inserts the previous batch into the
 //! map, so parsing and inserting overlap; the entries cross to that thread, which is why
-//! `restore` requires `V: Send`. After the first 1024 entries the map is sized for
-//! the rest of the file, estimated from the bytes those entries took, instead of
-//! rehashing as it doubles; the reservation is capped at 8× the entries read so far (and
-//! made again once those are read), so whitespace padding or a sparse hole cannot make
-//! it reserve more than the entries justify, and a failed reservation is ignored. In a large map, each batch is sorted by the bucket its keys
-//! hash to before it is inserted, because inserting in file order touches a random page
-//! of the table each time. On an error the partly filled map is dropped.
+//! `restore` requires `V: Send`. After the first 1024 entries, and again each time
+//! the entries read double, the parser estimates the file's entries from the bytes those
+//! entries took; the map is reserved for at most 8× the entries read so far, so
+//! whitespace padding or a sparse hole cannot make it reserve more than the entries
+//! justify, and a failed reservation is ignored. Until the estimate fits under that
+//! limit (after about a ninth of the entries), the first entries are held back (at most
+//! 128 Ki of them), so the map's table is allocated once at its final size instead of
+//! through a chain of ever larger tables that each get touched all over; a file of more
+//! than about 1.1 million entries grows the map in those steps. In a large map, each
+//! batch is sorted by the bucket its keys hash to before it is inserted, because
+//! inserting in file order touches a random page of the table each time. On an error the partly filled map is dropped.
 //!
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
@@ -152,6 +157,13 @@
 //! fit `V` fails the restore with [`SnapshotError::Incompatible`] naming the entry's key
 //! (`serde_json` cannot skip a half-read value and continue), and leaves the file in place.
 //!
+//! Lazy values (`CacheEntry<Box<serde_json::value::RawValue>>`, or `Arc<RawValue>`)
+//! take a fast path: each entry is checked in one pass over its bytes and its value's
+//! text copied once, with no `serde_json` visitor. It reads only plain entries (the four
+//! known fields, no `\u` escape, `expiresAt` a plain integer or `null`, nesting up to 64
+//! levels); any other entry, and every error, is read again by the strict path, so the
+//! verdict on a file never depends on the path.
+//!
 //! # Observability
 //!
 //! Every save and restore emits one `tracing` event at `INFO` (counts, bytes,
@@ -164,6 +176,7 @@ mod changes;
 mod check;
 mod entry;
 mod error;
+mod fast;
 mod format;
 mod insert;
 mod parallel;
@@ -186,3 +199,8 @@ pub use persistence::{
     CachePersistence, DEFAULT_DIRECTORY, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_FILE_SIZE, RestoreReport,
     Restored, SNAPSHOT_FILE_NAME, SaveReport,
 };
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -10,8 +10,14 @@ use std::io::{self, Read};
 
 use serde::de::DeserializeOwned;
 
+use crate::fast::Fast;
+
 /// Bytes read from the file per refill.
 const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The longest entry the fast path reads (see [`Scanner::fast_entry`]); a quarter of the
+/// buffer, so the bytes kept at a refill never fill it.
+const FAST_MAX_BYTES: usize = CHUNK_BYTES / 4;
 
 /// The largest single value (an entry, or a top-level field) a restore buffers, unless
 /// the file size limit is smaller: a larger one is refused with a typed error rather than
@@ -319,6 +325,34 @@ impl<R: Read> Scanner<R> {
                     *truncated &= self.at_eof && start + length == self.filled;
                 }
                 Err(relocated)
+            }
+        }
+    }
+
+    /// Runs the fast path's `scan` on the bytes from the next value on (after whitespace),
+    /// reading more while the entry runs past them; `Ok(None)` when the strict path must
+    /// read the entry instead (nothing was consumed then).
+    ///
+    /// It reads on only while the entry is shorter than [`FAST_MAX_BYTES`], which is far
+    /// below the buffer's size: so the buffer never grows for the fast path, and a long
+    /// entry, the end of the file and every limit are the strict path's to handle.
+    pub(crate) fn fast_entry<T>(
+        &mut self,
+        mut scan: impl FnMut(&[u8]) -> Fast<T>,
+    ) -> Result<Option<T>, ScanError> {
+        loop {
+            if self.peek()?.is_none() {
+                return Ok(None);
+            }
+            match scan(&self.buffer[self.position..self.filled]) {
+                Fast::Done(value, length) => {
+                    self.position += length;
+                    return Ok(Some(value));
+                }
+                Fast::NeedMore if !self.at_eof && self.filled - self.position < FAST_MAX_BYTES => {
+                    self.refill()?;
+                }
+                Fast::NeedMore | Fast::Fallback => return Ok(None),
             }
         }
     }

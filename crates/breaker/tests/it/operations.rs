@@ -185,14 +185,25 @@ fn a_panicking_rejection_listener_changes_nothing() {
     let clock = ManualClock::new();
     let breaker = builder(&clock, 1)
         .on_rejected(|_| panic!("listener panic"))
+        .probe_timeout(Duration::MAX)
+        .count_calls()
         .build()
         .unwrap();
     fail(&breaker);
     assert!(catch_unwind(AssertUnwindSafe(|| breaker.try_acquire().map(drop))).is_err());
     assert_eq!(breaker.state(), State::Open);
     clock.advance(Duration::from_secs(10));
-    breaker.try_acquire().expect("the probe").success();
+    let probe = breaker.try_acquire().expect("the probe");
+    // Rejected while half-open and full: the listener's panic leaves the probe's slot alone.
+    assert!(catch_unwind(AssertUnwindSafe(|| breaker.try_acquire().map(drop))).is_err());
+    probe.success();
     assert_eq!(breaker.state(), State::Closed);
+    // Each rejection was counted before its listener ran, so the panics lost no count.
+    let metrics = breaker.metrics();
+    assert_eq!(
+        (metrics.rejected_open, metrics.rejected_half_open_full),
+        (1, 1)
+    );
 }
 
 #[derive(Debug)]
@@ -516,4 +527,51 @@ fn the_default_clock_s_coarse_reading_never_leads_it() {
         assert!(coarse <= clock.now_nanos());
     }
     assert!(clock.coarse_lag_nanos() < 1_000_000_000);
+}
+
+#[test]
+fn an_execute_future_polled_after_it_completed_stays_pending_and_records_nothing() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).count_calls().build().unwrap();
+    let poll = crate::support::poll_once;
+    let runs = AtomicU64::new(0);
+    let operation = |result: Result<u8, &'static str>| {
+        let runs = &runs;
+        move || {
+            runs.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(result)
+        }
+    };
+    let mut success = std::pin::pin!(breaker.execute(operation(Ok(1))));
+    let mut failure = std::pin::pin!(breaker.execute(operation(Err("down"))));
+    assert_eq!(poll(success.as_mut()), std::task::Poll::Ready(Ok(1)));
+    assert!(matches!(
+        poll(failure.as_mut()),
+        std::task::Poll::Ready(Err(BreakerError::Inner("down")))
+    ));
+    let mut rejected = std::pin::pin!(breaker.execute(operation(Ok(2))));
+    assert!(matches!(
+        poll(rejected.as_mut()),
+        std::task::Poll::Ready(Err(BreakerError::Open { .. }))
+    ));
+    let before = breaker.metrics();
+    for _ in 0..3 {
+        assert!(poll(success.as_mut()).is_pending());
+        assert!(poll(failure.as_mut()).is_pending());
+        assert!(poll(rejected.as_mut()).is_pending());
+    }
+    assert_eq!(
+        breaker.metrics(),
+        before,
+        "an extra poll recorded something"
+    );
+    assert_eq!(
+        (before.successes, before.failures, before.rejected_open),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        2,
+        "an extra poll ran the operation"
+    );
 }

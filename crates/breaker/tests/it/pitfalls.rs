@@ -663,3 +663,49 @@ fn operation_panic_wins_over_a_failure_listener_panic_in_execute() {
     assert_eq!(breaker.metrics().failures, 1);
     assert_eq!(breaker.state(), State::Closed);
 }
+
+#[test]
+fn stale_quiet_success_does_not_reset_a_newer_streak() {
+    // The inline path of `call` (default policy, nobody listening) checks the failure
+    // streak with one subtraction instead of `tagged_count`: a success whose generation
+    // ended while it ran must still leave the newer generation's streak alone.
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 2).build().unwrap();
+    fail(&breaker);
+    let result = breaker.call(|| {
+        drop(breaker.isolate()); // two transitions: a new closed generation
+        fail(&breaker); // a streak of one in it
+        Ok::<_, ()>(())
+    });
+    assert!(result.is_ok());
+    fail(&breaker);
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "a stale success erased the newer streak"
+    );
+}
+
+#[test]
+fn quiet_success_resets_its_own_streak_and_a_quiet_panic_counts_as_a_failure() {
+    quiet_panics();
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 2).build().unwrap();
+    fail(&breaker);
+    succeed(&breaker);
+    fail(&breaker);
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "the success did not reset the streak"
+    );
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        breaker.call(|| -> Result<(), ()> { panic!("operation") })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the panic did not count as a failure"
+    );
+}

@@ -4,10 +4,12 @@ use std::{
     convert::Infallible,
     future::pending,
     panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
     sync::{
         Arc, LazyLock,
         atomic::{AtomicU32, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -432,4 +434,44 @@ async fn a_real_axum_server_answers_503_with_the_upstream_retry_after() {
         "the breaker did not honour the upstream's Retry-After: {second}"
     );
     server.abort();
+}
+
+#[test]
+fn a_response_future_polled_after_it_completed_stays_pending_and_records_nothing() {
+    let clock = ManualClock::new();
+    let breaker = builder(&clock, 1).count_calls().build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = BreakerService::new(upstream(&calls), breaker.clone());
+    let poll = crate::support::poll_once;
+    let (mut success, mut failure) = (pin!(service.call(5)), pin!(service.call(0)));
+    assert_eq!(poll(success.as_mut()), Poll::Ready(Ok(5)));
+    assert!(matches!(
+        poll(failure.as_mut()),
+        Poll::Ready(Err(BreakerError::Inner("down")))
+    ));
+    let mut rejected = pin!(service.call(5));
+    assert!(matches!(
+        poll(rejected.as_mut()),
+        Poll::Ready(Err(BreakerError::Open { .. }))
+    ));
+    let before = breaker.metrics();
+    for _ in 0..3 {
+        assert!(poll(success.as_mut()).is_pending());
+        assert!(poll(failure.as_mut()).is_pending());
+        assert!(poll(rejected.as_mut()).is_pending());
+    }
+    assert_eq!(
+        breaker.metrics(),
+        before,
+        "an extra poll recorded something"
+    );
+    assert_eq!(
+        (before.successes, before.failures, before.rejected_open),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "an extra poll called the service"
+    );
 }

@@ -82,6 +82,28 @@ fn the_server_layer_continues_the_request_and_echoes_its_id_headers() {
 }
 
 #[test]
+fn the_default_operation_is_method_and_path_for_any_path_length() {
+    // Around the length the trace context holds in place (46 bytes: `DELETE ` and 39), and far beyond it.
+    for len in [1, 38, 39, 40, 41, 100, 4096] {
+        let path = format!("/{}", "p".repeat(len - 1));
+        let capture = Capture::default();
+        let mut service = ServerLayer::new().tracer(capture.tracer()).layer(FnService(
+            |_request: Request<()>| async {
+                let operation = keel_correlation::current().unwrap().operation().to_owned();
+                Ok::<_, Infallible>(Response::new(operation))
+            },
+        ));
+        let request = Request::delete(path.as_str()).body(()).unwrap();
+        let response = ready(service.call(request)).unwrap();
+        let expected = format!("DELETE {path}");
+        assert_eq!(response.body(), &expected, "{len}");
+        let lines = capture.lines();
+        assert_eq!(lines[0]["operation"], expected.as_str(), "{len}");
+        assert_eq!(lines[1]["operation"], expected.as_str(), "{len}");
+    }
+}
+
+#[test]
 fn the_server_layer_reports_5xx_errors_panics_and_cancellation() {
     // (inner behaviour, outcome)
     let rows: [(&str, &str); 4] = [
