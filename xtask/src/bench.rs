@@ -18,6 +18,11 @@
 //! - `BENCH_ONLY=text` (`--only text`): only rows whose crate, name or baseline contain
 //!   `text`; when `text` names a crate, only that crate's benchmark runs.
 //!
+//! `--twice` runs every selected benchmark twice in a row and checks issue 10's criterion:
+//! it writes run 1's report to `target/bench/report-run1.json` (`report.json` is run 2),
+//! both runs' ratios and each row's change to `target/bench/stability.md`, and fails when a
+//! row's median ratio moved more than 15% (the larger over the smaller, less one).
+//!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
 //! `target/bench/report.json` (a JSON array of the rows) and `target/bench/machine.json`
@@ -113,6 +118,7 @@ fn round(value: f64, digits: i32) -> f64 {
 struct Flags {
     quick: bool,
     write_docs: bool,
+    twice: bool,
     only: Option<String>,
     rounds: Option<u64>,
 }
@@ -124,6 +130,7 @@ fn parse_flags(args: &[String]) -> Result<Flags, String> {
         match arg.as_str() {
             "--quick" => flags.quick = true,
             "--write-docs" => flags.write_docs = true,
+            "--twice" => flags.twice = true,
             "--only" => match args.next() {
                 Some(text) if !text.is_empty() => flags.only = Some(text.clone()),
                 _ => return Err("`--only` needs a crate name or a row substring".into()),
@@ -164,7 +171,6 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let rows_path = out_dir.join("rows.jsonl");
-    let _ = fs::remove_file(&rows_path);
 
     let fixed_layout = Command::new("setarch")
         .args([std::env::consts::ARCH, "--addr-no-randomize", "true"])
@@ -192,8 +198,187 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     {
         crates.retain(|krate| krate == only);
     }
-    for krate in &crates {
-        let package = bench_package(&root, krate)?;
+    let first = if flags.twice {
+        println!("\n== --twice: run 1 of 2");
+        let first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path)?;
+        println!("\n== --twice: run 2 of 2");
+        Some(first)
+    } else {
+        None
+    };
+    let rows = run_benches(&root, &crates, &flags, fixed_layout, &rows_path)?;
+    let report_path = out_dir.join("report.json");
+    fs::write(&report_path, render_report(&rows))
+        .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
+    let table = render_table(&rows);
+    println!("\n{table}");
+    println!(
+        "wrote {} ({} rows) and {}",
+        report_path.display(),
+        rows.len(),
+        machine_path.display()
+    );
+    if flags.write_docs {
+        let docs_path = root.join("docs/benchmarks.md");
+        fs::write(&docs_path, render_docs(&table, &machine, &crates, &rows))
+            .map_err(|e| format!("cannot write {}: {e}", docs_path.display()))?;
+        println!("wrote {}", docs_path.display());
+        write_readme_tables(&root, &crates, &rows, &machine)?;
+    }
+    match first {
+        Some(first) => check_stability(&out_dir, &first, &rows),
+        None => Ok(()),
+    }
+}
+
+/// `--twice`: writes run 1's report beside run 2's, and the rows' movement between the two
+/// runs into `target/bench/stability.md`; an error when a row moved more than
+/// [`MOVED_LIMIT`] (or was measured in one run only).
+fn check_stability(out_dir: &Path, first: &[Row], second: &[Row]) -> Result<(), String> {
+    let first_path = out_dir.join("report-run1.json");
+    fs::write(&first_path, render_report(first))
+        .map_err(|e| format!("cannot write {}: {e}", first_path.display()))?;
+    let movements = movements(first, second);
+    let table = render_stability(&movements);
+    let stability_path = out_dir.join("stability.md");
+    fs::write(&stability_path, &table)
+        .map_err(|e| format!("cannot write {}: {e}", stability_path.display()))?;
+    println!("\n{table}");
+    println!(
+        "wrote {} (run 1; report.json is run 2) and {}",
+        first_path.display(),
+        stability_path.display()
+    );
+    let moved = movements.iter().filter(|row| row.moved()).count();
+    if moved == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{moved} of {} rows moved more than {:.0}% between the two runs (see {})",
+            movements.len(),
+            MOVED_LIMIT * 100.0,
+            stability_path.display()
+        ))
+    }
+}
+
+/// The most two runs' median ratios of a row may differ by: the larger over the smaller,
+/// less one (issue 10's "within 15% of each other", whichever run is taken as the base).
+pub(crate) const MOVED_LIMIT: f64 = 0.15;
+
+/// One row as measured by both runs of `--twice` (`None`: not measured in that run).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Movement {
+    pub(crate) krate: String,
+    pub(crate) bench: String,
+    pub(crate) baseline: String,
+    pub(crate) first: Option<Row>,
+    pub(crate) second: Option<Row>,
+}
+
+impl Movement {
+    /// The larger median ratio over the smaller, less one (`None` unless both runs have it).
+    pub(crate) fn movement(&self) -> Option<f64> {
+        let (first, second) = (self.first.as_ref()?.ratio, self.second.as_ref()?.ratio);
+        Some(first.max(second) / first.min(second) - 1.0)
+    }
+
+    /// Whether the row moved more than [`MOVED_LIMIT`], or is missing from a run.
+    pub(crate) fn moved(&self) -> bool {
+        self.movement()
+            .is_none_or(|movement| movement > MOVED_LIMIT)
+    }
+}
+
+/// Pairs the rows of two runs by crate, bench and baseline, in the order of the second run
+/// (rows of the first run alone follow).
+pub(crate) fn movements(first: &[Row], second: &[Row]) -> Vec<Movement> {
+    let key = |row: &Row| (row.krate.clone(), row.bench.clone(), row.baseline.clone());
+    let mut unmatched: Vec<&Row> = first.iter().collect();
+    let mut paired = Vec::new();
+    for row in second {
+        let earlier = unmatched
+            .iter()
+            .position(|candidate| key(candidate) == key(row))
+            .map(|index| unmatched.remove(index).clone());
+        paired.push(Movement {
+            krate: row.krate.clone(),
+            bench: row.bench.clone(),
+            baseline: row.baseline.clone(),
+            first: earlier,
+            second: Some(row.clone()),
+        });
+    }
+    paired.extend(unmatched.into_iter().map(|row| Movement {
+        krate: row.krate.clone(),
+        bench: row.bench.clone(),
+        baseline: row.baseline.clone(),
+        first: Some(row.clone()),
+        second: None,
+    }));
+    paired
+}
+
+/// The two runs side by side, each row's change (run 2 against run 1) flagged when it
+/// moved more than [`MOVED_LIMIT`].
+pub(crate) fn render_stability(movements: &[Movement]) -> String {
+    let mut table = String::from(
+        "| crate | bench | baseline | run 1 ratio (spread) | run 2 ratio (spread) | change |\n\
+         |---|---|---|---:|---:|---:|\n",
+    );
+    let ratio = |row: &Option<Row>| {
+        row.as_ref().map_or("not measured".to_string(), |row| {
+            format!(
+                "{:.2}× ({:.2}–{:.2})",
+                row.ratio, row.min_ratio, row.max_ratio
+            )
+        })
+    };
+    for movement in movements {
+        let change = match (&movement.first, &movement.second) {
+            (Some(first), Some(second)) => {
+                let change = format!("{:+.0}%", (second.ratio / first.ratio - 1.0) * 100.0);
+                if movement.moved() {
+                    format!("{change} **moved**")
+                } else {
+                    change
+                }
+            }
+            _ => "**missing**".to_string(),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {change} |",
+            cell(&movement.krate),
+            cell(&movement.bench),
+            cell(&movement.baseline),
+            ratio(&movement.first),
+            ratio(&movement.second),
+        );
+    }
+    let moved = movements.iter().filter(|row| row.moved()).count();
+    let _ = writeln!(
+        table,
+        "\n{moved} of {} rows moved more than {:.0}% between the two runs (larger median \
+         ratio over the smaller).",
+        movements.len(),
+        MOVED_LIMIT * 100.0
+    );
+    table
+}
+
+/// Runs every crate's benchmark once, each appending its rows to `rows_path`, and returns
+/// the rows.
+fn run_benches(
+    root: &Path,
+    crates: &[String],
+    flags: &Flags,
+    fixed_layout: bool,
+    rows_path: &Path,
+) -> Result<Vec<Row>, String> {
+    let _ = fs::remove_file(rows_path);
+    for krate in crates {
+        let package = bench_package(root, krate)?;
         let args = ["bench", "-p", &package, "--bench", "vs_peers", "--locked"];
         // Without address-space randomization, every run lays the benchmark out in memory
         // the same way: which hot words alias (4 KiB apart, or on one cache line) no longer
@@ -207,8 +392,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         };
         command
             .args(args)
-            .current_dir(&root)
-            .env("BENCH_REPORT", &rows_path);
+            .current_dir(root)
+            .env("BENCH_REPORT", rows_path);
         let mut shown = Vec::new();
         if fixed_layout {
             shown.push(format!(
@@ -239,32 +424,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             ));
         }
     }
-
-    let text = match fs::read_to_string(&rows_path) {
+    let text = match fs::read_to_string(rows_path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(format!("cannot read {}: {e}", rows_path.display())),
     };
-    let rows = parse_rows(&text)?;
-    let report_path = out_dir.join("report.json");
-    fs::write(&report_path, render_report(&rows))
-        .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
-    let table = render_table(&rows);
-    println!("\n{table}");
-    println!(
-        "wrote {} ({} rows) and {}",
-        report_path.display(),
-        rows.len(),
-        machine_path.display()
-    );
-    if flags.write_docs {
-        let docs_path = root.join("docs/benchmarks.md");
-        fs::write(&docs_path, render_docs(&table, &machine, &crates, &rows))
-            .map_err(|e| format!("cannot write {}: {e}", docs_path.display()))?;
-        println!("wrote {}", docs_path.display());
-        write_readme_tables(&root, &crates, &rows, &machine)?;
-    }
-    Ok(())
+    parse_rows(&text)
 }
 
 /// Writes each crate's own rows between the markers in its README (the demo's full-stack
@@ -550,8 +715,20 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          baseline back to back (the order alternating from round to round) and gives one ratio \
          `baseline / ours`; above 1 means ours is faster (or smaller). `ratio` is the median of \
          the rounds' ratios, `spread` their smallest and largest, and `ours` and `baseline \
-         value` each side's median, for scale. Nanosecond rows use a batch calibrated to a few \
-         milliseconds, after a warm-up, with `black_box` on every input and output. A `goal` \
+         value` each side's median, for scale. A row runs its rounds (41 for nanosecond rows), \
+         then more while the median's 95% confidence interval is wider than ±4% of it, up to \
+         four times as many (a row timing whole operations adds rounds only within a 20-second \
+         budget), so \
+         `rounds` differs from row to row. Nanosecond rows use a batch calibrated to 1 ms (4 ms \
+         on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
+         four batches of each side, alternating, and keeps each side's fastest. In \
+         a row of several threads every batch starts at a spinning barrier, and a batch in \
+         which a thread was preempted and waited for a CPU (or started late) for more than 2% \
+         of it is timed \
+         again, up to 8 times, and the round is dropped if it stays disturbed: the other \
+         threads ran uncontended meanwhile. Before every timed whole \
+         operation the system's dirty pages are written back (`sync`), so one side's pending \
+         writes do not land in the other's time. A `goal` \
          is the smallest median ratio the crate's issue asks for: **met** when every round \
          reaches it, **missed** when none does, and *inconclusive* when the spread straddles \
          it (the median's side is given; {inconclusive} rows here). Absolute numbers vary \
@@ -559,8 +736,10 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          {table}\n\
          Reproduce: `cargo xtask bench` (writes `target/bench/report.json` and \
          `target/bench/machine.json`); `cargo xtask bench --only <crate or row text>` for one \
-         area, `--rounds N` to change the rounds; `cargo xtask bench --write-docs` regenerates \
-         this page.\n",
+         area, `--rounds N` to fix the rounds; `cargo xtask bench --twice` runs everything \
+         twice and lists, in `target/bench/stability.md`, every row whose median ratio moved \
+         more than 15% between the runs (failing if one did); `cargo xtask bench \
+         --write-docs` regenerates this page.\n",
         date = field("date"),
         cpu = field("cpu"),
         cores = field("cores"),
@@ -724,6 +903,53 @@ mod tests {
             format!("# x\n\nintro\n{TABLE_BEGIN}\nnew table\n{TABLE_END}\n\nafter\n")
         );
         assert!(replace_marked_table("no markers", "t").is_none());
+    }
+
+    fn with_ratio(line: usize, ratio: f64) -> Row {
+        let mut row = parse_rows(FAKE_ROWS).unwrap()[line].clone();
+        row.ratio = ratio;
+        row.min_ratio = ratio * 0.9;
+        row.max_ratio = ratio * 1.1;
+        row
+    }
+
+    #[test]
+    fn twice_pairs_the_runs_rows_and_flags_those_that_moved_more_than_15_percent() {
+        assert!(
+            parse_flags(&strings(&["--twice", "--only", "breaker"]))
+                .unwrap()
+                .twice
+        );
+        let first = [with_ratio(0, 8.0), with_ratio(1, 0.66)];
+        // 8 → 9 moved 12.5%; 0.66 → 0.57 moved 15.8% although it is only -13.6% of run 1:
+        // the larger over the smaller, whichever run came first.
+        let second = [with_ratio(1, 0.57), with_ratio(0, 9.0)];
+        let movements = movements(&first, &second);
+        assert_eq!(movements.len(), 2);
+        assert_eq!(movements[0].baseline, "bare call", "in run 2's order");
+        assert!(movements[0].moved(), "{movements:?}");
+        assert!(!movements[1].moved(), "{movements:?}");
+        assert!((movements[1].movement().unwrap() - 0.125).abs() < 1e-9);
+        let table = render_stability(&movements);
+        assert!(table.contains("| -14% **moved** |"), "{table}");
+        assert!(table.contains("| +12% |"), "{table}");
+        assert!(table.contains("1 of 2 rows moved more than 15%"), "{table}");
+    }
+
+    #[test]
+    fn twice_counts_a_row_measured_in_one_run_only_as_moved() {
+        let movements = movements(
+            &[with_ratio(0, 8.0), with_ratio(1, 0.66)],
+            &[with_ratio(0, 8.0)],
+        );
+        assert_eq!(movements.len(), 2);
+        assert!(!movements[0].moved());
+        assert!(movements[1].second.is_none() && movements[1].moved());
+        let table = render_stability(&movements);
+        assert!(
+            table.contains("not measured") && table.contains("**missing**"),
+            "{table}"
+        );
     }
 
     #[test]

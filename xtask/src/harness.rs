@@ -9,10 +9,23 @@
 //! `baseline / ours`. The row reports the median of those ratios, with the smallest and the
 //! largest as its spread, and the medians of the two sides for scale.
 //!
+//! **How many rounds**: a row runs its rounds (41 for nanosecond rows, 9 or the row's own
+//! for [`Harness::compare`]), then keeps adding rounds while its median has not settled, up
+//! to four times as many: settled means the median's distribution-free 95% confidence
+//! interval ([`median_interval`]: the order statistics `n/2 ∓ 0.98·√n`) lies within 4% of
+//! it on either side. A row whose rounds agree stops early; a noisy one samples the machine
+//! for longer, and its median moves less from run to run. A `compare` row adds rounds only
+//! within a 20-second budget (its rounds take seconds). `BENCH_ROUNDS` fixes the count.
+//!
 //! Nanosecond rows ([`Harness::nanos`]) also guard against the usual traps:
 //!
-//! - **batch size**: calibrated per row (doubling until the faster side's batch takes a few
-//!   milliseconds), so the resolution of the clock and the cost of reading it vanish;
+//! - **batch size**: calibrated per row (doubling until the faster side's batch takes 1 ms
+//!   on one thread, 4 ms on several), so the resolution of the clock and the cost of
+//!   reading it vanish;
+//! - **fastest of four** (one-thread rows): a round times four batches of each side,
+//!   alternating, and keeps each side's fastest; what disturbs a batch on a shared machine
+//!   (a build on the sibling hyperthread, an interrupt) only ever adds time, comes and goes
+//!   within milliseconds, and need not hit both sides alike;
 //! - **warm-up**: the calibration runs both sides, then one more full batch of each runs
 //!   untimed, before the first round;
 //! - **`black_box`**: the iteration index passed to a body and the value it returns both go
@@ -24,7 +37,20 @@
 //!   process is not charged to whichever side happened to be running. A row of several
 //!   threads times wall-clock time instead: a thread parked on a contended lock costs its
 //!   callers real time, and CPU time would hide exactly that. Where the OS has no thread
-//!   CPU clock, every row uses wall-clock time (the row's `timer` says which).
+//!   CPU clock, every row uses wall-clock time (the row's `timer` says which);
+//! - **disturbed batches** (rows of several threads): the threads start every batch together
+//!   at a spinning barrier, and a batch is timed again (up to 8 times) when a thread
+//!   was preempted during it and waited, runnable, for a CPU for more than 2% of it
+//!   (Linux's `/proc/thread-self/status` and `schedstat`; sleeping on a lock, and waking
+//!   from it, do not count) or the threads started more than 2% of it apart. In such a batch the other threads ran uncontended
+//!   for a while, so it measured a different, cheaper thing than its counterpart on the
+//!   other side. A round whose side stayed disturbed 8 times running is dropped (at most
+//!   twice the row's largest number of rounds are tried; if none was undisturbed, the least
+//!   disturbed batches are kept and the output says so); the output counts both.
+//!
+//! A [`Harness::compare`] row writes the system's dirty pages back (`sync`) before every
+//! timed call, so that one side's pending writes (a save without `fsync` leaves hundreds of
+//! megabytes) are not flushed during, and charged to, the other side's call.
 //!
 //! # Example
 //!
@@ -57,8 +83,11 @@ use std::{
     fmt::Write as _,
     fs::{File, OpenOptions},
     hint::black_box,
-    io::Write as _,
-    sync::{Barrier, Mutex},
+    io::{Read as _, Seek as _, Write as _},
+    sync::{
+        Barrier, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -70,6 +99,27 @@ const NANOS_ROUNDS: usize = 41;
 const COMPARE_ROUNDS: usize = 9;
 /// Under `BENCH_QUICK`, every row runs this many rounds at most.
 const QUICK_ROUNDS: usize = 5;
+/// A row whose median has not settled runs more rounds, up to this many times its own.
+const MORE_ROUNDS: usize = 4;
+/// A median has settled when its 95% confidence interval lies within this share of it.
+const SETTLED: f64 = 0.04;
+/// A [`Harness::compare`] row adds rounds beyond its own only while it has run less than this.
+const COMPARE_BUDGET: Duration = Duration::from_secs(20);
+/// The faster side's batch in a one-thread row takes at least this long.
+const SOLO_TARGET: Duration = Duration::from_millis(1);
+/// A one-thread row's round times this many batches of each side and keeps each side's
+/// fastest (see [`solo_rounds`]): as long, per side, as one batch of 4 ms.
+const SOLO_REPEATS: usize = 4;
+/// The faster side's batch in a row of several threads (calibrated on one thread) takes at
+/// least this long. 1 ms batches are disturbed less often, but measured the contended peers
+/// less steadily from run to run than 4 ms ones (a batch spans fewer lock hand-offs).
+const SHARED_TARGET: Duration = Duration::from_millis(4);
+/// A batch of several threads is disturbed when its threads' starts differ, or one of them
+/// waited for a CPU, by more than this share of the batch.
+const DISTURBED: f64 = 0.02;
+/// How many times a disturbed batch of several threads is timed before the least disturbed
+/// attempt is kept.
+const MAX_ATTEMPTS: usize = 8;
 
 /// What a row measures and against what. Built with [`Row::new`] and its builder methods.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +180,9 @@ impl Row {
         self
     }
 
-    /// The rounds this row runs by default (`BENCH_ROUNDS` still overrides it): for rows
-    /// whose one measurement takes seconds.
+    /// The rounds this row runs at least (more while its median has not settled, see the
+    /// [module docs](self); `BENCH_ROUNDS` still overrides it): for rows whose one
+    /// measurement takes seconds.
     #[must_use]
     pub fn rounds(mut self, rounds: usize) -> Row {
         self.rounds = Some(rounds.max(1));
@@ -223,6 +274,8 @@ pub struct Harness {
     cores: Option<Vec<core_affinity::CoreId>>,
     /// Whether this OS has a per-thread CPU clock (one-thread rows then use it).
     thread_clock: bool,
+    /// Whether [`Harness::compare`] writes dirty pages back before each call.
+    settle_io: bool,
     measured: Vec<Measured>,
 }
 
@@ -283,6 +336,7 @@ impl Harness {
             report,
             cores,
             thread_clock,
+            settle_io: true,
             measured: Vec::new(),
         };
         println!(
@@ -343,74 +397,96 @@ impl Harness {
         if !self.wants(&row) {
             return None;
         }
-        let target = if self.quick {
-            Duration::from_micros(500)
-        } else {
-            Duration::from_millis(4)
-        };
-        let rounds = self.rounds_for(&row, NANOS_ROUNDS);
+        let plan = self.plan_for(&row, NANOS_ROUNDS, None);
         let threads = row.threads.unwrap_or(1);
-        let core = |thread: usize| self.cores.as_ref().map(|cores| cores[thread % cores.len()]);
-        let timer = if threads == 1 && self.thread_clock {
-            Timer::ThreadCpu
-        } else {
-            Timer::Wall
-        };
-        let samples = if threads == 1 {
+        let (samples, timer, note) = if threads == 1 {
+            let timer = if self.thread_clock {
+                Timer::ThreadCpu
+            } else {
+                Timer::Wall
+            };
             // On the calling thread: see `Row::threads`.
-            if let Some(core) = core(0) {
+            if let Some(core) = self.core(0) {
                 core_affinity::set_for_current(core);
             }
+            let target = if self.quick {
+                Duration::from_micros(125)
+            } else {
+                SOLO_TARGET
+            };
             let batch = calibrate(&ours, &baseline, target, timer);
-            measure_rounds(&ours, &baseline, batch, rounds, timer, &|| {})
+            let samples = solo_rounds(&ours, &baseline, batch, plan, timer);
+            (samples, timer, String::new())
         } else {
-            let batch = Mutex::new(0_u64);
-            let barrier = Barrier::new(threads);
-            // Per round: (ours, baseline) nanoseconds per call, summed over the threads.
-            let totals = Mutex::new(vec![(0.0_f64, 0.0_f64); rounds]);
-            std::thread::scope(|scope| {
-                for thread in 0..threads {
-                    let (ours, baseline, barrier, batch, totals) =
-                        (&ours, &baseline, &barrier, &batch, &totals);
-                    let core = core(thread);
+            let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
+            (samples, Timer::Wall, disturbed.note())
+        };
+        Some(self.record(row, &samples, timer, &note))
+    }
+
+    /// A row of several threads: each thread pinned to its own core, calling both sides in
+    /// batches that start together; per round, each side's time per call averaged over the
+    /// threads.
+    fn shared_rounds<A, B, RA, RB>(
+        &self,
+        threads: usize,
+        ours: &A,
+        baseline: &B,
+        plan: Plan,
+    ) -> (Vec<(f64, f64)>, Disturbed)
+    where
+        A: Fn(u64) -> RA + Sync,
+        B: Fn(u64) -> RB + Sync,
+    {
+        let target = if self.quick {
+            Duration::from_micros(250)
+        } else {
+            SHARED_TARGET
+        };
+        let shared = Shared::new(threads);
+        let batch = Mutex::new(0_u64);
+        // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
+        // threads need not burn a core meanwhile); the spinning one around every batch.
+        let start_line = Barrier::new(threads);
+        let mut results = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|thread| {
+                    let core = self.core(thread);
+                    let (shared, batch, start_line) = (&shared, &batch, &start_line);
                     scope.spawn(move || {
                         if let Some(core) = core {
                             core_affinity::set_for_current(core);
                         }
                         if thread == 0 {
-                            *batch.lock().unwrap() = calibrate(ours, baseline, target, timer);
+                            *batch.lock().unwrap() = calibrate(ours, baseline, target, Timer::Wall);
                         }
-                        barrier.wait();
+                        start_line.wait();
                         let batch = *batch.lock().unwrap();
-                        // Every thread starts each batch together with the others.
-                        let mine = measure_rounds(ours, baseline, batch, rounds, timer, &|| {
-                            barrier.wait();
-                        });
-                        let mut totals = totals.lock().unwrap();
-                        for (total, (ours_ns, baseline_ns)) in totals.iter_mut().zip(mine) {
-                            total.0 += ours_ns;
-                            total.1 += baseline_ns;
-                        }
-                    });
-                }
-            });
-            #[allow(clippy::cast_precision_loss, reason = "a thread count")]
-            let threads = threads as f64;
-            totals
-                .into_inner()
-                .unwrap()
+                        shared.rounds(thread, ours, baseline, batch, plan)
+                    })
+                })
+                .collect();
+            handles
                 .into_iter()
-                .map(|(ours, baseline)| (ours / threads, baseline / threads))
-                .collect()
-        };
-        Some(self.record(row, &samples, timer))
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        // Every thread computed the same rounds from the same shared attempts.
+        results.swap_remove(0)
     }
 
     /// Measures a row whose one measurement the benchmark takes itself (seconds of a save,
     /// a peak in MiB, ...): each call of `ours` or `baseline` returns one value in `row`'s
     /// unit. After one untimed call of each (see [`Row::without_warm_up`]), the two are
-    /// called alternately for the row's rounds. Returns `None` when `BENCH_ONLY` filtered
-    /// the row out.
+    /// called alternately, round after round: at least the row's rounds, then more while
+    /// the median ratio has not settled, within a time budget (see the [module docs](self)).
+    /// Before every call the system's dirty pages are written back (`sync`), so that one
+    /// side's pending writes do not land in the other side's time. Returns `None` when
+    /// `BENCH_ONLY` filtered the row out.
     pub fn compare<A, B>(&mut self, row: Row, mut ours: A, mut baseline: B) -> Option<&Measured>
     where
         A: FnMut() -> f64,
@@ -419,23 +495,37 @@ impl Harness {
         if !self.wants(&row) {
             return None;
         }
-        let rounds = self.rounds_for(&row, COMPARE_ROUNDS);
+        let plan = self.plan_for(&row, COMPARE_ROUNDS, Some(COMPARE_BUDGET));
+        let settle = || {
+            if self.settle_io {
+                write_back_dirty_pages();
+            }
+        };
         if row.warm_up {
+            settle();
             ours();
+            settle();
             baseline();
         }
-        let mut samples = Vec::with_capacity(rounds);
-        for round in 0..rounds {
-            let sample = if round % 2 == 0 {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let mut ratios = Vec::new();
+        while plan.wants_more(&ratios, started.elapsed()) {
+            let sample = if samples.len() % 2 == 0 {
+                settle();
                 let first = ours();
+                settle();
                 (first, baseline())
             } else {
+                settle();
                 let first = baseline();
+                settle();
                 (ours(), first)
             };
+            ratios.push(sample.1 / sample.0);
             samples.push(sample);
         }
-        Some(self.record(row, &samples, Timer::Wall))
+        Some(self.record(row, &samples, Timer::Wall, ""))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -462,17 +552,31 @@ impl Harness {
         print!("{table}");
     }
 
-    fn rounds_for(&self, row: &Row, default: usize) -> usize {
-        let rounds = self.rounds.or(row.rounds).unwrap_or(default);
-        if self.quick && self.rounds.is_none() {
-            rounds.min(QUICK_ROUNDS)
-        } else {
-            rounds
+    /// How many rounds `row` runs: exactly `BENCH_ROUNDS` when set, at most
+    /// [`QUICK_ROUNDS`] under `BENCH_QUICK`, otherwise at least the row's (or `default`)
+    /// and then more until the median settles, up to [`MORE_ROUNDS`] times as many.
+    fn plan_for(&self, row: &Row, default: usize, budget: Option<Duration>) -> Plan {
+        if let Some(rounds) = self.rounds {
+            return Plan::fixed(rounds);
+        }
+        let rounds = row.rounds.unwrap_or(default);
+        if self.quick {
+            return Plan::fixed(rounds.min(QUICK_ROUNDS));
+        }
+        Plan {
+            min: rounds,
+            max: rounds * MORE_ROUNDS,
+            budget,
         }
     }
 
+    /// The core a row's `thread` is pinned to, if the OS gave core ids.
+    fn core(&self, thread: usize) -> Option<core_affinity::CoreId> {
+        self.cores.as_ref().map(|cores| cores[thread % cores.len()])
+    }
+
     /// Turns per-round `(ours, baseline)` values into the reported row.
-    fn record(&mut self, row: Row, samples: &[(f64, f64)], timer: Timer) -> &Measured {
+    fn record(&mut self, row: Row, samples: &[(f64, f64)], timer: Timer, note: &str) -> &Measured {
         let ratios: Vec<f64> = samples
             .iter()
             .map(|&(ours, baseline)| baseline / ours)
@@ -495,7 +599,7 @@ impl Harness {
             timer: timer.name(),
         };
         println!(
-            "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds)",
+            "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds{note})",
             measured.bench,
             measured.baseline,
             measured.ratio,
@@ -564,16 +668,20 @@ where
     }
 }
 
-/// A warm-up batch of each side, then `rounds` rounds of one timed batch of each (the
-/// order alternating), calling `before_batch` before every timed batch; nanoseconds per
-/// call of each side, per round.
-fn measure_rounds<A, B, RA, RB>(
+/// A one-thread row's rounds, after a warm-up batch of each side: per round,
+/// [`SOLO_REPEATS`] timed batches of each side, alternating (the order alternating too),
+/// as the row's [`Plan`] asks; per round, each side's fastest batch in nanoseconds per call.
+///
+/// The fastest of a few short batches rather than one long one: what slows a batch down
+/// on a shared machine (another process on the sibling hyperthread, its cache traffic, an
+/// interrupt) only ever adds time, comes and goes within milliseconds, and need not hit
+/// both sides alike; the fastest batch of each side is the one it disturbed least.
+fn solo_rounds<A, B, RA, RB>(
     ours: &A,
     baseline: &B,
     batch: u64,
-    rounds: usize,
+    plan: Plan,
     timer: Timer,
-    before_batch: &dyn Fn(),
 ) -> Vec<(f64, f64)>
 where
     A: Fn(u64) -> RA,
@@ -581,28 +689,430 @@ where
 {
     time_batch(ours, batch, 0, timer);
     time_batch(baseline, batch, 0, timer);
-    let mut samples = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let offset = round as u64 * batch;
-        let one_batch = |side: bool| {
-            before_batch();
-            let elapsed = if side {
-                time_batch(ours, batch, offset, timer)
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut ratios = Vec::new();
+    while plan.wants_more(&ratios, started.elapsed()) {
+        let round = samples.len();
+        let sample = fastest((0..SOLO_REPEATS).map(|repeat| {
+            let offset = (round * SOLO_REPEATS + repeat) as u64 * batch;
+            let ours_batch = || per_call(time_batch(ours, batch, offset, timer), batch);
+            let baseline_batch = || per_call(time_batch(baseline, batch, offset, timer), batch);
+            if (round + repeat) % 2 == 0 {
+                let first = ours_batch();
+                (first, baseline_batch())
             } else {
-                time_batch(baseline, batch, offset, timer)
-            };
-            per_call(elapsed, batch)
-        };
-        let sample = if round % 2 == 0 {
-            let first = one_batch(true);
-            (first, one_batch(false))
-        } else {
-            let first = one_batch(false);
-            (one_batch(true), first)
-        };
+                let first = baseline_batch();
+                (ours_batch(), first)
+            }
+        }));
+        ratios.push(sample.1 / sample.0);
         samples.push(sample);
     }
     samples
+}
+
+/// Each side's fastest of several `(ours, baseline)` batches, separately.
+fn fastest(batches: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
+    batches.fold((f64::INFINITY, f64::INFINITY), |fastest, batch| {
+        (fastest.0.min(batch.0), fastest.1.min(batch.1))
+    })
+}
+
+/// How many rounds a row runs: at least `min`; then, while the median ratio has not
+/// [`settled`], more, up to `max` rounds and (for rows that time themselves) `budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Plan {
+    min: usize,
+    max: usize,
+    budget: Option<Duration>,
+}
+
+impl Plan {
+    fn fixed(rounds: usize) -> Plan {
+        Plan {
+            min: rounds,
+            max: rounds,
+            budget: None,
+        }
+    }
+
+    /// Whether to run another round, given the ratios so far and the time they took.
+    ///
+    /// A row of several threads passes no budget, so every thread, deciding from the same
+    /// ratios, decides the same.
+    fn wants_more(&self, ratios: &[f64], elapsed: Duration) -> bool {
+        if ratios.len() < self.min {
+            return true;
+        }
+        if ratios.len() >= self.max || self.budget.is_some_and(|budget| elapsed >= budget) {
+            return false;
+        }
+        !settled(ratios)
+    }
+}
+
+/// Whether the median of `ratios` is pinned down: its 95% confidence interval
+/// ([`median_interval`]) lies within [`SETTLED`] of it on either side.
+fn settled(ratios: &[f64]) -> bool {
+    let (low, high) = median_interval(ratios);
+    let middle = median(ratios);
+    (high - low) / 2.0 <= SETTLED * middle
+}
+
+/// A distribution-free 95% confidence interval for the median of `values`: the order
+/// statistics of ranks `n/2 ∓ 0.98·√n` (each sample is above the median with probability
+/// ½, so the count above it is binomial); the whole range when there are too few values.
+/// `(NaN, NaN)` when empty.
+pub fn median_interval(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let Some(&last) = sorted.last() else {
+        return (f64::NAN, f64::NAN);
+    };
+    #[allow(clippy::cast_precision_loss, reason = "a count of rounds")]
+    let count = sorted.len() as f64;
+    let reach = 0.98 * count.sqrt();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "clamped to the ranks 1..=n"
+    )]
+    let rank = |rank: f64| rank.clamp(1.0, count) as usize;
+    // 1-based ranks: the lower end rounds down, the upper up, so the interval is wide enough.
+    let low = rank((count / 2.0 - reach).floor());
+    let high = rank((count / 2.0 + 1.0 + reach).ceil());
+    if high <= low {
+        return (sorted[0], last);
+    }
+    (sorted[low - 1], sorted[high - 1])
+}
+
+/// What the rounds of a row of several threads had to redo; see [`Shared::side`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Disturbed {
+    /// Batches timed again because a thread was descheduled or started late.
+    redone: usize,
+    /// Rounds dropped because a side stayed disturbed for [`MAX_ATTEMPTS`] attempts.
+    dropped: usize,
+    /// Whether no round was undisturbed, so the least disturbed batches were kept.
+    lenient: bool,
+}
+
+impl Disturbed {
+    fn note(self) -> String {
+        let mut note = String::new();
+        if self.redone > 0 || self.dropped > 0 {
+            let _ = write!(
+                note,
+                "; {} disturbed batches timed again, {} rounds dropped (a side disturbed \
+                 {MAX_ATTEMPTS} times running)",
+                self.redone, self.dropped
+            );
+        }
+        if self.lenient {
+            note.push_str("; NO undisturbed round: the least disturbed batches kept");
+        }
+        note
+    }
+}
+
+/// One thread's attempt at one batch of a row of several threads.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    started: Instant,
+    wall: Duration,
+    per_call: f64,
+    /// How long the thread waited, runnable, for a CPU during the batch (`None`: unknown).
+    queued: Option<Duration>,
+}
+
+/// What the threads of a row of several threads share: the barrier every batch starts at,
+/// and each thread's latest attempt.
+struct Shared {
+    barrier: SpinBarrier,
+    attempts: Mutex<Vec<Attempt>>,
+}
+
+impl Shared {
+    fn new(threads: usize) -> Shared {
+        let idle = Attempt {
+            started: Instant::now(),
+            wall: Duration::ZERO,
+            per_call: 0.0,
+            queued: None,
+        };
+        Shared {
+            barrier: SpinBarrier::new(threads),
+            attempts: Mutex::new(vec![idle; threads]),
+        }
+    }
+
+    /// `thread`'s part of the row: a warm-up batch of each side, then the rounds the plan
+    /// asks for. Every thread returns the same rounds: each round's value is computed from
+    /// all threads' attempts.
+    fn rounds<A, B, RA, RB>(
+        &self,
+        thread: usize,
+        ours: &A,
+        baseline: &B,
+        batch: u64,
+        plan: Plan,
+    ) -> (Vec<(f64, f64)>, Disturbed)
+    where
+        A: Fn(u64) -> RA,
+        B: Fn(u64) -> RB,
+    {
+        let run_queue = RunQueue::open();
+        self.barrier.wait();
+        time_batch(ours, batch, 0, Timer::Wall);
+        self.barrier.wait();
+        time_batch(baseline, batch, 0, Timer::Wall);
+        let mut disturbed = Disturbed::default();
+        // One round, or `None` when a side stayed disturbed (unless `lenient`: then its
+        // least disturbed attempt counts).
+        let mut one_round = |round: usize, lenient: bool| {
+            let offset = round as u64 * batch;
+            let mut side = |ours_side: bool| {
+                let value = if ours_side {
+                    self.side(thread, ours, batch, offset, &run_queue, &mut disturbed)
+                } else {
+                    self.side(thread, baseline, batch, offset, &run_queue, &mut disturbed)
+                };
+                if lenient {
+                    Some(value.unwrap_or_else(|least_disturbed| least_disturbed))
+                } else {
+                    value.ok()
+                }
+            };
+            if round.is_multiple_of(2) {
+                let first = side(true)?;
+                Some((first, side(false)?))
+            } else {
+                let first = side(false)?;
+                Some((side(true)?, first))
+            }
+        };
+        let mut samples = Vec::new();
+        let mut ratios = Vec::new();
+        let mut tried = 0;
+        let mut dropped = 0;
+        while plan.wants_more(&ratios, Duration::ZERO) && tried < 2 * plan.max {
+            tried += 1;
+            if let Some(sample) = one_round(tried - 1, false) {
+                ratios.push(sample.1 / sample.0);
+                samples.push(sample);
+            } else {
+                dropped += 1;
+            }
+        }
+        let lenient = samples.is_empty();
+        if lenient {
+            // Not one undisturbed round: the least disturbed batches, and the output says so.
+            samples.extend((0..plan.min).filter_map(|round| one_round(round, true)));
+        }
+        disturbed.dropped = dropped;
+        disturbed.lenient = lenient;
+        (samples, disturbed)
+    }
+
+    /// One side's batch, all threads together: timed again (up to [`MAX_ATTEMPTS`] times)
+    /// while it was disturbed, i.e. while a thread spent more than [`DISTURBED`] of the batch
+    /// waiting for a CPU, or the threads started further apart than that. Such a batch
+    /// measured something else: the other threads ran uncontended meanwhile. Returns the
+    /// time per call averaged over the threads, or, when every attempt was disturbed, the
+    /// least disturbed attempt's as an error.
+    fn side<F, R>(
+        &self,
+        thread: usize,
+        body: &F,
+        batch: u64,
+        offset: u64,
+        run_queue: &RunQueue,
+        disturbed: &mut Disturbed,
+    ) -> Result<f64, f64>
+    where
+        F: Fn(u64) -> R,
+    {
+        let mut least: Option<(f64, f64)> = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            self.barrier.wait();
+            let before = run_queue.now();
+            let started = Instant::now();
+            let wall = time_batch(body, batch, offset, Timer::Wall);
+            let queued = RunQueue::queued(before, run_queue.now());
+            self.attempts.lock().unwrap()[thread] = Attempt {
+                started,
+                wall,
+                per_call: per_call(wall, batch),
+                queued,
+            };
+            // Every thread has written its attempt; none writes the next one before every
+            // thread has passed the next batch's barrier, i.e. has read this one.
+            self.barrier.wait();
+            let (disturbance, value) = judge(&self.attempts.lock().unwrap());
+            if disturbance <= DISTURBED {
+                disturbed.redone += attempt;
+                return Ok(value);
+            }
+            if least.is_none_or(|(least, _)| disturbance < least) {
+                least = Some((disturbance, value));
+            }
+        }
+        disturbed.redone += MAX_ATTEMPTS - 1;
+        Err(least.map_or(f64::NAN, |(_, value)| value))
+    }
+}
+
+/// How disturbed one batch of all threads was (the largest share of the shortest thread's
+/// batch by which the threads' starts differ, or of a thread's batch it spent waiting for a
+/// CPU), and its time per call averaged over the threads.
+fn judge(attempts: &[Attempt]) -> (f64, f64) {
+    let first = attempts.iter().map(|attempt| attempt.started).min();
+    let last = attempts.iter().map(|attempt| attempt.started).max();
+    let shortest = attempts
+        .iter()
+        .map(|attempt| attempt.wall)
+        .min()
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-9);
+    let skew = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let queued = attempts
+        .iter()
+        .filter_map(|attempt| {
+            let queued = attempt.queued?.as_secs_f64();
+            Some(queued / attempt.wall.as_secs_f64().max(1e-9))
+        })
+        .fold(0.0, f64::max);
+    #[allow(clippy::cast_precision_loss, reason = "a thread count")]
+    let threads = attempts.len().max(1) as f64;
+    let value = attempts.iter().map(|attempt| attempt.per_call).sum::<f64>() / threads;
+    ((skew / shortest).max(queued), value)
+}
+
+/// This thread's scheduling counters, from Linux's `/proc/thread-self/schedstat` (its
+/// second field: nanoseconds spent runnable but waiting for a CPU) and
+/// `/proc/thread-self/status` (`nonvoluntary_ctxt_switches`: how often another task took
+/// its CPU while it was running). Sleeping on a lock is neither; `None` where the files do
+/// not exist.
+struct RunQueue {
+    schedstat: Option<File>,
+    status: Option<File>,
+}
+
+/// A reading of [`RunQueue`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Sched {
+    waited: Option<Duration>,
+    preemptions: Option<u64>,
+}
+
+impl RunQueue {
+    /// Opens the calling thread's files (they stay the calling thread's).
+    fn open() -> RunQueue {
+        RunQueue {
+            schedstat: File::open("/proc/thread-self/schedstat").ok(),
+            status: File::open("/proc/thread-self/status").ok(),
+        }
+    }
+
+    fn read(file: Option<&File>) -> Option<String> {
+        let mut file = file?;
+        file.rewind().ok()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    fn now(&self) -> Sched {
+        Sched {
+            waited: Self::read(self.schedstat.as_ref()).and_then(|text| parse_run_delay(&text)),
+            preemptions: Self::read(self.status.as_ref()).and_then(|text| parse_preemptions(&text)),
+        }
+    }
+
+    /// How long the thread waited for a CPU between `before` and `after` because another
+    /// task preempted it. A thread never preempted meanwhile counts zero: whatever it
+    /// waited followed a sleep of its own on a lock (waking up is part of a lock's cost).
+    fn queued(before: Sched, after: Sched) -> Option<Duration> {
+        if let (Some(before), Some(after)) = (before.preemptions, after.preemptions)
+            && after == before
+        {
+            return Some(Duration::ZERO);
+        }
+        let (before, after) = (before.waited?, after.waited?);
+        Some(after.saturating_sub(before))
+    }
+}
+
+/// The run-queue wait in a `schedstat` line: `<on cpu ns> <waiting ns> <slices>`.
+fn parse_run_delay(text: &str) -> Option<Duration> {
+    let nanos = text.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The `nonvoluntary_ctxt_switches` count in a `/proc/.../status` text.
+fn parse_preemptions(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A barrier whose waiters spin rather than sleep, so every thread starts its batch within
+/// a fraction of a microsecond of the others (a sleeping barrier wakes each waiter after
+/// the last one arrived, tens of microseconds apart on a virtual machine). A waiter yields
+/// its core after a while, in case the thread it waits for needs that core to run.
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> SpinBarrier {
+        SpinBarrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    fn wait(&self) {
+        // Acquire: pairs with the release below, so the reset of `arrived` by the last
+        // thread of the previous generation is seen before this thread counts itself.
+        let generation = self.generation.load(Ordering::Acquire);
+        // AcqRel: the last arriver sees every other thread's writes before the barrier
+        // (their attempts), and passes them on through its release of `generation`.
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            // Relaxed: published by the release increment of `generation` right after.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0_u32;
+        // Acquire: pairs with the last arriver's release, so what every thread wrote before
+        // the barrier is visible after it.
+        while self.generation.load(Ordering::Acquire) == generation {
+            if spins < 1 << 14 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Writes the system's dirty pages back (`sync`), so the next timed call starts without
+/// another call's writes still pending; nothing happens where `sync` cannot run.
+fn write_back_dirty_pages() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 /// One timed batch: `batch` calls of `body` with `black_box`ed indices from `offset`.
@@ -650,6 +1160,169 @@ mod tests {
     }
 
     #[test]
+    fn a_one_thread_round_keeps_each_sides_fastest_batch() {
+        let batches = [(3.0, 5.0), (2.0, 7.0), (4.0, 4.0)];
+        assert_eq!(fastest(batches.into_iter()), (2.0, 4.0));
+    }
+
+    #[test]
+    fn median_interval_takes_the_order_statistics_around_the_middle() {
+        let values: Vec<f64> = (1..=41).map(f64::from).collect();
+        // Ranks 20.5 ∓ 0.98·√41 (6.27), widened outwards: 14 and 28.
+        assert_eq!(median_interval(&values), (14.0, 28.0));
+        // Too few values for a narrower interval than their range.
+        assert_eq!(median_interval(&[3.0, 1.0, 2.0]), (1.0, 3.0));
+        let (low, high) = median_interval(&[]);
+        assert!(low.is_nan() && high.is_nan());
+    }
+
+    #[test]
+    fn a_median_settles_when_its_interval_is_within_4_percent() {
+        let tight: Vec<f64> = (0..41).map(|i| 1.0 + f64::from(i % 5) * 0.01).collect();
+        assert!(settled(&tight));
+        let wide: Vec<f64> = (0..41).map(|i| 0.5 + f64::from(i) / 40.0).collect();
+        assert!(!settled(&wide));
+    }
+
+    #[test]
+    fn a_plan_runs_its_minimum_then_more_until_settled_max_or_budget() {
+        let plan = Plan {
+            min: 3,
+            max: 6,
+            budget: Some(Duration::from_secs(1)),
+        };
+        let wide = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0];
+        let no_time = Duration::ZERO;
+        assert!(plan.wants_more(&[1.0, 1.0], no_time), "below the minimum");
+        assert!(!plan.wants_more(&[1.0, 1.0, 1.0], no_time), "settled");
+        assert!(plan.wants_more(&wide[..3], no_time), "not settled");
+        assert!(!plan.wants_more(&wide, no_time), "at the maximum");
+        assert!(
+            !plan.wants_more(&wide[..3], Duration::from_secs(2)),
+            "over budget"
+        );
+        assert!(
+            plan.wants_more(&[1.0], Duration::from_secs(2)),
+            "the minimum is kept"
+        );
+        assert!(!Plan::fixed(3).wants_more(&wide[..3], no_time));
+    }
+
+    #[test]
+    fn compare_adds_rounds_only_while_the_median_has_not_settled() {
+        let mut harness = harness(None);
+        harness.quick = false;
+        harness.rounds = None;
+        let steady = harness
+            .compare(Row::new("steady", "b").unit("s").rounds(3), || 1.0, || 2.0)
+            .unwrap();
+        assert_eq!(steady.rounds, 3);
+        let mut calls = 0_u32;
+        let noisy = harness
+            .compare(
+                Row::new("noisy", "b").unit("s").rounds(3),
+                || {
+                    calls += 1;
+                    f64::from(calls % 3 + 1)
+                },
+                || 2.0,
+            )
+            .unwrap();
+        assert_eq!(noisy.rounds, 3 * MORE_ROUNDS, "{noisy:?}");
+    }
+
+    fn attempt(started: Instant, wall_us: u64, queued_us: Option<u64>, per_call: f64) -> Attempt {
+        Attempt {
+            started,
+            wall: Duration::from_micros(wall_us),
+            per_call,
+            queued: queued_us.map(Duration::from_micros),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_disturbed_by_a_late_start_or_a_wait_for_a_cpu() {
+        let now = Instant::now();
+        let clean = [
+            attempt(now, 1000, Some(0), 2.0),
+            attempt(now + Duration::from_micros(5), 1000, Some(10), 4.0),
+        ];
+        let (disturbance, value) = judge(&clean);
+        assert!(disturbance <= DISTURBED, "{disturbance}");
+        assert!(
+            (value - 3.0).abs() < 1e-9,
+            "the mean over the threads: {value}"
+        );
+        let late = [
+            attempt(now, 1000, Some(0), 2.0),
+            attempt(now + Duration::from_micros(100), 900, Some(0), 2.0),
+        ];
+        assert!((judge(&late).0 - 100.0 / 900.0).abs() < 1e-9);
+        let queued = [
+            attempt(now, 1000, Some(300), 2.0),
+            attempt(now, 1000, None, 2.0),
+        ];
+        assert!((judge(&queued).0 - 0.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_run_queue_wait_is_schedstats_second_field() {
+        assert_eq!(
+            parse_run_delay("52923772 123071238 137\n"),
+            Some(Duration::from_nanos(123_071_238))
+        );
+        assert_eq!(parse_run_delay("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_preempted_thread_counts_its_wait_for_a_cpu() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_preemptions(status), Some(3));
+        assert_eq!(parse_preemptions("Name:\tx\n"), None);
+        let at = |waited_us: u64, preemptions: Option<u64>| Sched {
+            waited: Some(Duration::from_micros(waited_us)),
+            preemptions,
+        };
+        // Woken from a lock onto a busy CPU: waited, but nobody preempted it.
+        assert_eq!(
+            RunQueue::queued(at(10, Some(3)), at(400, Some(3))),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            RunQueue::queued(at(10, Some(3)), at(400, Some(4))),
+            Some(Duration::from_micros(390))
+        );
+        // Without the switch counts, every wait counts.
+        assert_eq!(
+            RunQueue::queued(at(10, None), at(400, None)),
+            Some(Duration::from_micros(390))
+        );
+    }
+
+    #[test]
+    fn the_spin_barrier_lets_no_thread_into_a_round_before_all_finished_the_last() {
+        use std::sync::atomic::AtomicU64;
+        let barrier = SpinBarrier::new(2);
+        let progress = [AtomicU64::new(0), AtomicU64::new(0)];
+        std::thread::scope(|scope| {
+            for me in 0..2 {
+                let (barrier, progress) = (&barrier, &progress);
+                scope.spawn(move || {
+                    for round in 1..=2000 {
+                        progress[me].store(round, Ordering::Relaxed);
+                        barrier.wait();
+                        // The other thread reached this round before the barrier let us go,
+                        // and cannot pass the next barrier without us.
+                        let other = progress[1 - me].load(Ordering::Relaxed);
+                        assert!(other == round || other == round + 1, "{other} at {round}");
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn row_names_carry_the_thread_count_when_one_was_set() {
         assert_eq!(Row::new("a", "b").name(), "a");
         assert_eq!(Row::new("a", "b").threads(1).name(), "a, 1 thread");
@@ -665,6 +1338,7 @@ mod tests {
             report: None,
             cores: None,
             thread_clock: cpu_time::ThreadTime::try_now().is_ok(),
+            settle_io: false,
             measured: Vec::new(),
         }
     }

@@ -23,13 +23,16 @@ cargo xtask <task>
 Tasks:
   ci                  format check, clippy, tests (unit, integration, doc, property, tidy),
                       rustdoc, loom models, benches compiled. The whole CI.
-  bench [--only <crate|row text>] [--rounds N] [--quick] [--write-docs]
+  bench [--only <crate|row text>] [--rounds N] [--quick] [--twice] [--write-docs]
                       run every crate's `vs_peers` benchmark: each row interleaves ours and
                       its baseline in rounds and reports the median ratio with its spread;
                       writes target/bench/report.json and machine.json, prints a table.
                       --only X      one crate, or the rows whose name or baseline contain X
-                      --rounds N    N rounds for every row (default 41 for nanosecond rows)
+                      --rounds N    exactly N rounds for every row (default: 41 for
+                                    nanosecond rows, more until the median settles)
                       --quick       short runs, for smoke testing
+                      --twice       run it all twice; list the rows whose median ratio
+                                    moved > 15% (target/bench/stability.md), fail if any
                       --write-docs  also regenerate docs/benchmarks.md from this (full) run
   packaged-readmes    after `cargo package`: each packaged README is the doctested one, and
                       its first example builds and runs in a scratch project outside the
