@@ -1,7 +1,7 @@
 //! The demo's command line, shared by `cargo run --example demo` and the `demo` binary the
 //! tests run as a child process (`env!("CARGO_BIN_EXE_demo")` exists only for binaries).
 //!
-//! Logs (JSON lines in `correlation`'s one schema: trace start/end lines and the
+//! Logs (JSON lines in `keel-correlation`'s one schema: trace start/end lines and the
 //! application's `tracing` events) go to stderr; the summary and timeline go to stdout.
 
 use std::{io::Write as _, process::ExitCode};

@@ -3,7 +3,7 @@
 //! [`run`] starts two axum servers on 127.0.0.1 (ports the OS assigns): the upstream
 //! ([`crate::upstream`]), which is healthy, then hangs or answers `503` during an outage, then
 //! recovers; and the service ([`crate::service`]), which calls it through the crates' layers
-//! and keeps a moka cache that the `snapshot` crate saves periodically and restores at start.
+//! and keeps a moka cache that the `keel-snapshot` crate saves periodically and restores at start.
 //! A built-in load generator ([`crate::load`]) sends it real HTTP requests. The run ends
 //! with a [`Summary`] and a [timeline](crate::timeline).
 //!

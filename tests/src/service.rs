@@ -44,7 +44,7 @@ use crate::upstream::Item;
 pub type BoxError = tower::BoxError;
 
 /// The service's cache: moka, each entry expiring at its own wall-clock time
-/// (`keel_snapshot::moka::ExpiresAt`), saved and restored by the `snapshot` crate.
+/// (`keel_snapshot::moka::ExpiresAt`), saved and restored by the `keel-snapshot` crate.
 pub type Cache = moka::sync::Cache<String, CacheEntry<Item>>;
 
 /// The upstream client as the handlers see it: the whole client-side stack, boxed.
