@@ -287,14 +287,20 @@ fn seconds(elapsed: Duration) -> String {
 /// The package name of the crate in `crates/<folder>` (the folders keep short names; the
 /// packages carry the `keel-` prefix a registry needs), read from its manifest.
 fn package_name(root: &Path, folder: &str) -> Result<String, String> {
+    package_field(root, folder, "name")
+}
+
+/// A string field under `[package]` in `crates/<folder>/Cargo.toml` (`name = "..."`).
+fn package_field(root: &Path, folder: &str, field: &str) -> Result<String, String> {
     let manifest = root.join("crates").join(folder).join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)
         .map_err(|error| format!("cannot read {}: {error}", manifest.display()))?;
+    let prefix = format!("{field} = \"");
     text.lines()
         .skip_while(|line| line.trim() != "[package]")
-        .find_map(|line| line.strip_prefix("name = \"")?.strip_suffix('"'))
+        .find_map(|line| line.strip_prefix(&prefix)?.strip_suffix('"'))
         .map(ToString::to_string)
-        .ok_or_else(|| format!("{} has no `name` under `[package]`", manifest.display()))
+        .ok_or_else(|| format!("{} has no `{field}` under `[package]`", manifest.display()))
 }
 
 /// Names of the folders under `crates/` that contain `relative` (sorted, so runs are repeatable).

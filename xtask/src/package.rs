@@ -16,7 +16,7 @@ use std::{
     process::Command,
 };
 
-use crate::{crates_with_file, package_name};
+use crate::{crates_with_file, package_field, package_name};
 
 /// What the packaged `lib.rs` must contain, on consecutive lines, for the README's
 /// examples to be doctests.
@@ -34,7 +34,7 @@ pub(crate) fn run() -> Result<(), String> {
     let mut packages = Vec::new();
     for folder in crates_with_file(&root, "Cargo.toml")? {
         let name = package_name(&root, &folder)?;
-        let version = package_version(&root, &folder)?;
+        let version = package_field(&root, &folder, "version")?;
         let unpacked = root
             .join("target/package")
             .join(format!("{name}-{version}"));
@@ -168,16 +168,6 @@ fn build_scratch_project(
             scratch.display()
         ))
     }
-}
-
-fn package_version(root: &Path, folder: &str) -> Result<String, String> {
-    let manifest = root.join("crates").join(folder).join("Cargo.toml");
-    read(&manifest)?
-        .lines()
-        .skip_while(|line| line.trim() != "[package]")
-        .find_map(|line| line.strip_prefix("version = \"")?.strip_suffix('"'))
-        .map(ToString::to_string)
-        .ok_or_else(|| format!("{} has no `version` under `[package]`", manifest.display()))
 }
 
 fn read(path: &Path) -> Result<String, String> {
