@@ -290,8 +290,10 @@ pub struct Harness {
     cores: Option<Vec<core_affinity::CoreId>>,
     /// Whether this OS has a per-thread CPU clock (one-thread rows then use it).
     thread_clock: bool,
-    /// Whether [`Harness::compare`] writes dirty pages back before each call.
-    settle_io: bool,
+    /// Whether the guards against a busy machine are on: [`Harness::compare`] writes dirty
+    /// pages back before each call, and rounds around which the [`Canary`] ran slowed are
+    /// dropped. Off in the unit tests, which must not depend on the machine.
+    guards: bool,
     /// The one-thread rows' canary, calibrated at the first such row and kept for the
     /// others, so its fastest time is the process's.
     canary: Option<Canary>,
@@ -355,7 +357,7 @@ impl Harness {
             report,
             cores,
             thread_clock,
-            settle_io: true,
+            guards: true,
             canary: None,
             measured: Vec::new(),
         };
@@ -435,8 +437,9 @@ impl Harness {
                 SOLO_TARGET
             };
             let batch = calibrate(&ours, &baseline, target, timer);
+            let slowed = self.slowed(plan);
             let canary = self.canary.get_or_insert_with(|| Canary::new(timer));
-            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, canary);
+            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, canary, slowed);
             (samples, timer, slowed.note())
         } else {
             let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
@@ -464,7 +467,7 @@ impl Harness {
         } else {
             SHARED_TARGET
         };
-        let shared = Shared::new(threads);
+        let shared = Shared::new(threads, self.guards);
         let batch = Mutex::new(0_u64);
         // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
         // threads need not burn a core meanwhile); the spinning one around every batch.
@@ -506,7 +509,9 @@ impl Harness {
     /// called alternately, round after round: at least the row's rounds, then more while
     /// the median ratio has not settled, within a time budget (see the [module docs](self)).
     /// Before every call the system's dirty pages are written back (`sync`), so that one
-    /// side's pending writes do not land in the other side's time. Returns `None` when
+    /// side's pending writes do not land in the other side's time. A round around which the
+    /// canary ran slowed (see the [module docs](self)) is dropped, as in a one-thread nanosecond row (within a bound;
+    /// the output counts them). Returns `None` when
     /// `BENCH_ONLY` filtered the row out.
     pub fn compare<A, B>(&mut self, row: Row, mut ours: A, mut baseline: B) -> Option<&Measured>
     where
@@ -518,7 +523,7 @@ impl Harness {
         }
         let plan = self.plan_for(&row, COMPARE_ROUNDS, Some(COMPARE_BUDGET));
         let settle = || {
-            if self.settle_io {
+            if self.guards {
                 write_back_dirty_pages();
             }
         };
@@ -528,10 +533,15 @@ impl Harness {
             settle();
             baseline();
         }
+        // The canary times wall-clock time here, as the row does (a compare row's work may
+        // run on several threads, and on the calling thread's clock only in part).
+        let mut canary = Canary::new(Timer::Wall);
         let started = Instant::now();
         let mut samples = Vec::new();
         let mut ratios = Vec::new();
+        let mut slowed = self.slowed(plan);
         while plan.wants_more(&ratios, started.elapsed()) {
+            let before = canary.slowdown();
             let sample = if samples.len() % 2 == 0 {
                 settle();
                 let first = ours();
@@ -543,10 +553,12 @@ impl Harness {
                 settle();
                 (ours(), first)
             };
-            ratios.push(sample.1 / sample.0);
-            samples.push(sample);
+            if slowed.keeps(before.max(canary.slowdown())) {
+                ratios.push(sample.1 / sample.0);
+                samples.push(sample);
+            }
         }
-        Some(self.record(row, &samples, Timer::Wall, ""))
+        Some(self.record(row, &samples, Timer::Wall, &slowed.note()))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -589,6 +601,12 @@ impl Harness {
             max: rounds * MORE_ROUNDS,
             budget,
         }
+    }
+
+    /// Which slowed rounds a row of `plan` drops: as many as it may run, or none when
+    /// the guards are off (unit tests).
+    fn slowed(&self, plan: Plan) -> Slowed {
+        Slowed::within(if self.guards { plan.max } else { 0 })
     }
 
     /// The core a row's `thread` is pinned to, if the OS gave core ids.
@@ -710,6 +728,7 @@ fn solo_rounds<A, B, RA, RB>(
     batch: u64,
     plan: Plan,
     canary: &mut Canary,
+    mut slowed: Slowed,
 ) -> (Vec<(f64, f64)>, Slowed)
 where
     A: Fn(u64) -> RA,
@@ -721,7 +740,6 @@ where
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut ratios = Vec::new();
-    let mut slowed = Slowed::within(plan.max);
     while plan.wants_more(&ratios, started.elapsed()) {
         let round = samples.len();
         let before = canary.slowdown();
@@ -798,7 +816,8 @@ fn canary_work(input: u64) -> u64 {
 /// Which rounds of a one-thread row are dropped as slowed (see [`solo_rounds`]): those
 /// whose canary ran more than [`CANARY_SLOWED`] times slower than its fastest, until as
 /// many were dropped as the row may run rounds; after that, every round is kept (a machine
-/// slowed for that long is measured as it is, and the output says so).
+/// slowed for that long is measured as it is, and the output says so). With a limit of 0,
+/// every round is kept and nothing counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slowed {
     dropped: usize,
@@ -818,7 +837,7 @@ impl Slowed {
     /// Whether to keep a round around which the canary ran `slowdown` times slower than
     /// its fastest.
     fn keeps(&mut self, slowdown: f64) -> bool {
-        if slowdown <= CANARY_SLOWED {
+        if slowdown <= CANARY_SLOWED || self.limit == 0 {
             return true;
         }
         if self.dropped < self.limit {
@@ -970,12 +989,14 @@ struct Attempt {
 /// What the threads of a row of several threads share: the barrier every batch starts at,
 /// and each thread's latest attempt.
 struct Shared {
+    /// Whether the harness's guards are on (see [`Harness`]).
+    guards: bool,
     barrier: SpinBarrier,
     attempts: Mutex<Vec<Attempt>>,
 }
 
 impl Shared {
-    fn new(threads: usize) -> Shared {
+    fn new(threads: usize, guards: bool) -> Shared {
         let idle = Attempt {
             started: Instant::now(),
             wall: Duration::ZERO,
@@ -984,6 +1005,7 @@ impl Shared {
             slowdown: 1.0,
         };
         Shared {
+            guards,
             barrier: SpinBarrier::new(threads),
             attempts: Mutex::new(vec![idle; threads]),
         }
@@ -1006,7 +1028,7 @@ impl Shared {
     {
         let mut watch = Watch {
             run_queue: RunQueue::open(),
-            canary: Canary::new(Timer::Wall),
+            canary: self.guards.then(|| Canary::new(Timer::Wall)),
             disturbed: Disturbed::default(),
         };
         self.barrier.wait();
@@ -1083,7 +1105,7 @@ impl Shared {
         let mut least: Option<(f64, f64)> = None;
         let disturbed = &mut watch.disturbed;
         for attempt in 0..MAX_ATTEMPTS {
-            let slowdown = watch.canary.slowdown();
+            let slowdown = watch.canary.as_mut().map_or(1.0, Canary::slowdown);
             self.barrier.wait();
             let before = watch.run_queue.now();
             let started = Instant::now();
@@ -1116,7 +1138,8 @@ impl Shared {
 /// What a measuring thread of a row of several threads watches its batches with.
 struct Watch {
     run_queue: RunQueue,
-    canary: Canary,
+    /// `None` when the harness's guards are off (unit tests).
+    canary: Option<Canary>,
     disturbed: Disturbed,
 }
 
@@ -1348,6 +1371,9 @@ mod tests {
             "{note}"
         );
         assert_eq!(Slowed::within(3).note(), "");
+        let mut off = Slowed::within(0);
+        assert!(off.keeps(2.0));
+        assert_eq!(off.note(), "");
     }
 
     #[test]
@@ -1544,7 +1570,7 @@ mod tests {
             report: None,
             cores: None,
             thread_clock: cpu_time::ThreadTime::try_now().is_ok(),
-            settle_io: false,
+            guards: false,
             canary: None,
             measured: Vec::new(),
         }
