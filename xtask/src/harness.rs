@@ -28,7 +28,7 @@
 //!   within milliseconds, and need not hit both sides alike;
 //! - **a canary**: a fixed loop of simple instructions, timed for 0.2 ms before and after
 //!   every round of a one-thread row (and by each thread before every batch of a row of
-//!   several threads, see below), whose fastest time in the process is the core at full
+//!   several threads, see below), whose fastest time during the row is the core at full
 //!   speed. On these virtual machines the other vCPU (or another tenant) can run on the
 //!   same physical core's other hyperthread for milliseconds to minutes, and that slows a
 //!   tight loop of simple instructions (ours, the bare call) by up to half while a body
@@ -294,9 +294,6 @@ pub struct Harness {
     /// pages back before each call, and rounds around which the [`Canary`] ran slowed are
     /// dropped. Off in the unit tests, which must not depend on the machine.
     guards: bool,
-    /// The one-thread rows' canary, calibrated at the first such row and kept for the
-    /// others, so its fastest time is the process's.
-    canary: Option<Canary>,
     measured: Vec<Measured>,
 }
 
@@ -358,7 +355,6 @@ impl Harness {
             cores,
             thread_clock,
             guards: true,
-            canary: None,
             measured: Vec::new(),
         };
         println!(
@@ -438,8 +434,12 @@ impl Harness {
             };
             let batch = calibrate(&ours, &baseline, target, timer);
             let slowed = self.slowed(plan);
-            let canary = self.canary.get_or_insert_with(|| Canary::new(timer));
-            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, canary, slowed);
+            // A canary of the row's own: its fastest is the core's speed during this row.
+            // (One kept for the whole process found nearly every round of later rows more
+            // than 8% over the fastest it had seen once, on an idle machine: the core's
+            // full speed drifts over minutes, and the gate is for what comes and goes.)
+            let mut canary = Canary::new(timer);
+            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, &mut canary, slowed);
             (samples, timer, slowed.note())
         } else {
             let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
@@ -1571,7 +1571,6 @@ mod tests {
             cores: None,
             thread_clock: cpu_time::ThreadTime::try_now().is_ok(),
             guards: false,
-            canary: None,
             measured: Vec::new(),
         }
     }
