@@ -21,8 +21,8 @@ use tracing::{Instrument as _, instrument::Instrumented};
 
 use crate::{
     context::{
-        CURRENT, InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope,
-        scoped,
+        InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
+        with_current,
     },
     headers::{Incoming, Participation},
     id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
@@ -595,11 +595,7 @@ impl Lineage {
         if !context_is_current() {
             return Self::fresh();
         }
-        CURRENT
-            .try_with(|scope| scope.context().map(|parent| Self::child_of(parent)))
-            .ok()
-            .flatten()
-            .unwrap_or_else(Self::fresh)
+        with_current(|parent| parent.map(Self::child_of)).unwrap_or_else(Self::fresh)
     }
 
     fn child_of(parent: &TraceContext) -> Self {
