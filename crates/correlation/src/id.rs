@@ -468,7 +468,7 @@ const HEX_VALUES: [u8; 256] = {
 };
 
 /// Parses 1 to 16 lowercase hex digits into a `u64` (one table load per digit).
-fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
     let mut value: u64 = 0;
     let mut invalid = 0u8;
     for &digit in digits {
@@ -482,7 +482,7 @@ fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
 
 /// Parses 8 lowercase hex digits at once, as one `u64` (SWAR): about a quarter of the
 /// work of eight table loads, for the 50 digits of every `traceparent` a server reads.
-fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
+pub(crate) fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Big-endian, so the first digit is the most significant byte, as in the value.
