@@ -482,7 +482,16 @@ pub(crate) fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
 
 /// Parses 8 lowercase hex digits at once, as one `u64` (SWAR): about a quarter of the
 /// work of eight table loads, for the 50 digits of every `traceparent` a server reads.
-pub(crate) fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
+fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
+    let (value, invalid) = hex8(digits);
+    (invalid == 0).then_some(value)
+}
+
+/// The value of 8 hex digits, and a mask that is 0 exactly when all 8 are lowercase hex
+/// digits (the value means nothing otherwise), so a caller reading several fields checks
+/// them all with one branch.
+#[inline(always)]
+pub(crate) fn hex8(digits: [u8; 8]) -> (u32, u64) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Big-endian, so the first digit is the most significant byte, as in the value.
@@ -492,9 +501,8 @@ pub(crate) fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
     let at_least = |c: u8| ((bytes | HIGH) - ONES * u64::from(c)) & HIGH;
     let digit = at_least(b'0') & !at_least(b'9' + 1);
     let letter = at_least(b'a') & !at_least(b'f' + 1);
-    if bytes & HIGH != 0 || digit | letter != HIGH {
-        return None;
-    }
+    // A byte is bad when its high bit is set or it is neither a digit nor a letter.
+    let invalid = (bytes & HIGH) | ((digit | letter) ^ HIGH);
     // `0`-`9` are their low nibble; `a`-`f` have 1-6 there and bit 6 set, worth 9 more.
     let nibbles = (bytes & (ONES * 0x0f)) + ((bytes >> 6) & ONES) * 9;
     // Pack neighbours together: nibble pairs into bytes, bytes into 16 bits, then 32.
@@ -503,7 +511,7 @@ pub(crate) fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
     // The low 32 bits hold the eight digits' value, truncation intended.
     #[allow(clippy::cast_possible_truncation)]
     let value = (quads | (quads >> 16)) as u32;
-    Some(value)
+    (value, invalid)
 }
 
 /// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.

@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use crate::id::{SpanId, TraceFlags, TraceId, parse_hex_u64, parse_hex8, parse_lower_hex};
+use crate::id::{SpanId, TraceFlags, TraceId, hex8, parse_hex_u64, parse_lower_hex};
 
 /// The length of a version `00` `traceparent` value, and the minimum for higher versions.
 const TRACEPARENT_LEN: usize = 55;
@@ -231,15 +231,25 @@ impl TraceParent {
         if bytes[..3] != *b"00-" || bytes[35] != b'-' || bytes[52] != b'-' {
             return None;
         }
-        let hex8 = |start: usize| {
-            let digits: [u8; 8] = bytes[start..start + 8].try_into().ok()?;
-            parse_hex8(digits)
+        let chunk = |start: usize| {
+            let mut digits = [0; 8];
+            digits.copy_from_slice(&bytes[start..start + 8]);
+            hex8(digits)
         };
-        let trace_id = (u128::from(hex8(3)?) << 96)
-            | (u128::from(hex8(11)?) << 64)
-            | (u128::from(hex8(19)?) << 32)
-            | u128::from(hex8(27)?);
-        let parent_id = (u64::from(hex8(36)?) << 32) | u64::from(hex8(44)?);
+        let (t0, b0) = chunk(3);
+        let (t1, b1) = chunk(11);
+        let (t2, b2) = chunk(19);
+        let (t3, b3) = chunk(27);
+        let (p0, b4) = chunk(36);
+        let (p1, b5) = chunk(44);
+        if b0 | b1 | b2 | b3 | b4 | b5 != 0 {
+            return None;
+        }
+        let trace_id = (u128::from(t0) << 96)
+            | (u128::from(t1) << 64)
+            | (u128::from(t2) << 32)
+            | u128::from(t3);
+        let parent_id = (u64::from(p0) << 32) | u64::from(p1);
         let flags = u8::try_from(parse_hex_u64(&bytes[53..])?).ok()?;
         Some(Self {
             trace_id: TraceId::from_u128(trace_id)?,
