@@ -64,6 +64,22 @@ pub(crate) struct Participation {
 }
 
 impl Participation {
+    /// A participation of its own, shared by the trace's spans.
+    #[inline(never)]
+    fn shared(
+        propagation: Option<&Propagation>,
+        correlation_header: Option<&CorrelationId>,
+        request_id: Option<&CorrelationId>,
+        upstream: Option<TraceParent>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            propagation: propagation.cloned(),
+            correlation_header: correlation_header.cloned(),
+            request_id: request_id.cloned(),
+            upstream,
+        })
+    }
+
     pub(crate) fn policy(&self) -> &Policy {
         match &self.propagation {
             Some(propagation) => propagation.policy(),
@@ -73,16 +89,27 @@ impl Participation {
 
     /// The `x-correlation-id` and `x-request-id` headers `rule` selects, for a trace whose
     /// correlation id is `correlation_id`.
+    #[inline]
     pub(crate) fn id_headers(
         participation: Option<&Self>,
         correlation_id: &CorrelationId,
         downstream: bool,
     ) -> Vec<(&'static str, String)> {
         // Without a participation the policy is the default, which sends an id header only
-        // when it was received, and none was: no headers, decided without looking.
-        let Some(participation) = participation else {
-            return Vec::new();
-        };
+        // when it was received, and none was: no headers, decided without looking (and
+        // inlined, so a quiet request pays a test, not a call).
+        match participation {
+            None => Vec::new(),
+            Some(participation) => participation.selected_id_headers(correlation_id, downstream),
+        }
+    }
+
+    fn selected_id_headers(
+        &self,
+        correlation_id: &CorrelationId,
+        downstream: bool,
+    ) -> Vec<(&'static str, String)> {
+        let participation = self;
         let policy = participation.policy();
         let participation = Some(participation);
         let pick = |rule: crate::policy::IdHeader| {
@@ -299,12 +326,12 @@ impl Incoming {
                 || request_id.is_some()
                 || upstream.is_some();
             needed.then(|| {
-                Arc::new(Participation {
-                    propagation: propagation.cloned(),
-                    correlation_header: correlation_header.clone(),
-                    request_id: request_id.clone(),
+                Participation::shared(
+                    propagation,
+                    correlation_header.as_ref(),
+                    request_id.as_ref(),
                     upstream,
-                })
+                )
             })
         };
         if let Some(parent) = parent {
@@ -451,6 +478,7 @@ fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option
         .ok()
 }
 
+#[inline]
 fn parse_trace_state(
     fields: &[&[u8]],
     level: TraceContextLevel,
@@ -458,6 +486,13 @@ fn parse_trace_state(
     if fields.is_empty() {
         return Ok(None);
     }
+    parse_trace_state_fields(fields, level).map(Some)
+}
+
+fn parse_trace_state_fields(
+    fields: &[&[u8]],
+    level: TraceContextLevel,
+) -> Result<TraceState, TraceStateError> {
     let mut combined = String::new();
     for (index, field) in fields.iter().enumerate() {
         if index > 0 {
@@ -465,10 +500,23 @@ fn parse_trace_state(
         }
         combined.push_str(std::str::from_utf8(field).map_err(|_| TraceStateError::NotUtf8)?);
     }
-    TraceState::parse_level(&combined, level).map(Some)
+    TraceState::parse_level(&combined, level)
 }
 
+#[inline]
 fn parse_id(
+    header: &'static str,
+    seen: &Seen<'_>,
+    rejections: &mut Vec<Rejection>,
+) -> Option<CorrelationId> {
+    // Inlined: most requests carry neither id header.
+    match seen {
+        Seen::None => None,
+        seen => parse_received_id(header, seen, rejections),
+    }
+}
+
+fn parse_received_id(
     header: &'static str,
     seen: &Seen<'_>,
     rejections: &mut Vec<Rejection>,

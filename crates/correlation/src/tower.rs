@@ -270,7 +270,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.future.poll(cx));
-        if let Ok(response) = &mut result {
+        if let Ok(response) = &mut result
+            && !this.echo.is_empty()
+        {
             insert(response.headers_mut(), std::mem::take(this.echo));
         }
         Poll::Ready(Served(result))
