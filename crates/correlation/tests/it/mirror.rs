@@ -92,11 +92,24 @@ fn nested_and_exited_scopes_agree() {
 }
 
 #[test]
-fn the_nil_uuid_is_still_an_id() {
-    let nil = context_with_id("00000000-0000-0000-0000-000000000000");
-    keel_correlation::sync_scope(Some(Arc::clone(&nil)), || {
-        assert_eq!(agreed().as_ref(), Some(nil.correlation_id()));
-    });
+fn the_uuids_whose_bits_the_mirror_reserves_are_still_ids() {
+    // The nil and max UUIDs share their bits with the mirror's two markers; their
+    // neighbours are ordinary values.
+    for id in [
+        "00000000-0000-0000-0000-000000000000",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "00000000-0000-0000-0000-000000000001",
+        "ffffffff-ffff-ffff-ffff-fffffffffffe",
+    ] {
+        let context = context_with_id(id);
+        keel_correlation::sync_scope(Some(Arc::clone(&context)), || {
+            assert_eq!(agreed().as_ref(), Some(context.correlation_id()));
+            assert_eq!(agreed().map(|id| id.to_string()).as_deref(), Some(id));
+            let child = Tracer::off().trace_sync("child", agreed);
+            assert_eq!(child.as_ref(), Some(context.correlation_id()));
+        });
+        assert_eq!(agreed(), None);
+    }
 }
 
 #[test]
