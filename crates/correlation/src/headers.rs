@@ -254,12 +254,7 @@ impl Incoming {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let incoming = Self::choose(propagation, headers);
-        for rejection in &incoming.rejections {
-            // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
-        }
-        incoming
+        Self::choose(propagation, headers)
     }
 
     fn choose<I, K, V>(propagation: Option<&Propagation>, headers: I) -> Self
@@ -291,12 +286,7 @@ impl Incoming {
     #[cfg(feature = "http")]
     #[inline]
     pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
-        let incoming = Self::choose_from(propagation, seen);
-        for rejection in &incoming.rejections {
-            // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
-        }
-        incoming
+        Self::choose_from(propagation, seen)
     }
 
     #[inline]
@@ -347,6 +337,7 @@ impl Incoming {
                 }
             };
             let upstream = (policy.mode == Mode::PassThrough).then_some(parent);
+            log_rejections(&rejections);
             return Self {
                 correlation_id: CorrelationId::from_uuid(uuid::Uuid::from_u128(
                     parent.trace_id.to_u128(),
@@ -379,6 +370,7 @@ impl Incoming {
             let random = crate::id::FRESH_IDS_ARE_RANDOM;
             (id, IdSource::Generated, trace_id, random)
         };
+        log_rejections(&rejections);
         Self {
             flags: policy.new_trace_flags(trace_id, random),
             trace_id,
@@ -459,6 +451,23 @@ impl Incoming {
     /// The header values that were present but not used, with the reason.
     pub fn rejections(&self) -> &[Rejection] {
         &self.rejections
+    }
+}
+
+/// Logs each rejection, once, at `debug`: before the `Incoming` is built, so building it is
+/// a write of its fields in place rather than a copy of the whole value (a logged value
+/// must be in memory), which stalled on store forwarding.
+#[inline]
+fn log_rejections(rejections: &[Rejection]) {
+    if !rejections.is_empty() {
+        log_each(rejections);
+    }
+}
+
+fn log_each(rejections: &[Rejection]) {
+    for rejection in rejections {
+        // Only the reason: the rejected value itself must never reach a log.
+        tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
     }
 }
 
