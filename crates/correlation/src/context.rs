@@ -622,7 +622,9 @@ pub fn current() -> Option<Arc<TraceContext>> {
     with_context(|context| context.map(Arc::clone))
 }
 
-/// Calls `f` with the running trace's context without touching its reference count.
+/// Calls `f` with the running trace's context without touching its reference count (except
+/// inside a scope entered within another `with_current` closure, where the context is
+/// cloned first). `f` may enter scopes and start traces of its own.
 ///
 /// ```
 /// let operation = keel_correlation::with_current(|context| context.map(|c| c.operation().to_owned()));

@@ -760,10 +760,10 @@ impl Drop for EndGuard {
 }
 
 pin_project! {
-    /// The future of a trace: `future` inside the trace's task-local scope, plus the lines
-    /// when the tracer writes any. The scope is the outermost layer, so the lines and the
-    /// inner future's destructors run inside the trace; with the tracer off a trace is
-    /// exactly a task-local scope holding one `Arc` (an `async fn` doing nothing but
+    /// The future of a trace: `future` inside the trace's scope, plus the lines when the
+    /// tracer writes any. The scope is the outermost layer, so the lines and the inner
+    /// future's destructors run inside the trace; with the tracer off a trace is exactly a
+    /// scope holding one `Arc` (an `async fn` doing nothing but
     /// awaiting in that case cost about 8 ns per trace).
     #[project = TracedProjection]
     pub(crate) enum Traced<F> {
