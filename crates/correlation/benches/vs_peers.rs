@@ -10,6 +10,7 @@ use std::{
     hint::black_box,
     pin::pin,
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use std::{convert::Infallible, future::Ready, sync::Mutex};
@@ -231,4 +232,52 @@ fn server_layer_rows(harness: &mut Harness) {
         |_| serve(&ours),
         |_| serve(&theirs),
     );
+
+    // The same layers with the requests built before the timed part: the row above times
+    // each request's construction too (a URI and a header map, the same on both sides and
+    // about as much as our whole layer), which a server does not pay per request in its
+    // middleware. Each call builds small batches of requests untimed (small, so they are
+    // still in the cache when served, as a request just parsed is) and times serving each
+    // batch (wall clock, one lock per batch on both sides); the requests are still dropped
+    // inside the timed part, by the no-op service, on both sides. No goal: the goal
+    // is the row above's.
+    let batches = if harness.quick() { 8 } else { 40 };
+    harness.compare(
+        Row::new(
+            "server layer per request, logging off, requests built outside the timed part",
+            "tower-http 0.6 SetRequestIdLayer + PropagateRequestIdLayer, the same requests",
+        )
+        .unit("ns/call"),
+        || serve_prebuilt(&ours, batches),
+        || serve_prebuilt(&theirs, batches),
+    );
+}
+
+/// Requests per untimed batch of [`serve_prebuilt`]: 56 KiB of `http::Request`s.
+const BATCH: usize = 256;
+
+/// Builds `batches` batches of requests, serving each through `service` right after it is
+/// built; returns the time per request of the serving alone, in nanoseconds.
+fn serve_prebuilt<S>(service: &Mutex<S>, batches: usize) -> f64
+where
+    S: Service<http::Request<Empty<Bytes>>>,
+    S::Response: HasStatus,
+{
+    let Ok(mut service) = service.lock() else {
+        return f64::NAN;
+    };
+    let mut serving = Duration::ZERO;
+    for _ in 0..batches {
+        let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
+        let started = Instant::now();
+        for request in requests {
+            let future = service.call(request);
+            black_box(run_ready(future).ok().map(|response| response.status()));
+        }
+        serving += started.elapsed();
+    }
+    // A run's request count is far below 2^52, so the conversion is exact.
+    #[allow(clippy::cast_precision_loss)]
+    let count = (batches * BATCH) as f64;
+    serving.as_secs_f64() * 1e9 / count
 }

@@ -1,8 +1,22 @@
-//! The trace context, the task-local that carries it, and the functions that read it.
+//! The trace context, the per-thread scope that makes one current, and the functions that
+//! read it.
+//!
+//! # The scope
+//!
+//! The running code's trace lives in [`CURRENT`], a thread-local of the crate's own, the same
+//! mechanism as tokio's `task_local!` without its layers: a scope is entered by an
+//! [`Entered`] guard that swaps the scope's context into the thread-local and swaps the
+//! enclosing one back when it is dropped (also by a panic), and a future runs inside its
+//! trace through [`InScope`], which enters its scope around every poll and around dropping
+//! an unfinished inner future. Between polls the context lives in the future, so a trace
+//! follows its task across threads and `.await`s, and a task spawned without it sees none.
+//!
+//! Entering a scope is two swaps of a pointer, no closure and no reference count, so the
+//! server layer can call the inner service inside the trace and build the future in place.
 
 use std::{
     borrow::Cow,
-    cell::Cell,
+    cell::{Cell, RefCell},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -20,134 +34,279 @@ use crate::{
     w3c::{MAX_TRACESTATE_LEN, TraceParent, TraceState},
 };
 
-tokio::task_local! {
-    /// The trace the running code belongs to.
-    pub(crate) static CURRENT: TraceScope;
-}
-
 thread_local! {
-    /// A mirror of [`CURRENT`] for the hot reads: `None` while no trace context is current
-    /// on this thread, else the current context's UUID bits (0 for a text id or the nil
-    /// UUID, which the slow path then reads from `CURRENT`).
+    /// The trace the running code on this thread belongs to (see [`Current`]).
+    static CURRENT: Current = const {
+        Current {
+            slot: RefCell::new(None),
+            shadows: RefCell::new(Vec::new()),
+        }
+    };
+
+    /// A mirror of [`CURRENT`] for the hot reads: [`NO_TRACE`] while no trace context is
+    /// current on this thread, [`READ_CONTEXT`] for a text id (and the two UUIDs whose bits
+    /// are these values), which the slow path then reads from `CURRENT`, else the current
+    /// context's UUID bits.
     ///
-    /// It is what makes [`correlation_id`] as cheap as a bare task-local read, and a root
-    /// trace skip the look-up of a parent: a `const` cell of a `Copy` value is one
-    /// thread-local load, inlined into the caller, where `CURRENT` is a `RefCell` holding an
-    /// `Option`, behind a lazily registered destructor, an accessor that other crates call
-    /// indirectly, and an `Arc` to follow.
+    /// It is what makes [`correlation_id`] as cheap as a bare thread-local read, and a root
+    /// trace skip the look-up of a parent: a `const` cell of a `Copy` value with no
+    /// destructor is one thread-local load, inlined into the caller, where `CURRENT` holds
+    /// an `Arc` behind a `RefCell` and a lazily registered destructor, and an `Arc` to
+    /// follow. Having no destructor, it is also readable while the thread's destructors run.
+    /// A bare `u128` rather than an `Option<u128>` (32 bytes, its tag written by a narrower
+    /// store than the value's wide load): the save and restore around every scope then
+    /// move 16 bytes without stalling on store forwarding.
     ///
-    /// Every scope of `CURRENT` is entered through [`enter_scope`] or [`scoped`], which set
-    /// the mirror inside it (around every poll and around dropping an unfinished future)
-    /// and restore the enclosing value when it is left, also by a panic; so both always
+    /// Every scope is entered through [`Entered`], which sets the mirror with `CURRENT`
+    /// (to `NO_TRACE` when `CURRENT` is already destroyed, as [`current`] then says) and
+    /// restores the enclosing value when it is left, also by a panic; so both always
     /// describe the same trace.
-    static MIRROR: Cell<Option<u128>> = const { Cell::new(None) };
+    static MIRROR: Cell<u128> = const { Cell::new(NO_TRACE) };
 }
 
-/// What [`MIRROR`] holds while `scope` is current.
-fn mirrored(scope: &TraceScope) -> Option<u128> {
-    scope
-        .context
-        .as_ref()
-        .map(|context| context.correlation_id.uuid_bits().unwrap_or(0))
+/// [`MIRROR`]: no trace is current.
+const NO_TRACE: u128 = 0;
+
+/// [`MIRROR`]: a trace is current; read its id from the context (a text id, or a UUID whose
+/// bits are [`NO_TRACE`] or this).
+const READ_CONTEXT: u128 = u128::MAX;
+
+/// This thread's current trace.
+///
+/// Scopes nest strictly on a thread (each is a guard on the stack, dropped in reverse order,
+/// also while unwinding), so entering one saves the enclosing context in the guard and
+/// leaving it puts that back.
+struct Current {
+    /// The current context (`None`: no trace), unless a shadow is current. A scope swaps its
+    /// context in here; a [`with_current`] closure borrows it, so it never takes a reference
+    /// count.
+    slot: RefCell<Option<Arc<TraceContext>>>,
+    /// The contexts of scopes entered while `slot` was borrowed by a [`with_current`]
+    /// closure running further up the stack, innermost last: the last one is current. They
+    /// are pushed and popped without running any other code, so this is never borrowed
+    /// when user code runs, and it stays empty (no allocation) unless a scope is entered
+    /// inside such a closure.
+    shadows: RefCell<Vec<Option<Arc<TraceContext>>>>,
 }
 
-/// Runs `f` with `mirror` in [`MIRROR`], restoring the enclosing value afterwards (also when
-/// `f` panics).
-#[inline]
-fn with_mirror<R>(mirror: Option<u128>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<u128>);
-    impl Drop for Restore {
-        #[inline]
-        fn drop(&mut self) {
-            MIRROR.set(self.0);
+/// Where an [`Entered`] scope put its context.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Swapped into [`Current::slot`].
+    Slot,
+    /// Pushed onto [`Current::shadows`].
+    Shadow,
+    /// Nowhere: the thread's [`CURRENT`] is destroyed (its destructors are running), so
+    /// no trace is current inside the scope.
+    Nowhere,
+}
+
+impl Current {
+    /// Makes `context` current, leaving the enclosing one in `context`.
+    #[inline]
+    fn enter(&self, context: &mut Option<Arc<TraceContext>>) -> Place {
+        // The slot is borrowed only by a `with_current` closure up the stack, and shadows
+        // exist only inside one; while there are any, a new scope goes on top of them.
+        if self
+            .shadows
+            .try_borrow()
+            .is_ok_and(|shadows| shadows.is_empty())
+            && let Ok(mut slot) = self.slot.try_borrow_mut()
+        {
+            std::mem::swap(&mut *slot, context);
+            return Place::Slot;
+        }
+        match self.shadows.try_borrow_mut() {
+            Ok(mut shadows) => {
+                shadows.push(context.take());
+                Place::Shadow
+            }
+            // Never borrowed while other code runs (see `shadows`), so not reached.
+            Err(_) => Place::Nowhere,
         }
     }
-    let _restore = Restore(MIRROR.replace(mirror));
+
+    /// Undoes [`Current::enter`]: the scope's context goes back into `context`, the
+    /// enclosing one (which `context` held) back into place.
+    #[inline]
+    fn leave(&self, context: &mut Option<Arc<TraceContext>>, place: Place) {
+        match place {
+            Place::Slot => {
+                // Every borrow taken inside the scope has ended (scopes and `with_current`
+                // closures nest), so the slot is free again.
+                if let Ok(mut slot) = self.slot.try_borrow_mut() {
+                    std::mem::swap(&mut *slot, context);
+                }
+            }
+            Place::Shadow => {
+                if let Ok(mut shadows) = self.shadows.try_borrow_mut() {
+                    *context = shadows.pop().flatten();
+                }
+            }
+            Place::Nowhere => {}
+        }
+    }
+
+    /// Calls `f` with the current context, borrowed. `f` runs with the slot borrowed (it
+    /// may enter scopes: they become shadows) but never with `shadows` borrowed (a current
+    /// shadow is cloned first: the rare path).
+    #[inline]
+    fn with<R>(&self, f: impl FnOnce(Option<&Arc<TraceContext>>) -> R) -> R {
+        let shadow = match self.shadows.try_borrow() {
+            Ok(shadows) if shadows.is_empty() => None,
+            Ok(shadows) => Some(shadows.last().cloned().flatten()),
+            Err(_) => Some(None),
+        };
+        if let Some(shadow) = shadow {
+            return f(shadow.as_ref());
+        }
+        match self.slot.try_borrow() {
+            Ok(slot) => f(slot.as_ref()),
+            // Only borrowed mutably inside `enter` and `leave`, which run no other code.
+            Err(_) => f(None),
+        }
+    }
+}
+
+/// What [`MIRROR`] holds while `context` is current.
+#[inline]
+fn mirrored(context: Option<&Arc<TraceContext>>) -> u128 {
+    match context.map(|context| context.correlation_id.uuid_bits()) {
+        None => NO_TRACE,
+        Some(Some(bits)) if bits != NO_TRACE && bits != READ_CONTEXT => bits,
+        Some(_) => READ_CONTEXT,
+    }
+}
+
+/// Calls `f` with the current context, or with `None` outside a trace (also while the
+/// thread's destructors run, after [`CURRENT`]'s).
+#[inline]
+fn with_context<R>(f: impl FnOnce(Option<&Arc<TraceContext>>) -> R) -> R {
+    let mut f = Some(f);
+    let result = CURRENT.try_with(|current| f.take().map(|f| current.with(f)));
+    match (result, f) {
+        (Ok(Some(value)), _) => value,
+        (_, Some(f)) => f(None),
+        // `f` was taken, so `try_with` ran the closure and returned `Ok(Some(_))`.
+        (_, None) => unreachable!("with_context: closure consumed without a result"),
+    }
+}
+
+/// A scope entered: `scope`'s context is current until this is dropped (also by a panic),
+/// which makes the enclosing one current again and gives `scope` its context back.
+pub(crate) struct Entered<'a> {
+    /// While entered, the enclosing context (the scope's own is in [`CURRENT`]).
+    context: &'a mut Option<Arc<TraceContext>>,
+    /// The enclosing [`MIRROR`].
+    mirror: u128,
+    place: Place,
+}
+
+impl<'a> Entered<'a> {
+    /// Enters `scope`.
+    #[inline]
+    pub(crate) fn new(scope: &'a mut TraceScope) -> Self {
+        let context = &mut scope.context;
+        let mut mirror = mirrored(context.as_ref());
+        let place = CURRENT
+            .try_with(|current| current.enter(context))
+            .unwrap_or(Place::Nowhere);
+        if place == Place::Nowhere {
+            // No context is readable, so the mirror must not claim one.
+            mirror = NO_TRACE;
+        }
+        Self {
+            context,
+            mirror: MIRROR.replace(mirror),
+            place,
+        }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.place != Place::Nowhere {
+            // `CURRENT` is alive: it was when entered, and a thread-local is destroyed only
+            // when no code of the thread runs inside a scope of it.
+            let _ = CURRENT.try_with(|current| current.leave(self.context, self.place));
+        }
+        MIRROR.set(self.mirror);
+    }
+}
+
+/// Runs `f` inside `scope`, then hands `scope` back, out of the scope.
+#[inline]
+pub(crate) fn enter_scope<R>(mut scope: TraceScope, f: impl FnOnce() -> R) -> R {
+    let _entered = scope.enter();
     f()
 }
 
-/// Runs `f` inside `scope`: the task-local and its mirror.
-#[inline]
-pub(crate) fn enter_scope<R>(scope: TraceScope, f: impl FnOnce() -> R) -> R {
-    let mirror = mirrored(&scope);
-    CURRENT.sync_scope(scope, || with_mirror(mirror, f))
-}
-
-/// `future` inside `scope`: the task-local and its mirror.
+/// `future` inside `scope`.
 #[inline]
 pub(crate) fn scoped<F: Future>(scope: TraceScope, future: F) -> InScope<F> {
-    let mirror = mirrored(&scope);
-    CURRENT.scope(
+    InScope {
         scope,
-        Mirrored {
-            mirror,
-            future: Some(future),
-        },
-    )
+        future: Some(future),
+    }
 }
 
 /// Whether a trace context is current on this thread (a parent for a new span).
 #[inline]
 pub(crate) fn context_is_current() -> bool {
-    MIRROR.get().is_some()
+    MIRROR.get() != NO_TRACE
 }
 
-/// A future running inside a trace scope.
-pub(crate) type InScope<F> = tokio::task::futures::TaskLocalFuture<TraceScope, Mirrored<F>>;
-
 pin_project! {
-    /// Sets [`MIRROR`] around every poll of `future`, and around its drop when it is
-    /// dropped unfinished, inside the task-local scope that wraps it.
-    pub(crate) struct Mirrored<F> {
-        mirror: Option<u128>,
+    /// A future running inside a trace scope: the scope is entered around every poll of
+    /// `future`, and around its drop when it is dropped unfinished (so its destructors, and
+    /// a trace's `cancelled` end line, run inside its trace).
+    pub(crate) struct InScope<F> {
+        // Between polls, the trace this future runs in; during one, the enclosing trace.
+        scope: TraceScope,
+        // `None` once finished: dropped as soon as it is ready, inside the scope.
         #[pin]
         future: Option<F>,
     }
 
-    impl<F> PinnedDrop for Mirrored<F> {
+    impl<F> PinnedDrop for InScope<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.future.is_some() {
-                // Mirror what the task-local really holds rather than `this.mirror`: tokio
-                // drops an unfinished future inside its scope when it can, but outside it
-                // when the task-local cannot be entered (borrowed by `with_current`'s
-                // closure, or already destroyed at thread exit).
-                let mirror = CURRENT.try_with(mirrored).ok().flatten();
+                let _entered = Entered::new(this.scope);
                 let mut future = this.future;
-                with_mirror(mirror, || future.set(None));
+                future.set(None);
             }
         }
     }
 }
 
-impl<F: Future> Future for Mirrored<F> {
+impl<F: Future> Future for InScope<F> {
     type Output = F::Output;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        let _entered = Entered::new(this.scope);
         let mut future = this.future;
-        with_mirror(*this.mirror, || {
-            let Some(inner) = future.as_mut().as_pin_mut() else {
-                // The enclosing `TaskLocalFuture` is never polled after completion (it
-                // panics first), and it is the only owner of a `Mirrored`.
-                return Poll::Pending;
-            };
-            let poll = inner.poll(cx);
-            if poll.is_ready() {
-                // Dropped here, inside the mirror, rather than by the drop glue.
-                future.set(None);
-            }
-            poll
-        })
+        let Some(inner) = future.as_mut().as_pin_mut() else {
+            // As tokio's `TaskLocalFuture`, which this replaces, did.
+            panic!("a trace's future polled after it completed");
+        };
+        let poll = inner.poll(cx);
+        if poll.is_ready() {
+            // Dropped here, inside the scope, rather than by the drop glue.
+            future.set(None);
+        }
+        poll
     }
 }
 
-/// What the task-local holds: the running trace's context, or explicitly none (for example
-/// `.in_current_trace()` created outside a trace).
+/// What a scope makes current: the running trace's context, or explicitly none (for
+/// example `.in_current_trace()` created outside a trace).
 #[derive(Clone, Debug)]
 pub(crate) struct TraceScope {
-    // Only the pointer: tokio moves the scope in and out of the task-local on every poll.
+    // Only the pointer: it is swapped in and out of `CURRENT` around every poll.
     // `correlation_id()` reads the id from `MIRROR`, not from here.
     context: Option<Arc<TraceContext>>,
 }
@@ -163,6 +322,12 @@ impl TraceScope {
     /// The running trace's context, if any.
     pub(crate) fn context(&self) -> Option<&Arc<TraceContext>> {
         self.context.as_ref()
+    }
+
+    /// Enters this scope until the guard is dropped.
+    #[inline]
+    pub(crate) fn enter(&mut self) -> Entered<'_> {
+        Entered::new(self)
     }
 }
 
@@ -425,7 +590,7 @@ impl TraceContext {
 
 /// The correlation id of the running trace, or `None` outside one. Works in async and sync
 /// code (inside [`sync_scope`], [`bind`](crate::bind) and [`Tracer::trace_sync`]). Costs one
-/// thread-local load, inlined (a received text id also reads the task-local and increments
+/// thread-local load, inlined (a received text id also reads the context and increments
 /// a reference count); never allocates.
 ///
 /// ```
@@ -436,23 +601,15 @@ pub fn correlation_id() -> Option<CorrelationId> {
     // Inlined: the mirror is one thread-local load in the caller, and the common answers
     // (none, or a UUID) need nothing else.
     match MIRROR.get() {
-        None => None,
-        Some(0) => current_correlation_id(),
-        Some(bits) => Some(CorrelationId::from_uuid_bits(bits)),
+        NO_TRACE => None,
+        READ_CONTEXT => current_correlation_id(),
+        bits => Some(CorrelationId::from_uuid_bits(bits)),
     }
 }
 
 #[inline(never)]
 fn current_correlation_id() -> Option<CorrelationId> {
-    CURRENT
-        .try_with(|current| {
-            current
-                .context
-                .as_ref()
-                .map(|context| context.correlation_id.clone())
-        })
-        .ok()
-        .flatten()
+    with_context(|context| context.map(|context| context.correlation_id.clone()))
 }
 
 /// The context of the running trace, or `None` outside one.
@@ -462,13 +619,12 @@ fn current_correlation_id() -> Option<CorrelationId> {
 /// ```
 #[inline]
 pub fn current() -> Option<Arc<TraceContext>> {
-    CURRENT
-        .try_with(|scope| scope.context.clone())
-        .ok()
-        .flatten()
+    with_context(|context| context.map(Arc::clone))
 }
 
-/// Calls `f` with the running trace's context without touching its reference count.
+/// Calls `f` with the running trace's context without touching its reference count (except
+/// inside a scope entered within another `with_current` closure, where the context is
+/// cloned first). `f` may enter scopes and start traces of its own.
 ///
 /// ```
 /// let operation = keel_correlation::with_current(|context| context.map(|c| c.operation().to_owned()));
@@ -476,14 +632,7 @@ pub fn current() -> Option<Arc<TraceContext>> {
 /// ```
 #[inline]
 pub fn with_current<R>(f: impl FnOnce(Option<&TraceContext>) -> R) -> R {
-    let mut f = Some(f);
-    let result = CURRENT.try_with(|current| f.take().map(|f| f(current.context.as_deref())));
-    match (result, f) {
-        (Ok(Some(value)), _) => value,
-        (_, Some(f)) => f(None),
-        // `f` was taken, so `try_with` ran the closure and returned `Ok(Some(_))`.
-        (_, None) => unreachable!("with_current: closure consumed without a result"),
-    }
+    with_context(|context| f(context.map(|context| &**context)))
 }
 
 /// The headers to send downstream from the running trace (see

@@ -64,6 +64,22 @@ pub(crate) struct Participation {
 }
 
 impl Participation {
+    /// A participation of its own, shared by the trace's spans.
+    #[inline(never)]
+    fn shared(
+        propagation: Option<&Propagation>,
+        correlation_header: Option<&CorrelationId>,
+        request_id: Option<&CorrelationId>,
+        upstream: Option<TraceParent>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            propagation: propagation.cloned(),
+            correlation_header: correlation_header.cloned(),
+            request_id: request_id.cloned(),
+            upstream,
+        })
+    }
+
     pub(crate) fn policy(&self) -> &Policy {
         match &self.propagation {
             Some(propagation) => propagation.policy(),
@@ -73,16 +89,27 @@ impl Participation {
 
     /// The `x-correlation-id` and `x-request-id` headers `rule` selects, for a trace whose
     /// correlation id is `correlation_id`.
+    #[inline]
     pub(crate) fn id_headers(
         participation: Option<&Self>,
         correlation_id: &CorrelationId,
         downstream: bool,
     ) -> Vec<(&'static str, String)> {
         // Without a participation the policy is the default, which sends an id header only
-        // when it was received, and none was: no headers, decided without looking.
-        let Some(participation) = participation else {
-            return Vec::new();
-        };
+        // when it was received, and none was: no headers, decided without looking (and
+        // inlined, so a quiet request pays a test, not a call).
+        match participation {
+            None => Vec::new(),
+            Some(participation) => participation.selected_id_headers(correlation_id, downstream),
+        }
+    }
+
+    fn selected_id_headers(
+        &self,
+        correlation_id: &CorrelationId,
+        downstream: bool,
+    ) -> Vec<(&'static str, String)> {
+        let participation = self;
         let policy = participation.policy();
         let participation = Some(participation);
         let pick = |rule: crate::policy::IdHeader| {
@@ -227,12 +254,7 @@ impl Incoming {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let incoming = Self::choose(propagation, headers);
-        for rejection in &incoming.rejections {
-            // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
-        }
-        incoming
+        Self::choose(propagation, headers)
     }
 
     fn choose<I, K, V>(propagation: Option<&Propagation>, headers: I) -> Self
@@ -264,12 +286,7 @@ impl Incoming {
     #[cfg(feature = "http")]
     #[inline]
     pub(crate) fn from_seen(propagation: Option<&Propagation>, seen: &SeenHeaders<'_>) -> Self {
-        let incoming = Self::choose_from(propagation, seen);
-        for rejection in &incoming.rejections {
-            // Only the reason: the rejected value itself must never reach a log.
-            tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
-        }
-        incoming
+        Self::choose_from(propagation, seen)
     }
 
     #[inline]
@@ -299,12 +316,12 @@ impl Incoming {
                 || request_id.is_some()
                 || upstream.is_some();
             needed.then(|| {
-                Arc::new(Participation {
-                    propagation: propagation.cloned(),
-                    correlation_header: correlation_header.clone(),
-                    request_id: request_id.clone(),
+                Participation::shared(
+                    propagation,
+                    correlation_header.as_ref(),
+                    request_id.as_ref(),
                     upstream,
-                })
+                )
             })
         };
         if let Some(parent) = parent {
@@ -320,6 +337,7 @@ impl Incoming {
                 }
             };
             let upstream = (policy.mode == Mode::PassThrough).then_some(parent);
+            log_rejections(&rejections);
             return Self {
                 correlation_id: CorrelationId::from_uuid(uuid::Uuid::from_u128(
                     parent.trace_id.to_u128(),
@@ -352,6 +370,7 @@ impl Incoming {
             let random = crate::id::FRESH_IDS_ARE_RANDOM;
             (id, IdSource::Generated, trace_id, random)
         };
+        log_rejections(&rejections);
         Self {
             flags: policy.new_trace_flags(trace_id, random),
             trace_id,
@@ -435,6 +454,23 @@ impl Incoming {
     }
 }
 
+/// Logs each rejection, once, at `debug`: before the `Incoming` is built, so building it is
+/// a write of its fields in place rather than a copy of the whole value (a logged value
+/// must be in memory), which stalled on store forwarding.
+#[inline]
+fn log_rejections(rejections: &[Rejection]) {
+    if !rejections.is_empty() {
+        log_each(rejections);
+    }
+}
+
+fn log_each(rejections: &[Rejection]) {
+    for rejection in rejections {
+        // Only the reason: the rejected value itself must never reach a log.
+        tracing::debug!(target: "keel_correlation", %rejection, "ignored an incoming trace header");
+    }
+}
+
 fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option<TraceParent> {
     let result = match seen {
         Seen::None => return None,
@@ -451,6 +487,7 @@ fn parse_traceparent(seen: &Seen<'_>, rejections: &mut Vec<Rejection>) -> Option
         .ok()
 }
 
+#[inline]
 fn parse_trace_state(
     fields: &[&[u8]],
     level: TraceContextLevel,
@@ -458,6 +495,13 @@ fn parse_trace_state(
     if fields.is_empty() {
         return Ok(None);
     }
+    parse_trace_state_fields(fields, level).map(Some)
+}
+
+fn parse_trace_state_fields(
+    fields: &[&[u8]],
+    level: TraceContextLevel,
+) -> Result<TraceState, TraceStateError> {
     let mut combined = String::new();
     for (index, field) in fields.iter().enumerate() {
         if index > 0 {
@@ -465,10 +509,23 @@ fn parse_trace_state(
         }
         combined.push_str(std::str::from_utf8(field).map_err(|_| TraceStateError::NotUtf8)?);
     }
-    TraceState::parse_level(&combined, level).map(Some)
+    TraceState::parse_level(&combined, level)
 }
 
+#[inline]
 fn parse_id(
+    header: &'static str,
+    seen: &Seen<'_>,
+    rejections: &mut Vec<Rejection>,
+) -> Option<CorrelationId> {
+    // Inlined: most requests carry neither id header.
+    match seen {
+        Seen::None => None,
+        seen => parse_received_id(header, seen, rejections),
+    }
+}
+
+fn parse_received_id(
     header: &'static str,
     seen: &Seen<'_>,
     rejections: &mut Vec<Rejection>,

@@ -468,7 +468,7 @@ const HEX_VALUES: [u8; 256] = {
 };
 
 /// Parses 1 to 16 lowercase hex digits into a `u64` (one table load per digit).
-fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
     let mut value: u64 = 0;
     let mut invalid = 0u8;
     for &digit in digits {
@@ -483,27 +483,37 @@ fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
 /// Parses 8 lowercase hex digits at once, as one `u64` (SWAR): about a quarter of the
 /// work of eight table loads, for the 50 digits of every `traceparent` a server reads.
 fn parse_hex8(digits: [u8; 8]) -> Option<u32> {
+    let (value, invalid) = hex8(digits);
+    (invalid == 0).then_some(value)
+}
+
+/// The value of 8 hex digits, and a mask that is 0 exactly when all 8 are lowercase hex
+/// digits (the value means nothing otherwise), so a caller reading several fields checks
+/// them all with one branch.
+#[inline(always)]
+pub(crate) fn hex8(digits: [u8; 8]) -> (u32, u64) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Big-endian, so the first digit is the most significant byte, as in the value.
-    let bytes = u64::from_be_bytes(digits);
+    // Little-endian (the first digit in the low byte), with one byte swap of the result
+    // at the end: a big-endian load of each field was vectorised into a dozen shuffles.
+    let bytes = u64::from_le_bytes(digits);
     // For every byte `b` below 0x80, `(b | 0x80) - c` keeps its high bit exactly when
     // `b >= c` (for `c <= 0x80`), and never borrows from the next byte.
     let at_least = |c: u8| ((bytes | HIGH) - ONES * u64::from(c)) & HIGH;
     let digit = at_least(b'0') & !at_least(b'9' + 1);
     let letter = at_least(b'a') & !at_least(b'f' + 1);
-    if bytes & HIGH != 0 || digit | letter != HIGH {
-        return None;
-    }
+    // A byte is bad when its high bit is set or it is neither a digit nor a letter.
+    let invalid = (bytes & HIGH) | ((digit | letter) ^ HIGH);
     // `0`-`9` are their low nibble; `a`-`f` have 1-6 there and bit 6 set, worth 9 more.
     let nibbles = (bytes & (ONES * 0x0f)) + ((bytes >> 6) & ONES) * 9;
-    // Pack neighbours together: nibble pairs into bytes, bytes into 16 bits, then 32.
-    let pairs = (nibbles | (nibbles >> 4)) & 0x00ff_00ff_00ff_00ff;
+    // Pack neighbours together: each digit pair into the byte of its first digit (first
+    // digit high), then those bytes into 32 bits, first pair lowest.
+    let pairs = ((nibbles << 4) | (nibbles >> 8)) & 0x00ff_00ff_00ff_00ff;
     let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
-    // The low 32 bits hold the eight digits' value, truncation intended.
+    // The low 32 bits hold the eight digits' value, byte-reversed; truncation intended.
     #[allow(clippy::cast_possible_truncation)]
-    let value = (quads | (quads >> 16)) as u32;
-    Some(value)
+    let value = ((quads | (quads >> 16)) as u32).swap_bytes();
+    (value, invalid)
 }
 
 /// Parses exactly `digits.len()` lowercase hex digits; `None` on anything else.

@@ -3,9 +3,12 @@
 //!
 //! # The `tokio::spawn` trap
 //!
-//! The context lives in a `tokio::task_local!`. **Tokio does not carry task-locals into
-//! `tokio::spawn` or `tokio::task::spawn_blocking`**, nor does a new thread inherit them:
-//! code in a task spawned that way sees no trace, and its logs lose the correlation id. Use
+//! The context lives in a scope of the crate's own: a per-thread slot that a trace's future
+//! fills around every poll (and around dropping it unfinished) and that [`sync_scope`] fills
+//! around a closure, the mechanism of `tokio::task_local!` without its layers. So **a task
+//! started with `tokio::spawn` or `tokio::task::spawn_blocking` does not inherit the
+//! trace**, nor does a new thread: code running there sees no trace, and its logs lose the
+//! correlation id. Use
 //! [`spawn`], [`spawn_blocking`], [`TraceFutureExt::in_current_trace`] or, for threads and
 //! pools, [`bind`] (or [`sync_scope`] with a context from [`current`]).
 //!

@@ -65,7 +65,7 @@ pub trait TraceFutureExt: Future + Sized {
 impl<F: Future> TraceFutureExt for F {}
 
 /// `tokio::spawn` that carries the current trace into the task. Bare `tokio::spawn` loses it:
-/// task-locals do not cross task boundaries.
+/// a trace is current only inside its own future's polls, not in another task's.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -21,8 +21,8 @@ use tracing::{Instrument as _, instrument::Instrumented};
 
 use crate::{
     context::{
-        CURRENT, InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope,
-        scoped,
+        InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
+        with_current,
     },
     headers::{Incoming, Participation},
     id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
@@ -595,11 +595,7 @@ impl Lineage {
         if !context_is_current() {
             return Self::fresh();
         }
-        CURRENT
-            .try_with(|scope| scope.context().map(|parent| Self::child_of(parent)))
-            .ok()
-            .flatten()
-            .unwrap_or_else(Self::fresh)
+        with_current(|parent| parent.map(Self::child_of)).unwrap_or_else(Self::fresh)
     }
 
     fn child_of(parent: &TraceContext) -> Self {
@@ -764,10 +760,10 @@ impl Drop for EndGuard {
 }
 
 pin_project! {
-    /// The future of a trace: `future` inside the trace's task-local scope, plus the lines
-    /// when the tracer writes any. The scope is the outermost layer, so the lines and the
-    /// inner future's destructors run inside the trace; with the tracer off a trace is
-    /// exactly a task-local scope holding one `Arc` (an `async fn` doing nothing but
+    /// The future of a trace: `future` inside the trace's scope, plus the lines when the
+    /// tracer writes any. The scope is the outermost layer, so the lines and the inner
+    /// future's destructors run inside the trace; with the tracer off a trace is exactly a
+    /// scope holding one `Arc` (an `async fn` doing nothing but
     /// awaiting in that case cost about 8 ns per trace).
     #[project = TracedProjection]
     pub(crate) enum Traced<F> {

@@ -18,6 +18,7 @@ mod propagation;
 mod props;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+mod scope;
 #[cfg(feature = "tracing-subscriber")]
 mod spans;
 mod spec;

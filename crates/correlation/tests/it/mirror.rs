@@ -92,11 +92,24 @@ fn nested_and_exited_scopes_agree() {
 }
 
 #[test]
-fn the_nil_uuid_is_still_an_id() {
-    let nil = context_with_id("00000000-0000-0000-0000-000000000000");
-    keel_correlation::sync_scope(Some(Arc::clone(&nil)), || {
-        assert_eq!(agreed().as_ref(), Some(nil.correlation_id()));
-    });
+fn the_uuids_whose_bits_the_mirror_reserves_are_still_ids() {
+    // The nil and max UUIDs share their bits with the mirror's two markers; their
+    // neighbours are ordinary values.
+    for id in [
+        "00000000-0000-0000-0000-000000000000",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "00000000-0000-0000-0000-000000000001",
+        "ffffffff-ffff-ffff-ffff-fffffffffffe",
+    ] {
+        let context = context_with_id(id);
+        keel_correlation::sync_scope(Some(Arc::clone(&context)), || {
+            assert_eq!(agreed().as_ref(), Some(context.correlation_id()));
+            assert_eq!(agreed().map(|id| id.to_string()).as_deref(), Some(id));
+            let child = Tracer::off().trace_sync("child", agreed);
+            assert_eq!(child.as_ref(), Some(context.correlation_id()));
+        });
+        assert_eq!(agreed(), None);
+    }
 }
 
 #[test]
@@ -251,6 +264,11 @@ enum Step {
     Nothing,
     Trace,
     Panic,
+    /// The rest inside `with_current`'s closure (scopes entered there shadow the borrowed
+    /// context).
+    Borrowed,
+    /// The rest inside the poll of a future carried into another trace.
+    Polled,
 }
 
 fn run(steps: &[Step]) {
@@ -271,6 +289,15 @@ fn run(steps: &[Step]) {
                 })
             }));
         }
+        Step::Borrowed => {
+            let before = expected();
+            keel_correlation::with_current(|context| {
+                assert_eq!(context.map(|c| c.correlation_id().clone()), before);
+                run(rest);
+                assert_eq!(context.map(|c| c.correlation_id().clone()), before);
+            });
+        }
+        Step::Polled => ready(async { run(rest) }.in_trace(Some(uuid_context()))),
     }
     agreed();
 }
@@ -285,6 +312,8 @@ proptest! {
         Just(Step::Nothing),
         Just(Step::Trace),
         Just(Step::Panic),
+        Just(Step::Borrowed),
+        Just(Step::Polled),
     ], 0..8)) {
         run(&steps);
         prop_assert_eq!(keel_correlation::correlation_id(), None);
@@ -302,13 +331,16 @@ impl Drop for Probe {
     }
 }
 
-// Found in review: tokio drops an unfinished future outside its scope when the task-local
-// cannot be entered, and the mirror must then not claim the future's trace.
+// Found in review: tokio dropped an unfinished future outside its scope when the task-local
+// could not be entered (borrowed by `with_current`'s closure), and the mirror must then not
+// claim the future's trace. The crate's own scope can be entered there: the future's
+// destructors now run inside its own trace, and the two still agree.
 #[test]
-fn a_future_dropped_inside_with_current_sees_the_enclosing_trace() {
+fn a_future_dropped_inside_with_current_sees_its_own_trace() {
     let (sender, receiver) = std::sync::mpsc::channel();
     let outer = uuid_context();
     let other = uuid_context();
+    let other_id = other.correlation_id().clone();
     keel_correlation::sync_scope(Some(outer), || {
         let probe = Probe(sender);
         let inner = Box::pin(
@@ -318,27 +350,23 @@ fn a_future_dropped_inside_with_current_sees_the_enclosing_trace() {
             }
             .in_trace(Some(other)),
         );
-        // The task-local is borrowed while the closure runs, so tokio cannot enter the
-        // inner scope to drop the future.
+        // The current context is borrowed while the closure runs.
         keel_correlation::with_current(|_| drop(inner));
     });
-    let (mirror, task_local) = receiver.recv().unwrap();
-    assert!(task_local.is_some());
-    assert_eq!(
-        mirror, task_local,
-        "correlation_id() disagrees with current()"
-    );
+    let (mirror, current) = receiver.recv().unwrap();
+    assert_eq!(mirror, current, "correlation_id() disagrees with current()");
+    assert_eq!(current, Some(other_id));
 }
 
 #[test]
-fn a_future_dropped_at_thread_exit_after_the_task_local_sees_none() {
+fn a_future_dropped_at_thread_exit_after_the_scope_is_gone_sees_none() {
     thread_local! {
         static HELD: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>> =
             const { RefCell::new(None) };
     }
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // Touched first, so destroyed after tokio's task-local (destructors run LIFO).
+        // Touched first, so destroyed after the crate's thread-local (destructors run LIFO).
         HELD.with(|_| {});
         let probe = Probe(sender);
         let mut held: Pin<Box<dyn Future<Output = ()>>> =
