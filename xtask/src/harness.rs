@@ -1122,7 +1122,9 @@ impl Shared {
             // thread has passed the next batch's barrier, i.e. has read this one.
             self.barrier.wait();
             let (disturbance, value) = judge(&self.attempts.lock().unwrap());
-            if disturbance <= DISTURBED {
+            // With the guards off (unit tests) every batch counts: a test must not depend
+            // on how busy the machine is.
+            if disturbance <= DISTURBED || !self.guards {
                 disturbed.redone += attempt;
                 return Ok(value);
             }
