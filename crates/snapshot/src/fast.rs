@@ -472,14 +472,17 @@ impl Cursor<'_> {
 
     /// One or more digits.
     fn digits(&mut self) -> Result<(), Stop> {
-        let start = self.at;
-        while self.next_is(|byte| byte.is_ascii_digit())? {
-            self.at += 1;
-        }
-        if self.at == start {
-            Err(Stop::Fallback)
-        } else {
-            Ok(())
+        // The end of the bytes means more must be read, since the number may go on.
+        match self.bytes[self.at..]
+            .iter()
+            .position(|byte| !byte.is_ascii_digit())
+        {
+            None => Err(Stop::NeedMore),
+            Some(0) => Err(Stop::Fallback),
+            Some(count) => {
+                self.at += count;
+                Ok(())
+            }
         }
     }
 
