@@ -721,10 +721,15 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          budget), so \
          `rounds` differs from row to row. Nanosecond rows use a batch calibrated to 1 ms (4 ms \
          on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
-         four batches of each side, alternating, and keeps each side's fastest. In \
+         four batches of each side, alternating, and keeps each side's fastest. A canary (a \
+         fixed loop of simple instructions) is timed around every round: a round around \
+         which it ran more than 8% slower than its fastest in the process is dropped, up to \
+         as many as the row may run (on these virtual machines the core's other hyperthread \
+         can be busy for seconds, and that slows a tight loop of simple instructions by up to \
+         half while a body waiting on a locked instruction or a clock read hardly notices). In \
          a row of several threads every batch starts at a spinning barrier, and a batch in \
          which a thread was preempted and waited for a CPU (or started late) for more than 2% \
-         of it is timed \
+         of it, or before which a thread's canary ran slowed, is timed \
          again, up to 8 times, and the round is dropped if it stays disturbed: the other \
          threads ran uncontended meanwhile. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \

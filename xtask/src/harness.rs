@@ -26,6 +26,17 @@
 //!   alternating, and keeps each side's fastest; what disturbs a batch on a shared machine
 //!   (a build on the sibling hyperthread, an interrupt) only ever adds time, comes and goes
 //!   within milliseconds, and need not hit both sides alike;
+//! - **a canary**: a fixed loop of simple instructions, timed for 0.2 ms before and after
+//!   every round of a one-thread row (and by each thread before every batch of a row of
+//!   several threads, see below), whose fastest time in the process is the core at full
+//!   speed. On these virtual machines the other vCPU (or another tenant) can run on the
+//!   same physical core's other hyperthread for milliseconds to minutes, and that slows a
+//!   tight loop of simple instructions (ours, the bare call) by up to half while a body
+//!   that waits on a locked instruction or a clock read hardly notices: a ratio measured
+//!   then is not the one measured on a quiet core. A round around which the canary ran
+//!   more than 8% slower than its fastest is dropped (at most as many as the row may run
+//!   rounds; the output counts them), so medians are taken on a full-speed core in every
+//!   run; in a row of several threads, a thread's slowed canary makes the batch disturbed;
 //! - **warm-up**: the calibration runs both sides, then one more full batch of each runs
 //!   untimed, before the first round;
 //! - **`black_box`**: the iteration index passed to a body and the value it returns both go
@@ -110,6 +121,11 @@ const SOLO_TARGET: Duration = Duration::from_millis(1);
 /// A one-thread row's round times this many batches of each side and keeps each side's
 /// fastest (see [`solo_rounds`]): as long, per side, as one batch of 4 ms.
 const SOLO_REPEATS: usize = 4;
+/// A canary batch (see [`Canary`]) takes about this long.
+const CANARY_TARGET: Duration = Duration::from_micros(100);
+/// A round of a one-thread row is slowed when the canary timed around it ran more than this
+/// many times slower than its fastest so far.
+const CANARY_SLOWED: f64 = 1.08;
 /// The faster side's batch in a row of several threads (calibrated on one thread) takes at
 /// least this long. 1 ms batches are disturbed less often, but measured the contended peers
 /// less steadily from run to run than 4 ms ones (a batch spans fewer lock hand-offs).
@@ -274,8 +290,13 @@ pub struct Harness {
     cores: Option<Vec<core_affinity::CoreId>>,
     /// Whether this OS has a per-thread CPU clock (one-thread rows then use it).
     thread_clock: bool,
-    /// Whether [`Harness::compare`] writes dirty pages back before each call.
-    settle_io: bool,
+    /// Whether the guards against a busy machine are on: [`Harness::compare`] writes dirty
+    /// pages back before each call, and rounds around which the [`Canary`] ran slowed are
+    /// dropped. Off in the unit tests, which must not depend on the machine.
+    guards: bool,
+    /// The one-thread rows' canary, calibrated at the first such row and kept for the
+    /// others, so its fastest time is the process's.
+    canary: Option<Canary>,
     measured: Vec<Measured>,
 }
 
@@ -336,7 +357,8 @@ impl Harness {
             report,
             cores,
             thread_clock,
-            settle_io: true,
+            guards: true,
+            canary: None,
             measured: Vec::new(),
         };
         println!(
@@ -415,8 +437,10 @@ impl Harness {
                 SOLO_TARGET
             };
             let batch = calibrate(&ours, &baseline, target, timer);
-            let samples = solo_rounds(&ours, &baseline, batch, plan, timer);
-            (samples, timer, String::new())
+            let slowed = self.slowed(plan);
+            let canary = self.canary.get_or_insert_with(|| Canary::new(timer));
+            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, canary, slowed);
+            (samples, timer, slowed.note())
         } else {
             let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
             (samples, Timer::Wall, disturbed.note())
@@ -443,7 +467,7 @@ impl Harness {
         } else {
             SHARED_TARGET
         };
-        let shared = Shared::new(threads);
+        let shared = Shared::new(threads, self.guards);
         let batch = Mutex::new(0_u64);
         // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
         // threads need not burn a core meanwhile); the spinning one around every batch.
@@ -485,7 +509,9 @@ impl Harness {
     /// called alternately, round after round: at least the row's rounds, then more while
     /// the median ratio has not settled, within a time budget (see the [module docs](self)).
     /// Before every call the system's dirty pages are written back (`sync`), so that one
-    /// side's pending writes do not land in the other side's time. Returns `None` when
+    /// side's pending writes do not land in the other side's time. A round around which the
+    /// canary ran slowed (see the [module docs](self)) is dropped, as in a one-thread nanosecond row (within a bound;
+    /// the output counts them). Returns `None` when
     /// `BENCH_ONLY` filtered the row out.
     pub fn compare<A, B>(&mut self, row: Row, mut ours: A, mut baseline: B) -> Option<&Measured>
     where
@@ -497,7 +523,7 @@ impl Harness {
         }
         let plan = self.plan_for(&row, COMPARE_ROUNDS, Some(COMPARE_BUDGET));
         let settle = || {
-            if self.settle_io {
+            if self.guards {
                 write_back_dirty_pages();
             }
         };
@@ -507,10 +533,15 @@ impl Harness {
             settle();
             baseline();
         }
+        // The canary times wall-clock time here, as the row does (a compare row's work may
+        // run on several threads, and on the calling thread's clock only in part).
+        let mut canary = Canary::new(Timer::Wall);
         let started = Instant::now();
         let mut samples = Vec::new();
         let mut ratios = Vec::new();
+        let mut slowed = self.slowed(plan);
         while plan.wants_more(&ratios, started.elapsed()) {
+            let before = canary.slowdown();
             let sample = if samples.len() % 2 == 0 {
                 settle();
                 let first = ours();
@@ -522,10 +553,12 @@ impl Harness {
                 settle();
                 (ours(), first)
             };
-            ratios.push(sample.1 / sample.0);
-            samples.push(sample);
+            if slowed.keeps(before.max(canary.slowdown())) {
+                ratios.push(sample.1 / sample.0);
+                samples.push(sample);
+            }
         }
-        Some(self.record(row, &samples, Timer::Wall, ""))
+        Some(self.record(row, &samples, Timer::Wall, &slowed.note()))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -568,6 +601,12 @@ impl Harness {
             max: rounds * MORE_ROUNDS,
             budget,
         }
+    }
+
+    /// Which slowed rounds a row of `plan` drops: as many as it may run, or none when
+    /// the guards are off (unit tests).
+    fn slowed(&self, plan: Plan) -> Slowed {
+        Slowed::within(if self.guards { plan.max } else { 0 })
     }
 
     /// The core a row's `thread` is pinned to, if the OS gave core ids.
@@ -676,17 +715,26 @@ where
 /// on a shared machine (another process on the sibling hyperthread, its cache traffic, an
 /// interrupt) only ever adds time, comes and goes within milliseconds, and need not hit
 /// both sides alike; the fastest batch of each side is the one it disturbed least.
+///
+/// What lasts longer (the host running something on the core's other hyperthread for
+/// seconds or minutes) slows every batch of a round, and not every body alike: a tight
+/// loop of simple instructions loses far more to a busy sibling than one waiting on a
+/// clock read or a locked instruction. The [`Canary`] timed before and after each round
+/// tells such a round apart, and [`Slowed`] drops it (within a bound), so a row's median is
+/// taken over rounds measured while the core ran at its full speed, in every run alike.
 fn solo_rounds<A, B, RA, RB>(
     ours: &A,
     baseline: &B,
     batch: u64,
     plan: Plan,
-    timer: Timer,
-) -> Vec<(f64, f64)>
+    canary: &mut Canary,
+    mut slowed: Slowed,
+) -> (Vec<(f64, f64)>, Slowed)
 where
     A: Fn(u64) -> RA,
     B: Fn(u64) -> RB,
 {
+    let timer = canary.timer;
     time_batch(ours, batch, 0, timer);
     time_batch(baseline, batch, 0, timer);
     let started = Instant::now();
@@ -694,6 +742,7 @@ where
     let mut ratios = Vec::new();
     while plan.wants_more(&ratios, started.elapsed()) {
         let round = samples.len();
+        let before = canary.slowdown();
         let sample = fastest((0..SOLO_REPEATS).map(|repeat| {
             let offset = (round * SOLO_REPEATS + repeat) as u64 * batch;
             let ours_batch = || per_call(time_batch(ours, batch, offset, timer), batch);
@@ -706,10 +755,118 @@ where
                 (ours_batch(), first)
             }
         }));
-        ratios.push(sample.1 / sample.0);
-        samples.push(sample);
+        let after = canary.slowdown();
+        if slowed.keeps(before.max(after)) {
+            ratios.push(sample.1 / sample.0);
+            samples.push(sample);
+        }
     }
-    samples
+    (samples, slowed)
+}
+
+/// A fixed loop of simple instructions (the same multiply-xor-rotate the breaker's rows
+/// call), timed in short batches around every round of a one-thread row: its fastest time
+/// so far is what the core does at full speed, and a round around which it ran slower was
+/// measured on a slowed core.
+struct Canary {
+    timer: Timer,
+    batch: u64,
+    /// The fastest batch so far, in nanoseconds per call.
+    fastest: f64,
+}
+
+impl Canary {
+    /// Calibrates the canary's batch to [`CANARY_TARGET`] and takes its fastest of 16.
+    fn new(timer: Timer) -> Canary {
+        let batch = calibrate(&canary_work, &canary_work, CANARY_TARGET, timer);
+        let mut canary = Canary {
+            timer,
+            batch,
+            fastest: f64::INFINITY,
+        };
+        for _ in 0..16 {
+            canary.slowdown();
+        }
+        canary
+    }
+
+    /// Times the canary (the faster of two batches, so one interrupt does not count) and
+    /// returns how many times slower than its fastest it ran (1.0 or more; a new fastest
+    /// is remembered).
+    fn slowdown(&mut self) -> f64 {
+        let time = |canary: &Canary| {
+            per_call(
+                time_batch(&canary_work, canary.batch, 0, canary.timer),
+                canary.batch,
+            )
+        };
+        let now = time(self).min(time(self));
+        self.fastest = self.fastest.min(now);
+        now / self.fastest
+    }
+}
+
+/// The canary's body (out of line, like a benchmark's own `work`).
+#[inline(never)]
+fn canary_work(input: u64) -> u64 {
+    let mixed = (input ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    mixed.rotate_left(29) ^ (mixed >> 31)
+}
+
+/// Which rounds of a one-thread row are dropped as slowed (see [`solo_rounds`]): those
+/// whose canary ran more than [`CANARY_SLOWED`] times slower than its fastest, until as
+/// many were dropped as the row may run rounds; after that, every round is kept (a machine
+/// slowed for that long is measured as it is, and the output says so). With a limit of 0,
+/// every round is kept and nothing counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slowed {
+    dropped: usize,
+    kept: usize,
+    limit: usize,
+}
+
+impl Slowed {
+    fn within(limit: usize) -> Slowed {
+        Slowed {
+            dropped: 0,
+            kept: 0,
+            limit,
+        }
+    }
+
+    /// Whether to keep a round around which the canary ran `slowdown` times slower than
+    /// its fastest.
+    fn keeps(&mut self, slowdown: f64) -> bool {
+        if slowdown <= CANARY_SLOWED || self.limit == 0 {
+            return true;
+        }
+        if self.dropped < self.limit {
+            self.dropped += 1;
+            return false;
+        }
+        self.kept += 1;
+        true
+    }
+
+    fn note(self) -> String {
+        let mut note = String::new();
+        if self.dropped > 0 {
+            let _ = write!(
+                note,
+                "; {} rounds dropped: the core ran slowed (the canary > {:.0}% over its fastest)",
+                self.dropped,
+                (CANARY_SLOWED - 1.0) * 100.0
+            );
+        }
+        if self.kept > 0 {
+            let _ = write!(
+                note,
+                "; {} slowed rounds kept (too many to drop)",
+                self.kept
+            );
+        }
+        note
+    }
 }
 
 /// Each side's fastest of several `(ours, baseline)` batches, separately.
@@ -825,24 +982,30 @@ struct Attempt {
     per_call: f64,
     /// How long the thread waited, runnable, for a CPU during the batch (`None`: unknown).
     queued: Option<Duration>,
+    /// How many times slower than its fastest the thread's [`Canary`] ran just before.
+    slowdown: f64,
 }
 
 /// What the threads of a row of several threads share: the barrier every batch starts at,
 /// and each thread's latest attempt.
 struct Shared {
+    /// Whether the harness's guards are on (see [`Harness`]).
+    guards: bool,
     barrier: SpinBarrier,
     attempts: Mutex<Vec<Attempt>>,
 }
 
 impl Shared {
-    fn new(threads: usize) -> Shared {
+    fn new(threads: usize, guards: bool) -> Shared {
         let idle = Attempt {
             started: Instant::now(),
             wall: Duration::ZERO,
             per_call: 0.0,
             queued: None,
+            slowdown: 1.0,
         };
         Shared {
+            guards,
             barrier: SpinBarrier::new(threads),
             attempts: Mutex::new(vec![idle; threads]),
         }
@@ -863,21 +1026,24 @@ impl Shared {
         A: Fn(u64) -> RA,
         B: Fn(u64) -> RB,
     {
-        let run_queue = RunQueue::open();
+        let mut watch = Watch {
+            run_queue: RunQueue::open(),
+            canary: self.guards.then(|| Canary::new(Timer::Wall)),
+            disturbed: Disturbed::default(),
+        };
         self.barrier.wait();
         time_batch(ours, batch, 0, Timer::Wall);
         self.barrier.wait();
         time_batch(baseline, batch, 0, Timer::Wall);
-        let mut disturbed = Disturbed::default();
         // One round, or `None` when a side stayed disturbed (unless `lenient`: then its
         // least disturbed attempt counts).
         let mut one_round = |round: usize, lenient: bool| {
             let offset = round as u64 * batch;
             let mut side = |ours_side: bool| {
                 let value = if ours_side {
-                    self.side(thread, ours, batch, offset, &run_queue, &mut disturbed)
+                    self.side(thread, ours, batch, offset, &mut watch)
                 } else {
-                    self.side(thread, baseline, batch, offset, &run_queue, &mut disturbed)
+                    self.side(thread, baseline, batch, offset, &mut watch)
                 };
                 if lenient {
                     Some(value.unwrap_or_else(|least_disturbed| least_disturbed))
@@ -911,6 +1077,7 @@ impl Shared {
             // Not one undisturbed round: the least disturbed batches, and the output says so.
             samples.extend((0..plan.min).filter_map(|round| one_round(round, true)));
         }
+        let mut disturbed = watch.disturbed;
         disturbed.dropped = dropped;
         disturbed.lenient = lenient;
         (samples, disturbed)
@@ -918,8 +1085,10 @@ impl Shared {
 
     /// One side's batch, all threads together: timed again (up to [`MAX_ATTEMPTS`] times)
     /// while it was disturbed, i.e. while a thread spent more than [`DISTURBED`] of the batch
-    /// waiting for a CPU, or the threads started further apart than that. Such a batch
-    /// measured something else: the other threads ran uncontended meanwhile. Returns the
+    /// waiting for a CPU, or the threads started further apart than that (such a batch
+    /// measured something else: the other threads ran uncontended meanwhile), or a thread's
+    /// [`Canary`], timed just before, ran more than [`CANARY_SLOWED`] times slower than its
+    /// fastest (the core was slowed, as in [`solo_rounds`]). Returns the
     /// time per call averaged over the threads, or, when every attempt was disturbed, the
     /// least disturbed attempt's as an error.
     fn side<F, R>(
@@ -928,24 +1097,26 @@ impl Shared {
         body: &F,
         batch: u64,
         offset: u64,
-        run_queue: &RunQueue,
-        disturbed: &mut Disturbed,
+        watch: &mut Watch,
     ) -> Result<f64, f64>
     where
         F: Fn(u64) -> R,
     {
         let mut least: Option<(f64, f64)> = None;
+        let disturbed = &mut watch.disturbed;
         for attempt in 0..MAX_ATTEMPTS {
+            let slowdown = watch.canary.as_mut().map_or(1.0, Canary::slowdown);
             self.barrier.wait();
-            let before = run_queue.now();
+            let before = watch.run_queue.now();
             let started = Instant::now();
             let wall = time_batch(body, batch, offset, Timer::Wall);
-            let queued = RunQueue::queued(before, run_queue.now());
+            let queued = RunQueue::queued(before, watch.run_queue.now());
             self.attempts.lock().unwrap()[thread] = Attempt {
                 started,
                 wall,
                 per_call: per_call(wall, batch),
                 queued,
+                slowdown,
             };
             // Every thread has written its attempt; none writes the next one before every
             // thread has passed the next batch's barrier, i.e. has read this one.
@@ -964,9 +1135,19 @@ impl Shared {
     }
 }
 
+/// What a measuring thread of a row of several threads watches its batches with.
+struct Watch {
+    run_queue: RunQueue,
+    /// `None` when the harness's guards are off (unit tests).
+    canary: Option<Canary>,
+    disturbed: Disturbed,
+}
+
 /// How disturbed one batch of all threads was (the largest share of the shortest thread's
 /// batch by which the threads' starts differ, or of a thread's batch it spent waiting for a
-/// CPU), and its time per call averaged over the threads.
+/// CPU, or, when a thread's canary ran more than [`CANARY_SLOWED`] times slower than its
+/// fastest, by how much: always more than [`DISTURBED`]), and its time per call averaged
+/// over the threads.
 fn judge(attempts: &[Attempt]) -> (f64, f64) {
     let first = attempts.iter().map(|attempt| attempt.started).min();
     let last = attempts.iter().map(|attempt| attempt.started).max();
@@ -991,7 +1172,13 @@ fn judge(attempts: &[Attempt]) -> (f64, f64) {
     #[allow(clippy::cast_precision_loss, reason = "a thread count")]
     let threads = attempts.len().max(1) as f64;
     let value = attempts.iter().map(|attempt| attempt.per_call).sum::<f64>() / threads;
-    ((skew / shortest).max(queued), value)
+    let slowed = attempts
+        .iter()
+        .map(|attempt| attempt.slowdown)
+        .filter(|&slowdown| slowdown > CANARY_SLOWED)
+        .fold(0.0, f64::max);
+    let slowed = if slowed > 0.0 { slowed - 1.0 } else { 0.0 };
+    ((skew / shortest).max(queued).max(slowed), value)
 }
 
 /// This thread's scheduling counters, from Linux's `/proc/thread-self/schedstat` (its
@@ -1166,6 +1353,39 @@ mod tests {
     }
 
     #[test]
+    fn slowed_rounds_are_dropped_up_to_the_limit_and_then_kept() {
+        let mut slowed = Slowed::within(2);
+        assert!(slowed.keeps(1.0));
+        assert!(slowed.keeps(CANARY_SLOWED));
+        assert!(!slowed.keeps(CANARY_SLOWED + 0.01));
+        assert!(!slowed.keeps(1.5));
+        assert!(
+            slowed.keeps(1.5),
+            "the third slowed round is past the limit of 2"
+        );
+        assert!(slowed.keeps(1.01));
+        assert_eq!((slowed.dropped, slowed.kept), (2, 1));
+        let note = slowed.note();
+        assert!(
+            note.contains("2 rounds dropped") && note.contains("1 slowed rounds kept"),
+            "{note}"
+        );
+        assert_eq!(Slowed::within(3).note(), "");
+        let mut off = Slowed::within(0);
+        assert!(off.keeps(2.0));
+        assert_eq!(off.note(), "");
+    }
+
+    #[test]
+    fn the_canary_reports_its_slowdown_against_its_fastest_batch() {
+        let mut canary = Canary::new(Timer::Wall);
+        assert!(canary.fastest.is_finite() && canary.fastest > 0.0);
+        let fastest = canary.fastest;
+        let slowdown = canary.slowdown();
+        assert!(slowdown >= 1.0 && canary.fastest <= fastest, "{slowdown}");
+    }
+
+    #[test]
     fn median_interval_takes_the_order_statistics_around_the_middle() {
         let values: Vec<f64> = (1..=41).map(f64::from).collect();
         // Ranks 20.5 ∓ 0.98·√41 (6.27), widened outwards: 14 and 28.
@@ -1237,6 +1457,7 @@ mod tests {
             wall: Duration::from_micros(wall_us),
             per_call,
             queued: queued_us.map(Duration::from_micros),
+            slowdown: 1.0,
         }
     }
 
@@ -1263,6 +1484,17 @@ mod tests {
             attempt(now, 1000, None, 2.0),
         ];
         assert!((judge(&queued).0 - 0.3).abs() < 1e-9);
+        let mut slowed = clean;
+        slowed[1].slowdown = CANARY_SLOWED;
+        assert!(
+            judge(&slowed).0 <= DISTURBED,
+            "a canary at the limit is not slowed"
+        );
+        slowed[1].slowdown = 1.25;
+        assert!(
+            (judge(&slowed).0 - 0.25).abs() < 1e-9,
+            "a slowed core disturbs the batch"
+        );
     }
 
     #[test]
@@ -1338,7 +1570,8 @@ mod tests {
             report: None,
             cores: None,
             thread_clock: cpu_time::ThreadTime::try_now().is_ok(),
-            settle_io: false,
+            guards: false,
+            canary: None,
             measured: Vec::new(),
         }
     }
