@@ -377,10 +377,7 @@ impl Cursor<'_> {
     /// (so its text is its bytes); returns where its contents start and end.
     fn plain_string(&mut self) -> Result<(usize, usize), Stop> {
         let start = self.at;
-        let Some(length) = self.bytes[start..]
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-        else {
+        let Some(length) = string_stop(&self.bytes[start..]) else {
             return Err(Stop::NeedMore);
         };
         let end = start + length;
@@ -395,10 +392,7 @@ impl Cursor<'_> {
     /// other than `\u` are fine (they stay in the raw text as they are).
     fn value_string(&mut self) -> Result<(), Stop> {
         loop {
-            let Some(length) = self.bytes[self.at..]
-                .iter()
-                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-            else {
+            let Some(length) = string_stop(&self.bytes[self.at..]) else {
                 return Err(Stop::NeedMore);
             };
             self.at += length;
@@ -562,6 +556,38 @@ impl Cursor<'_> {
         self.value_string()?;
         self.eat(b':')
     }
+}
+
+/// Where the first byte that ends a string's plain run is in `bytes`: a quote, a
+/// backslash or a control byte (`None` if there is none).
+///
+/// Eight bytes at a time (the classic "has a zero byte" bit trick on a `u64`): strings
+/// are most of an entry's bytes, and a byte-by-byte search was the fast path's hottest
+/// loop. The trick can flag bytes after the first match, never before it, so the lowest
+/// flagged byte is the answer.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let stops = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let zero_in = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
+        let flagged = zero_in(word ^ (ONES * u64::from(b'"')))
+            | zero_in(word ^ (ONES * u64::from(b'\\')))
+            // A byte below 0x20: subtracting 0x20 borrows into its high bit.
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS);
+        if flagged != 0 {
+            return Some(offset + (flagged.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&byte| stops(byte))
+        .map(|at| offset + at)
 }
 
 /// Refuses every request, noting whether `serde_json`'s raw-value newtype was asked for.
@@ -823,6 +849,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// The word-at-a-time search finds exactly the first quote, backslash or
+        /// control byte, wherever it sits and whatever bytes surround it.
+        #[test]
+        fn string_stop_finds_the_first_stop_byte(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    8 => 0x20_u8..=0xFF,
+                    1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1F, 0x20, 0x21, 0x5B, 0x5D, 0x7F, 0x80, 0xA2, 0xDC]),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20);
+            prop_assert_eq!(super::string_stop(&bytes), naive);
         }
     }
 
