@@ -163,9 +163,10 @@ impl Builder {
     ///
     /// Cost: one relaxed `fetch_add` per admission, per outcome and per rejection (plus the
     /// installed recorder's own increment with the feature), a read-modify-write the
-    /// closed path otherwise never does; under contention those counters are shared cache
-    /// lines. Without it, `metrics()` still reports the state, the time in it, the
-    /// transitions and the window.
+    /// closed path otherwise never does. The counts are striped (16 copies on their own
+    /// cache lines, each thread adding to one, 2 KiB per breaker; `metrics()` sums them),
+    /// so threads calling at once do not pass one cache line back and forth. Without it,
+    /// `metrics()` still reports the state, the time in it, the transitions and the window.
     #[must_use]
     pub fn count_calls(mut self) -> Builder {
         self.count_calls = true;

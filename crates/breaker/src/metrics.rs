@@ -140,11 +140,54 @@ const REJECTED_HALF_OPEN_FULL: usize = 7;
 const REJECTED_ISOLATED: usize = 8;
 const COUNTS: usize = 9;
 
-/// The per-call counts, kept only with `count_calls`: each is one `fetch_add` per call.
-pub(crate) struct Counters {
+/// How many copies of the counts a breaker keeps (a power of two; see [`Counters`]).
+#[cfg(not(loom))]
+const STRIPES: usize = 16;
+/// One under the loom models, so every modelled thread shares the stripe: two real threads
+/// may too (the stripe is a hash), and the models check that each add is still atomic.
+#[cfg(loom)]
+const STRIPES: usize = 1;
+
+/// One copy of the counts, alone on its cache lines (72 bytes, padded to two lines so the
+/// adjacent-line prefetcher does not pair it with its neighbour).
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe {
     counts: [AtomicU64; COUNTS],
+}
+
+/// The per-call counts, kept only with `count_calls`: each is one `fetch_add` per call.
+///
+/// Striped, as Java's `LongAdder` is: each thread adds to one of [`STRIPES`] copies, chosen
+/// by its thread-local storage's address, and a read sums them all. Threads calling one
+/// breaker at once then mostly write their own cache lines rather than passing one line
+/// back and forth on every call (that cost the 2-thread closed path about 60 ns a call).
+/// Each count stays exact: every add is a `fetch_add` on some stripe, and a read sees each
+/// stripe's adds so far.
+pub(crate) struct Counters {
+    stripes: Box<[Stripe; STRIPES]>,
     #[cfg(feature = "metrics")]
     facade: facade::Facade,
+}
+
+/// The stripe of the calling thread: a hash of the address of one of its thread-locals
+/// (threads' thread-local blocks sit at different addresses, often a multiple of the page
+/// size apart, so the hash takes the product's top bits). No atomic and no lazy
+/// initialisation: the address of a `const` thread-local is one instruction.
+#[inline]
+fn stripe() -> usize {
+    std::thread_local! {
+        static ANCHOR: u8 = const { 0 };
+    }
+    if STRIPES == 1 {
+        return 0;
+    }
+    let address = ANCHOR.with(|anchor| std::ptr::from_ref(anchor).addr()) as u64;
+    // The top log2(STRIPES) bits of a Fibonacci hash, so below STRIPES: nothing truncates.
+    #[allow(clippy::cast_possible_truncation)]
+    let stripe =
+        (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STRIPES.trailing_zeros())) as usize;
+    stripe
 }
 
 impl std::fmt::Debug for Counters {
@@ -157,7 +200,7 @@ impl Counters {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn new(name: &str) -> Counters {
         Counters {
-            counts: Default::default(),
+            stripes: Box::default(),
             #[cfg(feature = "metrics")]
             facade: facade::Facade::new(name),
         }
@@ -166,7 +209,7 @@ impl Counters {
     #[inline]
     fn add(&self, which: usize) {
         // Relaxed: statistics, publishing nothing; each count is exact on its own.
-        self.counts[which].fetch_add(1, Ordering::Relaxed);
+        self.stripes[stripe()].counts[which].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         self.facade.counts[which].increment(1);
     }
@@ -213,7 +256,12 @@ impl Counters {
     /// Fills the per-call fields of `metrics`.
     pub(crate) fn read_into(&self, metrics: &mut Metrics) {
         // Relaxed: as in `add`.
-        let count = |which: usize| self.counts[which].load(Ordering::Relaxed);
+        let count = |which: usize| {
+            self.stripes
+                .iter()
+                .map(|stripe| stripe.counts[which].load(Ordering::Relaxed))
+                .fold(0_u64, u64::wrapping_add)
+        };
         metrics.counting_calls = true;
         metrics.admitted = count(ADMITTED);
         metrics.successes = count(SUCCESSES);

@@ -114,3 +114,34 @@ fn concurrent_random_outcomes_keep_the_invariants() {
     let _ = breaker.call(|| Ok::<_, ()>(()));
     assert_eq!(breaker.state(), State::Closed);
 }
+
+#[test]
+fn counts_from_many_threads_add_up_exactly() {
+    // `count_calls` spreads its counts over per-thread stripes; a read must sum them all,
+    // whichever stripes the callers landed on.
+    const THREADS: u64 = 8;
+    const CALLS: u64 = 5_000;
+    // A streak never long enough to open, however the threads' failures interleave.
+    let breaker = keel_breaker::CircuitBreaker::builder("stripes")
+        .policy(keel_breaker::Policy::consecutive_failures(u32::MAX))
+        .count_calls()
+        .build()
+        .unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let breaker = &breaker;
+            scope.spawn(move || {
+                for call in 0..CALLS {
+                    // Every fourth call fails.
+                    let failed = (thread + call) % 4 == 0;
+                    let _ = breaker.call(|| if failed { Err(()) } else { Ok(()) });
+                }
+            });
+        }
+    });
+    let metrics = breaker.metrics();
+    assert_eq!(metrics.state, State::Closed);
+    assert_eq!(metrics.admitted, THREADS * CALLS);
+    assert_eq!(metrics.failures, THREADS * CALLS / 4);
+    assert_eq!(metrics.successes, THREADS * CALLS * 3 / 4);
+}
