@@ -9,7 +9,7 @@
 //! `target/`.
 //!
 //! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
-//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `floor-loop`) with
+//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `raw-vec-loop`, `floor-loop`) with
 //! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
 
 use std::{
@@ -178,6 +178,17 @@ fn restore_ours(persistence: &CachePersistence) -> HashMap<String, CacheEntry<Pr
     persistence.restore::<Profile>().unwrap().entries
 }
 
+/// Lazy values into a `Vec` (the floor's destination) through `restore_into`.
+fn restore_raw_vec(
+    persistence: &CachePersistence,
+) -> Vec<(String, CacheEntry<Box<serde_json::value::RawValue>>)> {
+    let mut entries = Vec::new();
+    persistence
+        .restore_into(|key, entry| entries.push((key, entry)))
+        .unwrap();
+    entries
+}
+
 /// The floor for a `serde_json::Value` payload: the same typed `from_reader`, values as `Value`.
 fn restore_value_floor(path: &Path) -> Vec<FloorValueEntry> {
     let reader = BufReader::new(File::open(path).unwrap());
@@ -289,6 +300,13 @@ fn child(case: &str) {
                         .unwrap()
                         .entries,
                 );
+            }
+            0.0
+        }
+        "raw-vec-loop" => {
+            let mut kept = Vec::new();
+            for _ in 0..8 {
+                kept.push(restore_raw_vec(&persistence));
             }
             0.0
         }
@@ -411,6 +429,11 @@ fn timing_rows(label: &str) -> Vec<Row> {
         )
         .goal(3.0),
         row(
+            format!("restore {label} into a Vec via restore_into, lazy Box<RawValue> values"),
+            "serde_json::from_reader(BufReader) into a typed Vec (floor)",
+        )
+        .goal(3.0),
+        row(
             format!("restore {label} into a moka 0.12 sync cache"),
             "typed floor, then insert into moka by hand",
         )
@@ -433,8 +456,9 @@ fn measure_timing(
         restore_value_row,
         value_payload_row,
         raw_payload_row,
+        raw_vec_row,
         moka_row,
-    ] = <[Row; 7]>::try_from(rows).expect("seven timing rows");
+    ] = <[Row; 8]>::try_from(rows).expect("eight timing rows");
     let floor = floor_entries(entries);
     harness.compare(
         save_floor_row,
@@ -474,6 +498,11 @@ fn measure_timing(
                     .entries
             })
         },
+        || seconds(|| restore_floor(&floor_path)),
+    );
+    harness.compare(
+        raw_vec_row,
+        || seconds(|| restore_raw_vec(persistence)),
         || seconds(|| restore_floor(&floor_path)),
     );
     harness.compare(

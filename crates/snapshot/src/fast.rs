@@ -58,6 +58,34 @@ pub(crate) fn raw_entry<V: DeserializeOwned>(
     bytes: &[u8],
     tags: &mut Vec<(usize, usize)>,
 ) -> Fast<(String, CacheEntry<V>)> {
+    let (spans, text) = match raw_spans(bytes, tags) {
+        Fast::Done(found, _) => found,
+        Fast::NeedMore => return Fast::NeedMore,
+        Fast::Fallback => return Fast::Fallback,
+    };
+    let Ok(value) = V::deserialize(RawText(&text[spans.value.0..spans.value.1])) else {
+        return Fast::Fallback;
+    };
+    let tags = spans.tags.then(|| {
+        let mut owned = Vec::with_capacity(tags.len());
+        owned.extend(tags.iter().map(|&(start, end)| text[start..end].to_owned()));
+        owned
+    });
+    let key = text[spans.key.0..spans.key.1].to_owned();
+    let entry = CacheEntry {
+        value,
+        expires_at: spans.expires_at,
+        tags,
+    };
+    Fast::Done((key, entry), text.len())
+}
+
+/// Checks one entry as [`raw_entry`] does, without building anything: where its parts
+/// are (each tag's span in `tags`), and its text, which is valid UTF-8 (with its length).
+pub(crate) fn raw_spans<'b>(
+    bytes: &'b [u8],
+    tags: &mut Vec<(usize, usize)>,
+) -> Fast<(Spans, &'b str)> {
     tags.clear();
     let mut cursor = Cursor { bytes, at: 0, tags };
     let spans = match cursor.entry() {
@@ -67,37 +95,130 @@ pub(crate) fn raw_entry<V: DeserializeOwned>(
     };
     let length = cursor.at;
     // The whole entry at once, as the strict path checks it: a single pass, and every
-    // span below then starts and ends at an ASCII quote or bracket, on a char boundary.
+    // span then starts and ends at an ASCII quote or bracket, on a char boundary.
     let Ok(text) = std::str::from_utf8(&bytes[..length]) else {
         return Fast::Fallback;
     };
-    let Ok(value) = V::deserialize(RawText(&text[spans.value.0..spans.value.1])) else {
-        return Fast::Fallback;
-    };
-    let tags = spans.tags.then(|| {
-        let mut tags = Vec::with_capacity(cursor.tags.len());
-        tags.extend(
-            cursor
-                .tags
-                .iter()
-                .map(|&(start, end)| text[start..end].to_owned()),
-        );
-        tags
-    });
-    let key = text[spans.key.0..spans.key.1].to_owned();
-    let entry = CacheEntry {
-        value,
-        expires_at: spans.expires_at,
-        tags,
-    };
-    Fast::Done((key, entry), length)
+    Fast::Done((spans, text), length)
+}
+
+/// Entries the fast path checked, as their text, on their way to the thread that builds
+/// them (see [`crate::insert::Fill::TAKES_RAW`]): the parser copies each entry's key,
+/// value and tags into one buffer, and the helper allocates the entry's own strings. So
+/// the parsing thread allocates nothing per entry, and the page faults of the fresh
+/// memory the entries live in fall on the helper.
+#[derive(Default)]
+pub(crate) struct RawBatch {
+    /// Each entry's key, value and tags, one after the other.
+    text: String,
+    records: Vec<RawRecord>,
+    /// Where each tag ends in `text`.
+    tag_ends: Vec<usize>,
+}
+
+/// Where one entry's parts end in its batch's text (each starts where the previous ends).
+struct RawRecord {
+    key_end: usize,
+    value_end: usize,
+    /// The index in `tag_ends` after the entry's last tag; `None` without tags.
+    tags_end: Option<usize>,
+    expires_at: Option<u64>,
+}
+
+impl RawBatch {
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of text held.
+    pub(crate) fn text_bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.text.clear();
+        self.records.clear();
+        self.tag_ends.clear();
+    }
+
+    /// Appends the entry [`raw_spans`] found in `text`, with its `tags`.
+    pub(crate) fn push(&mut self, text: &str, spans: &Spans, tags: &[(usize, usize)]) {
+        self.text.push_str(&text[spans.key.0..spans.key.1]);
+        let key_end = self.text.len();
+        self.text.push_str(&text[spans.value.0..spans.value.1]);
+        let value_end = self.text.len();
+        let tags_end = spans.tags.then(|| {
+            for &(start, end) in tags {
+                self.text.push_str(&text[start..end]);
+                self.tag_ends.push(self.text.len());
+            }
+            self.tag_ends.len()
+        });
+        self.records.push(RawRecord {
+            key_end,
+            value_end,
+            tags_end,
+            expires_at: spans.expires_at,
+        });
+    }
+
+    /// [`build`](Self::build)s the entries, leaving the batch empty.
+    pub(crate) fn drain<V: DeserializeOwned>(
+        &mut self,
+        deliver: impl FnMut(String, CacheEntry<V>),
+    ) -> bool {
+        let whole = self.build(deliver);
+        self.clear();
+        whole
+    }
+
+    /// Builds each entry (a key, a value and tags of exactly their lengths) and hands it
+    /// to `deliver`, in order. Stops at the first value `V` refuses (which no raw-value
+    /// type does) and returns `false`.
+    pub(crate) fn build<V: DeserializeOwned>(
+        &self,
+        mut deliver: impl FnMut(String, CacheEntry<V>),
+    ) -> bool {
+        let mut start = 0;
+        let mut tag = 0;
+        let mut whole = true;
+        for record in &self.records {
+            let key = self.text[start..record.key_end].to_owned();
+            let Ok(value) = V::deserialize(RawText(&self.text[record.key_end..record.value_end]))
+            else {
+                whole = false;
+                break;
+            };
+            start = record.value_end;
+            let tags = record.tags_end.map(|tags_end| {
+                let mut owned = Vec::with_capacity(tags_end - tag);
+                for &end in &self.tag_ends[tag..tags_end] {
+                    owned.push(self.text[start..end].to_owned());
+                    start = end;
+                }
+                tag = tags_end;
+                owned
+            });
+            let entry = CacheEntry {
+                value,
+                expires_at: record.expires_at,
+                tags,
+            };
+            deliver(key, entry);
+        }
+        whole
+    }
 }
 
 /// Where an entry's parts sit in its bytes.
-struct Spans {
+pub(crate) struct Spans {
     key: (usize, usize),
     value: (usize, usize),
-    expires_at: Option<u64>,
+    pub(crate) expires_at: Option<u64>,
     /// Whether there are tags (not `null`); they are in the cursor's `tags`.
     tags: bool,
 }
@@ -256,10 +377,7 @@ impl Cursor<'_> {
     /// (so its text is its bytes); returns where its contents start and end.
     fn plain_string(&mut self) -> Result<(usize, usize), Stop> {
         let start = self.at;
-        let Some(length) = self.bytes[start..]
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-        else {
+        let Some(length) = string_stop(&self.bytes[start..]) else {
             return Err(Stop::NeedMore);
         };
         let end = start + length;
@@ -274,10 +392,7 @@ impl Cursor<'_> {
     /// other than `\u` are fine (they stay in the raw text as they are).
     fn value_string(&mut self) -> Result<(), Stop> {
         loop {
-            let Some(length) = self.bytes[self.at..]
-                .iter()
-                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-            else {
+            let Some(length) = string_stop(&self.bytes[self.at..]) else {
                 return Err(Stop::NeedMore);
             };
             self.at += length;
@@ -351,14 +466,17 @@ impl Cursor<'_> {
 
     /// One or more digits.
     fn digits(&mut self) -> Result<(), Stop> {
-        let start = self.at;
-        while self.next_is(|byte| byte.is_ascii_digit())? {
-            self.at += 1;
-        }
-        if self.at == start {
-            Err(Stop::Fallback)
-        } else {
-            Ok(())
+        // The end of the bytes means more must be read, since the number may go on.
+        match self.bytes[self.at..]
+            .iter()
+            .position(|byte| !byte.is_ascii_digit())
+        {
+            None => Err(Stop::NeedMore),
+            Some(0) => Err(Stop::Fallback),
+            Some(count) => {
+                self.at += count;
+                Ok(())
+            }
         }
     }
 
@@ -438,6 +556,38 @@ impl Cursor<'_> {
         self.value_string()?;
         self.eat(b':')
     }
+}
+
+/// Where the first byte that ends a string's plain run is in `bytes`: a quote, a
+/// backslash or a control byte (`None` if there is none).
+///
+/// Eight bytes at a time (the classic "has a zero byte" bit trick on a `u64`): strings
+/// are most of an entry's bytes, and a byte-by-byte search was the fast path's hottest
+/// loop. The trick can flag bytes after the first match, never before it, so the lowest
+/// flagged byte is the answer.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let stops = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let zero_in = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
+        let flagged = zero_in(word ^ (ONES * u64::from(b'"')))
+            | zero_in(word ^ (ONES * u64::from(b'\\')))
+            // A byte below 0x20: subtracting 0x20 borrows into its high bit.
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS);
+        if flagged != 0 {
+            return Some(offset + (flagged.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&byte| stops(byte))
+        .map(|at| offset + at)
 }
 
 /// Refuses every request, noting whether `serde_json`'s raw-value newtype was asked for.
@@ -699,6 +849,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// The word-at-a-time search finds exactly the first quote, backslash or
+        /// control byte, wherever it sits and whatever bytes surround it.
+        #[test]
+        fn string_stop_finds_the_first_stop_byte(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    8 => 0x20_u8..=0xFF,
+                    1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1F, 0x20, 0x21, 0x5B, 0x5D, 0x7F, 0x80, 0xA2, 0xDC]),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20);
+            prop_assert_eq!(super::string_stop(&bytes), naive);
         }
     }
 

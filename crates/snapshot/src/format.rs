@@ -20,7 +20,8 @@ use serde::{
 };
 
 use crate::{
-    CacheEntry, fast,
+    CacheEntry,
+    fast::{self, Fast, RawBatch},
     insert::{Fill, Inserter, Local as _, Pending, Sink},
     scan::{ScanError, Scanner, Streamed, beyond_reader, text_problem},
 };
@@ -80,6 +81,12 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     /// Whether full batches wait in `held` until the map is sized (see [`HOLD_ENTRIES`]).
     holding: bool,
     held: Vec<Pending<V>>,
+    /// Entries the fast path read, as text, for a target that [takes
+    /// them](Fill::TAKES_RAW). At most one of `raw` and `pending` holds entries, so the
+    /// batches reach the target in file order.
+    raw: RawBatch,
+    /// Whether the fast path is off (a read redone after a raw value failed to build).
+    pub(crate) strict_only: bool,
     pub(crate) timestamp: Option<u64>,
     /// The key of the entry being read when an error struck.
     pub(crate) failed_key: Option<String>,
@@ -107,6 +114,8 @@ impl<V, T: Fill<V>> Restoring<V, T> {
             batch_entries: FIRST_BATCH_ENTRIES,
             holding: T::SIZED,
             held: Vec::new(),
+            raw: RawBatch::default(),
+            strict_only: false,
             timestamp: None,
             failed_key: None,
             failure: None,
@@ -260,15 +269,26 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     let mut raw = None;
     let mut tags = Vec::new();
     loop {
-        let raw = *raw.get_or_insert_with(fast::is_raw_value::<V>);
-        let fast = if raw {
-            scanner.fast_entry(|bytes| fast::raw_entry::<V>(bytes, &mut tags))?
+        let raw = *raw.get_or_insert_with(|| !restoring.strict_only && fast::is_raw_value::<V>());
+        // For a target that builds raw entries itself, this thread only checks each
+        // entry and copies its text; `Some(None)` is an entry taken that way.
+        let fast = if raw && T::TAKES_RAW {
+            scanner
+                .fast_entry(|bytes| restoring.raw_entry(bytes, &mut tags))?
+                .map(|expired| {
+                    restoring.expired += u64::from(expired);
+                    None
+                })
+        } else if raw {
+            scanner
+                .fast_entry(|bytes| fast::raw_entry::<V>(bytes, &mut tags))?
+                .map(Some)
         } else {
             None
         };
-        let (key, entry) = match fast {
+        let entry = match fast {
             Some(entry) => entry,
-            None => strict_entry(scanner, restoring)?,
+            None => Some(strict_entry(scanner, restoring)?),
         };
         restoring.read += 1;
         read_here += 1;
@@ -300,7 +320,15 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
                 next_estimate = read_here.saturating_mul(2);
             }
         }
-        restoring.accept(key, entry);
+        match entry {
+            Some((key, entry)) => restoring.accept(key, entry),
+            None if restoring.raw.len() >= RAW_BATCH_ENTRIES
+                || restoring.raw.text_bytes() >= RAW_BATCH_BYTES =>
+            {
+                restoring.send_raw();
+            }
+            None => {}
+        }
         if scanner.expect(b",]", "`,` or `]` after an entry")? == b']' {
             if restoring.holding {
                 // The whole file fitted in what is held: now its size is known.
@@ -308,6 +336,7 @@ fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
                 restoring.release();
             }
             restoring.flush();
+            restoring.send_raw();
             return Ok(());
         }
     }
@@ -386,10 +415,18 @@ const HOLD_ENTRIES: usize = 128 * 1024;
 /// small next to the map itself (about 8 MiB).
 const BATCH_ENTRIES: usize = 64 * 1024;
 
-impl<V, T: Fill<V>> Restoring<V, T> {
+/// Entries in a raw batch at most, and the text it holds at most (about): small, so a
+/// batch is still in the cache when the helper builds its entries, and the batches in
+/// flight stay near a MiB.
+const RAW_BATCH_ENTRIES: usize = 4096;
+const RAW_BATCH_BYTES: usize = 256 * 1024;
+
+impl<V: DeserializeOwned, T: Fill<V>> Restoring<V, T> {
     /// Keeps an entry unless it has expired (an expired entry still removes its key, as
     /// the file's last word on it); a repeated key replaces the earlier entry.
     fn accept(&mut self, key: String, entry: CacheEntry<V>) {
+        // The raw entries before this one go first.
+        self.send_raw();
         let entry = if entry.is_expired_at(self.now_millis) {
             // Dropped as read, so expired entries never occupy memory.
             self.expired += 1;
@@ -412,6 +449,40 @@ impl<V, T: Fill<V>> Restoring<V, T> {
         self.pending.push((hash, key, entry));
         if self.pending.len() >= self.batch_entries {
             self.flush();
+        }
+    }
+
+    /// The fast path's step for a target that [takes raw entries](Fill::TAKES_RAW):
+    /// checks the entry at the start of `bytes` and, unless it has expired, copies its
+    /// text into the raw batch. The entry is whether it had expired.
+    fn raw_entry(&mut self, bytes: &[u8], tags: &mut Vec<(usize, usize)>) -> Fast<bool> {
+        let (spans, text) = match fast::raw_spans(bytes, tags) {
+            Fast::Done(found, _) => found,
+            Fast::NeedMore => return Fast::NeedMore,
+            Fast::Fallback => return Fast::Fallback,
+        };
+        let expired = spans
+            .expires_at
+            .is_some_and(|expiry| expiry <= self.now_millis);
+        if !expired {
+            // The strict entries before this one go first.
+            if !self.pending.is_empty() {
+                self.flush();
+            }
+            self.raw.push(text, &spans, tags);
+        }
+        Fast::Done(expired, text.len())
+    }
+
+    /// Hands the raw batch to the target, if it holds entries.
+    fn send_raw(&mut self)
+    where
+        V: DeserializeOwned,
+    {
+        if let Some(sink) = &mut self.sink
+            && !self.raw.is_empty()
+        {
+            sink.send_raw(&mut self.raw);
         }
     }
 

@@ -8,11 +8,13 @@
 use std::{
     collections::HashMap,
     hash::RandomState,
-    sync::mpsc::{Receiver, SyncSender, channel, sync_channel},
+    sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel},
     thread,
 };
 
-use crate::CacheEntry;
+use serde::de::DeserializeOwned;
+
+use crate::{CacheEntry, fast::RawBatch};
 
 /// A parsed entry waiting to be inserted: its key's hash in the map, the key, and the
 /// entry (`None`: an expired entry, which removes its key).
@@ -31,6 +33,11 @@ pub(crate) trait Fill<V> {
     /// Whether the target is sized by [`reserve`](Self::reserve), so the first entries
     /// are worth holding back until the parser can size it for the whole file.
     const SIZED: bool = false;
+    /// Whether the fast path hands this target its entries as text ([`RawBatch`]), to be
+    /// built on the helper thread by [`insert_raw`](Self::insert_raw): worth it where
+    /// the helper has little else to do (a caller's sink), not where inserting already
+    /// keeps it as busy as the parser (the result map).
+    const TAKES_RAW: bool = false;
     /// The part of the filling the parser's thread does itself.
     fn local(&self) -> Self::Local;
     /// Makes room for `total` entries in all, if that means anything here.
@@ -39,6 +46,19 @@ pub(crate) trait Fill<V> {
     fn insert(&mut self, batch: &mut Vec<Pending<V>>);
     /// Entries taken, and earlier entries that later ones replaced.
     fn counts(&self) -> (u64, u64);
+    /// Builds and takes the batch's entries, in file order, leaving it empty. Only a
+    /// target whose [`TAKES_RAW`](Self::TAKES_RAW) is set is sent raw batches.
+    fn insert_raw(&mut self, batch: &mut RawBatch)
+    where
+        V: DeserializeOwned,
+    {
+        batch.clear();
+    }
+    /// Whether a value of a raw batch failed to build, so the file must be read again
+    /// by the strict path (see [`Deliver`]); the target is then ready for that.
+    fn retry_strictly(&mut self) -> bool {
+        false
+    }
 }
 
 /// The parser thread's share of the filling, for a target both threads can fill (a
@@ -137,14 +157,49 @@ impl<V, F: Fn(String, CacheEntry<V>)> Local<V> for Shared<'_, F> {
 ///
 /// An expired entry is not handed on (it cannot remove what the caller already holds);
 /// a repeated key is handed on again, so a sink that inserts keeps the later entry.
+///
+/// Entries the fast path read arrive as text and are built here. Should a value fail to
+/// build (a type that asks for a raw value and then refuses some), nothing more is
+/// handed on, and the restore reads the file again by the strict path alone, skipping
+/// as many entries as were already handed on (the fast path yields exactly the strict
+/// path's entries, in the same order), so the sink sees what a strict read gives it and
+/// the verdict is the strict path's.
 pub(crate) struct Deliver<F> {
     pub(crate) sink: F,
     pub(crate) delivered: u64,
+    /// Entries still to skip, already handed on by a read that is being redone.
+    skip: u64,
+    /// A raw value failed to build in this read.
+    failed: bool,
+}
+
+impl<F> Deliver<F> {
+    pub(crate) fn new(sink: F) -> Self {
+        Self {
+            sink,
+            delivered: 0,
+            skip: 0,
+            failed: false,
+        }
+    }
+
+    fn deliver<V>(&mut self, key: String, entry: CacheEntry<V>)
+    where
+        F: FnMut(String, CacheEntry<V>),
+    {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else {
+            (self.sink)(key, entry);
+            self.delivered += 1;
+        }
+    }
 }
 
 impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
     type Local = Nothing;
     const NEEDS_HASH: bool = false;
+    const TAKES_RAW: bool = true;
 
     fn local(&self) -> Nothing {
         Nothing
@@ -153,16 +208,42 @@ impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
     fn reserve(&mut self, _: usize) {}
 
     fn insert(&mut self, batch: &mut Vec<Pending<V>>) {
+        if self.failed {
+            batch.clear();
+            return;
+        }
         for (_, key, entry) in batch.drain(..) {
             if let Some(entry) = entry {
-                (self.sink)(key, entry);
-                self.delivered += 1;
+                self.deliver(key, entry);
             }
         }
     }
 
     fn counts(&self) -> (u64, u64) {
         (self.delivered, 0)
+    }
+
+    fn insert_raw(&mut self, batch: &mut RawBatch)
+    where
+        V: DeserializeOwned,
+    {
+        if self.failed {
+            batch.clear();
+            return;
+        }
+        if !batch.drain(|key, entry| self.deliver(key, entry)) {
+            self.failed = true;
+        }
+    }
+
+    fn retry_strictly(&mut self) -> bool {
+        if !self.failed {
+            return false;
+        }
+        self.failed = false;
+        self.skip = self.delivered;
+        self.delivered = 0;
+        true
     }
 }
 
@@ -246,6 +327,9 @@ pub(crate) enum Message<V> {
     /// Room for this many entries in all, estimated early in the file.
     Reserve(usize),
     Batch(Vec<Pending<V>>),
+    /// Entries the fast path read, as text (only for a target that [takes
+    /// them](Fill::TAKES_RAW)).
+    Raw(RawBatch),
 }
 
 /// Where the parser sends its batches: the helper thread, or (if no thread could be
@@ -254,6 +338,7 @@ pub(crate) enum Sink<V, T: Fill<V> = Inserter<V>> {
     Thread {
         batches: SyncSender<Message<V>>,
         spare: Receiver<Vec<Pending<V>>>,
+        raw_spare: Receiver<RawBatch>,
     },
     Local(T),
 }
@@ -272,11 +357,47 @@ impl<V, T: Fill<V>> Sink<V, T> {
     /// Hands over `batch` and replaces it with an empty one (a returned one if any).
     pub(crate) fn send(&mut self, batch: &mut Vec<Pending<V>>) {
         match self {
-            Self::Thread { batches, spare } => {
+            Self::Thread { batches, spare, .. } => {
                 let empty = spare.try_recv().unwrap_or_default();
                 let _ = batches.send(Message::Batch(std::mem::replace(batch, empty)));
             }
             Self::Local(inserter) => inserter.insert(batch),
+        }
+    }
+
+    /// Hands over a raw `batch` and replaces it with an empty one (a returned one if any).
+    pub(crate) fn send_raw(&mut self, batch: &mut RawBatch)
+    where
+        V: DeserializeOwned,
+    {
+        match self {
+            Self::Thread {
+                batches,
+                spare,
+                raw_spare,
+            } => {
+                let empty = raw_spare.try_recv().unwrap_or_default();
+                let full = std::mem::replace(batch, empty);
+                // A send fails only if the helper is gone, which `finish` reports.
+                let Err(TrySendError::Full(Message::Raw(full))) =
+                    batches.try_send(Message::Raw(full))
+                else {
+                    return;
+                };
+                // The helper is behind (a batch is already waiting): build these entries
+                // here, so the two threads share the building when the helper is the
+                // slower one. The messages keep their order either way.
+                let mut built = spare.try_recv().unwrap_or_default();
+                if full.build(|key, entry| built.push((0, key, Some(entry)))) {
+                    let _ = batches.send(Message::Batch(built));
+                    *batch = full;
+                    batch.clear();
+                } else {
+                    // A value failed to build: the helper meets it too, and says so.
+                    let _ = batches.send(Message::Raw(full));
+                }
+            }
+            Self::Local(inserter) => inserter.insert_raw(batch),
         }
     }
 }
@@ -287,13 +408,14 @@ impl<V, T: Fill<V>> Sink<V, T> {
 ///
 /// `parse` must drop or hand back nothing of the sink but what it returns: the sink's
 /// end of the channel is closed when `parse` returns, which ends the helper.
-pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
+pub(crate) fn with_inserter<V: DeserializeOwned + Send, T: Fill<V> + Send, O>(
     target: T,
     parse: impl FnOnce(Sink<V, T>, Option<T::Local>) -> (O, Option<T>),
 ) -> (O, T) {
     thread::scope(|scope| {
         let (batches, inbox) = sync_channel::<Message<V>>(1);
         let (recycle, spare) = channel();
+        let (raw_recycle, raw_spare) = channel();
         // The target reaches the helper only once it runs, so that if no thread can be
         // started, the target is still here to fill on this thread.
         let (hand_over, handed) = channel::<T>();
@@ -309,6 +431,10 @@ pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
                             // The parser may have finished; then the batch is just freed.
                             let _ = recycle.send(batch);
                         }
+                        Message::Raw(mut batch) => {
+                            inserter.insert_raw(&mut batch);
+                            let _ = raw_recycle.send(batch);
+                        }
                     }
                 }
                 Some(inserter)
@@ -321,7 +447,12 @@ pub(crate) fn with_inserter<V: Send, T: Fill<V> + Send, O>(
         // The helper is running and waits for it; it drops the receiver only by returning.
         let local = target.local();
         let _ = hand_over.send(target);
-        let (output, _) = parse(Sink::Thread { batches, spare }, Some(local));
+        let sink = Sink::Thread {
+            batches,
+            spare,
+            raw_spare,
+        };
+        let (output, _) = parse(sink, Some(local));
         match helper.join() {
             Ok(Some(inserter)) => (output, inserter),
             Ok(None) => unreachable!("the target was handed to the running helper"),

@@ -162,7 +162,15 @@
 //! text copied once, with no `serde_json` visitor. It reads only plain entries (the four
 //! known fields, no `\u` escape, `expiresAt` a plain integer or `null`, nesting up to 64
 //! levels); any other entry, and every error, is read again by the strict path, so the
-//! verdict on a file never depends on the path.
+//! verdict on a file never depends on the path. Through
+//! [`restore_into`](CachePersistence::restore_into), the parsing thread only checks each
+//! entry and copies its text into a small batch (at most 4096 entries or about 256 KiB);
+//! the helper builds the entries (strings of exactly their lengths) and calls the sink in
+//! file order, and when the helper is a batch behind, the parser builds the next batch
+//! itself. Should a type that asks for a raw value refuse one of them, nothing more
+//! reaches the sink and the same open file is read again by the strict path alone,
+//! skipping the entries already handed over, so the sink and the verdict are what a
+//! strict read gives.
 //!
 //! # Observability
 //!

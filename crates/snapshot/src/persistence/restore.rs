@@ -3,7 +3,7 @@
 use std::{
     fs::{self, OpenOptions},
     hash::RandomState,
-    io,
+    io::{self, Seek as _, SeekFrom},
     path::Path,
     time::Instant,
 };
@@ -113,7 +113,7 @@ impl CachePersistence {
     {
         let started = Instant::now();
         let result = self
-            .restore_file(|_| Deliver { sink, delivered: 0 }, started)
+            .restore_file(|_| Deliver::new(sink), started)
             .map(|restored| restored.map(|(_, report)| report).unwrap_or_default());
         self.log_restore(result.as_ref());
         result
@@ -237,19 +237,38 @@ impl CachePersistence {
 
         let now = epoch_millis((self.clock)());
         let hasher = RandomState::new();
-        let parser_hasher = hasher.clone();
-        let ((restoring, parsed), inserter) = with_inserter(make_target(hasher), |sink, local| {
-            let mut restoring = Restoring::new(now, self.max_entries, parser_hasher, sink, local);
-            let max_value = usize::try_from(self.max_file_size)
-                .unwrap_or(usize::MAX)
-                .min(MAX_VALUE_BYTES);
-            // The size was checked above, but a file may grow while it is read.
-            let reader = io::Read::take(file, self.max_file_size.saturating_add(1));
-            let mut scanner = Scanner::new(reader).with_max_value_bytes(max_value);
-            let parsed = read_document(&mut scanner, &mut restoring, bytes);
-            let local = restoring.finish();
-            ((restoring, parsed), local)
-        });
+        let mut target = make_target(hasher.clone());
+        let mut strict_only = false;
+        let (restoring, parsed, inserter) = loop {
+            // A read is redone (below) from the same open file, so from the same bytes
+            // even if a save has replaced the snapshot meanwhile.
+            (&file)
+                .seek(SeekFrom::Start(0))
+                .map_err(|error| SnapshotError::io("read", &self.path, error))?;
+            let parser_hasher = hasher.clone();
+            let ((restoring, parsed), mut inserter) = with_inserter(target, |sink, local| {
+                let mut restoring =
+                    Restoring::new(now, self.max_entries, parser_hasher, sink, local);
+                restoring.strict_only = strict_only;
+                let max_value = usize::try_from(self.max_file_size)
+                    .unwrap_or(usize::MAX)
+                    .min(MAX_VALUE_BYTES);
+                // The size was checked above, but a file may grow while it is read.
+                let reader = io::Read::take(&file, self.max_file_size.saturating_add(1));
+                let mut scanner = Scanner::new(reader).with_max_value_bytes(max_value);
+                let parsed = read_document(&mut scanner, &mut restoring, bytes);
+                let local = restoring.finish();
+                ((restoring, parsed), local)
+            });
+            // A raw value that the fast path checked failed to build: the strict path
+            // reads the file again and gives its own verdict (see `Deliver`).
+            if !strict_only && inserter.retry_strictly() {
+                strict_only = true;
+                target = inserter;
+                continue;
+            }
+            break (restoring, parsed, inserter);
+        };
         if let Err(error) = parsed {
             // The partly filled map is dropped: a restore never returns part of a file.
             // (A caller's sink keeps what it was given; `restore_into` says so.)
