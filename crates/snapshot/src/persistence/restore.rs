@@ -86,7 +86,8 @@ impl CachePersistence {
     /// # Errors
     ///
     /// As [`restore`](Self::restore), with the same quarantine rules. **On an error the
-    /// sink has already received the entries before the bad one**; a restore into a
+    /// sink may already have received entries read before the bad one** (some or all of
+    /// them, in file order: entries reach the sink in batches); a restore into a
     /// map discards its partial map, but only the caller can empty its own cache (or
     /// restore into a fresh one and swap it in on success).
     ///
