@@ -62,6 +62,29 @@ thread_local! {
     /// restores the enclosing value when it is left, also by a panic; so both always
     /// describe the same trace.
     static MIRROR: Cell<u128> = const { Cell::new(NO_TRACE) };
+
+    /// The allocation of a quiet trace's context that ended on this thread, for the next
+    /// trace started here to write its context into (see [`TraceScope`]'s `Drop`). Only a
+    /// context that holds nothing whose drop anyone could see (no tracer that writes or
+    /// makes spans, no participation, no text id, no owned name, no `tracestate`) is kept,
+    /// so keeping it changes nothing but where the next context lives.
+    static SPARE: Cell<Option<Arc<TraceContext>>> = const { Cell::new(None) };
+}
+
+/// The spare context allocation of this thread, if there is one (see [`SPARE`]).
+#[inline]
+pub(crate) fn spare_context() -> Option<Arc<TraceContext>> {
+    SPARE.try_with(Cell::take).ok().flatten()
+}
+
+/// Keeps `context`'s allocation in [`SPARE`] when this was its last reference and it holds
+/// nothing whose drop could be seen; otherwise drops it.
+#[inline]
+fn recycle(mut context: Arc<TraceContext>) {
+    if context.is_plain() && Arc::get_mut(&mut context).is_some() {
+        // During the thread's teardown `SPARE` may be gone: the context is then dropped.
+        let _ = SPARE.try_with(move |spare| spare.replace(Some(context)));
+    }
 }
 
 /// [`MIRROR`]: no trace is current.
@@ -311,6 +334,15 @@ pub(crate) struct TraceScope {
     context: Option<Arc<TraceContext>>,
 }
 
+impl Drop for TraceScope {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(context) = self.context.take() {
+            recycle(context);
+        }
+    }
+}
+
 impl TraceScope {
     /// A scope for `context`.
     pub(crate) fn new(context: Arc<TraceContext>) -> Self {
@@ -432,6 +464,17 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// Whether dropping this context is invisible: its fields own nothing but memory of
+    /// their own (see [`SPARE`]).
+    #[inline]
+    fn is_plain(&self) -> bool {
+        self.tracer.is_off()
+            && self.participation.is_none()
+            && self.trace_state.is_none()
+            && self.correlation_id.uuid_bits().is_some()
+            && !matches!(self.operation, OperationName::Given(Cow::Owned(_)))
+    }
+
     /// The correlation id shared by every span of the request.
     pub fn correlation_id(&self) -> &CorrelationId {
         &self.correlation_id

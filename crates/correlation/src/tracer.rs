@@ -22,7 +22,7 @@ use tracing::{Instrument as _, instrument::Instrumented};
 use crate::{
     context::{
         InScope, OperationName, TraceContext, TraceScope, context_is_current, enter_scope, scoped,
-        with_current,
+        spare_context, with_current,
     },
     headers::{Incoming, Participation},
     id::{CorrelationId, FRESH_IDS_ARE_RANDOM, SpanId, TraceFlags, TraceId},
@@ -370,7 +370,7 @@ impl Tracer {
     }
 
     /// Whether this tracer does nothing per trace: no lines, no spans.
-    fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.inner.is_none()
     }
 
@@ -664,6 +664,26 @@ impl Lineage {
         let started = tracer.writes_lines().then(Instant::now);
         let span_id = SpanId::random();
         let tracer = tracer.clone();
+        let operation = operation.into();
+        // A quiet trace's context reuses the allocation the last one on this thread left
+        // (see `context::spare_context`), written field by field in place: the allocation
+        // and its free were about 100 of a quiet request's 2,760 instructions in the
+        // server layer.
+        if let Some(mut spare) = spare_context()
+            && let Some(slot) = Arc::get_mut(&mut spare)
+        {
+            slot.correlation_id = self.correlation_id;
+            slot.trace_id = self.trace_id;
+            slot.span_id = span_id;
+            slot.parent_span_id = self.parent_span_id;
+            slot.flags = self.flags;
+            slot.trace_state = self.trace_state;
+            slot.operation = operation;
+            slot.started = started;
+            slot.tracer = tracer;
+            slot.participation = self.participation;
+            return TraceScope::new(spare);
+        }
         // `new_cyclic` allocates first and then builds the value in place; `Arc::new` built
         // the 144-byte context on the stack and copied it with `memcpy`, whose wide loads of
         // just-written narrow stores stalled store forwarding: a fifth of a trace's time.
@@ -674,7 +694,7 @@ impl Lineage {
             parent_span_id: self.parent_span_id,
             flags: self.flags,
             trace_state: self.trace_state,
-            operation: operation.into(),
+            operation,
             started,
             tracer,
             participation: self.participation,

@@ -18,6 +18,7 @@ mod propagation;
 mod props;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+mod reuse;
 mod scope;
 #[cfg(feature = "tracing-subscriber")]
 mod spans;
