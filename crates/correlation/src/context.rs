@@ -304,6 +304,14 @@ pin_project! {
     }
 }
 
+#[cfg(feature = "tower")]
+impl<F> InScope<F> {
+    /// The context of the trace this future runs in.
+    pub(crate) fn context(&self) -> Option<&Arc<TraceContext>> {
+        self.scope.context()
+    }
+}
+
 impl<F: Future> Future for InScope<F> {
     type Output = F::Output;
 

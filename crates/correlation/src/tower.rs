@@ -195,7 +195,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let incoming = crate::http::incoming(request.headers(), self.layer.propagation.as_ref());
-        let echo = incoming.response_headers();
+        // The headers to echo are the context's response headers, taken from it when the
+        // response is ready; only a request that left a participation can have any.
+        let echo = incoming.participation.is_some();
         let operation = match &self.layer.operation {
             Some(operation) => OperationName::from(operation(RequestHead::of(&request))),
             None => OperationName::joined(request.method().as_str(), request.uri().path()),
@@ -208,7 +210,8 @@ where
             self.inner.call(request)
         };
         ResponseFuture {
-            inner: traced_in(&tracer, scope, Classify { future, echo }),
+            inner: traced_in(&tracer, scope, Classify { future }),
+            echo,
         }
     }
 }
@@ -219,6 +222,10 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Traced<Classify<F>>,
+        // Whether the response gets the trace's response headers (the server's does). A
+        // flag, not the headers themselves: they are read from the trace's context when
+        // the response is ready, so the future carries no `Vec` through its moves.
+        echo: bool,
     }
 }
 
@@ -236,16 +243,23 @@ where
     type Output = Result<Response<ResBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|served| served.0)
+        let mut this = self.project();
+        let Served(mut result) = ready!(this.inner.as_mut().poll(cx));
+        if *this.echo
+            && let Ok(response) = &mut result
+            && let Some(context) = this.inner.as_ref().get_ref().context()
+        {
+            insert(response.headers_mut(), context.response_headers());
+        }
+        Poll::Ready(result)
     }
 }
 
 pin_project! {
-    /// Adds the response headers and gives the result an outcome.
+    /// Gives the result an outcome.
     struct Classify<F> {
         #[pin]
         future: F,
-        echo: Vec<(&'static str, String)>,
     }
 }
 
@@ -268,14 +282,7 @@ where
     type Output = Served<ResBody, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = ready!(this.future.poll(cx));
-        if let Ok(response) = &mut result
-            && !this.echo.is_empty()
-        {
-            insert(response.headers_mut(), std::mem::take(this.echo));
-        }
-        Poll::Ready(Served(result))
+        self.project().future.poll(cx).map(Served)
     }
 }
 
@@ -368,14 +375,8 @@ where
             self.inner.call(request)
         };
         ResponseFuture {
-            inner: traced_in(
-                &tracer,
-                scope,
-                Classify {
-                    future,
-                    echo: Vec::new(),
-                },
-            ),
+            inner: traced_in(&tracer, scope, Classify { future }),
+            echo: false,
         }
     }
 }

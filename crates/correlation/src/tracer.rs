@@ -794,6 +794,19 @@ pin_project! {
     }
 }
 
+#[cfg(feature = "tower")]
+impl<F> Traced<F> {
+    /// The trace's context (`None` for a scope of no trace).
+    pub(crate) fn context(&self) -> Option<&Arc<TraceContext>> {
+        match self {
+            Self::Quiet { future } => future.context(),
+            Self::Logged { future } => future.context(),
+            Self::LoggedInSpan { future } => future.context(),
+            Self::InSpan { future } => future.context(),
+        }
+    }
+}
+
 impl<F> Future for Traced<F>
 where
     F: Future,

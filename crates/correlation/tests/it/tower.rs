@@ -253,3 +253,22 @@ fn the_client_layer_reports_a_5xx_as_an_error() {
     assert_eq!(call_end["outcome"], "error");
     assert_eq!(call_end["error"], "502 Bad Gateway");
 }
+
+#[test]
+fn the_client_layer_adds_no_id_headers_to_the_response_it_receives() {
+    // The caller's id headers are echoed on the server's own response only: a response a
+    // client receives inside that trace comes back as the called service sent it.
+    let mut client = ClientLayer::new().layer(FnService(|_request: Request<()>| {
+        ready_future(Ok::<_, Infallible>(status(200)))
+    }));
+    let incoming = keel_correlation::Incoming::from_headers([
+        ("x-request-id", "req-1"),
+        ("x-correlation-id", "corr-1"),
+    ]);
+    let response = ready(keel_correlation::Tracer::off().continue_trace(
+        incoming,
+        "GET /",
+        async { client.call(Request::get("/stock").body(()).unwrap()).await },
+    ));
+    assert!(response.unwrap().headers().is_empty());
+}
