@@ -28,6 +28,8 @@ pub(crate) const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 
 /// The generation's bits in the state word (and in a tagged count).
 const GENERATION_BITS: u64 = 0xFFFF_FFFF_0000_0000;
+/// A state byte no state word holds (the states are `CLOSED` to `ISOLATED`).
+const NO_STATE: u8 = u8::MAX;
 
 /// The shared state of one breaker and its clones.
 ///
@@ -62,6 +64,10 @@ pub(crate) struct Inner {
     /// consecutive-failures policy, with no event listener (nothing to count, nothing to
     /// announce; only a failure streak to reset, which that load checks).
     quiet_success: bool,
+    /// The state byte [`admit_quiet`](Self::admit_quiet) admits: `CLOSED` when
+    /// `quiet_success`, otherwise [`NO_STATE`], which no word holds. One compare then
+    /// checks both, instead of a compare of the word and a load and test of the flag.
+    quiet_state: u8,
     pub(crate) listeners: Listeners,
     /// Half-open slots: `[generation: 32 | in_flight: 16 | successes: 16]`; another
     /// generation's tag reads as zero, so superseding or reopening frees every slot at once.
@@ -216,6 +222,7 @@ impl Inner {
             word: AtomicU64::new(start.word.0),
             failures: AtomicU64::new(start.failures),
             quiet_success,
+            quiet_state: if quiet_success { CLOSED } else { NO_STATE },
             listeners,
             probes: AtomicU64::new(0),
             opened_at: AtomicI64::new(start.opened_at),
@@ -295,7 +302,7 @@ impl Inner {
     pub(crate) fn admit_quiet(&self) -> Option<u64> {
         // Acquire: as in `admit`.
         let word = Word(self.word.load(Ordering::Acquire));
-        (word.state() == CLOSED && self.quiet_success).then_some(word.0 & GENERATION_BITS)
+        (word.state() == self.quiet_state).then_some(word.0 & GENERATION_BITS)
     }
 
     /// Records the outcome of a call admitted by [`admit_quiet`](Self::admit_quiet) with
