@@ -758,7 +758,9 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          which a thread was preempted and waited for a CPU (or started late) for more than 2% \
          of it, or before which a thread's canary ran slowed, is timed \
          again, up to 8 times, and the round is dropped if it stays disturbed: the other \
-         threads ran uncontended meanwhile. Before every timed whole \
+         threads ran uncontended meanwhile; during such a row the harness holds \
+         `/dev/cpu_dma_latency` at 0, so an idle vCPU polls rather than halts and a thread \
+         parked on a contended lock wakes alike in every run. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \
          writes do not land in the other's time. A `goal` \
          is the smallest median ratio the crate's issue asks for: **met** when every round \

@@ -59,6 +59,11 @@
 //!   twice the row's largest number of rounds are tried; if none was undisturbed, the least
 //!   disturbed batches are kept and the output says so); the output counts both.
 //!
+//! - **wake-up latency** (rows of several threads): for the row, the harness asks the
+//!   kernel for zero wake-up latency (`/dev/cpu_dma_latency`), so an
+//!   idle CPU polls instead of halting and a thread parked on a contended lock is woken
+//!   alike in every run (the output says when the OS refuses).
+//!
 //! A [`Harness::compare`] row writes the system's dirty pages back (`sync`) before every
 //! timed call, so that one side's pending writes (a save without `fsync` leaves hundreds of
 //! megabytes) are not flushed during, and charged to, the other side's call.
@@ -442,8 +447,18 @@ impl Harness {
             let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, &mut canary, slowed);
             (samples, timer, slowed.note())
         } else {
+            // Held for the row, released when it ends (see `WakeLatency`).
+            let wake = if self.guards {
+                WakeLatency::hold()
+            } else {
+                WakeLatency::NotAsked
+            };
             let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
-            (samples, Timer::Wall, disturbed.note())
+            (
+                samples,
+                Timer::Wall,
+                format!("{}{}", disturbed.note(), wake.note()),
+            )
         };
         Some(self.record(row, &samples, timer, &note))
     }
@@ -945,6 +960,48 @@ pub fn median_interval(values: &[f64]) -> (f64, f64) {
     (sorted[low - 1], sorted[high - 1])
 }
 
+/// Zero wake-up latency asked of the kernel for the duration of a row of several threads.
+///
+/// On these virtual machines an idle vCPU halts (the `haltpoll` cpuidle driver with guest
+/// polling off), and waking it is a VM exit whose latency depends on what the host runs at
+/// that moment: a thread parked on a contended lock then costs its peer from a few
+/// microseconds to far more, and a contended peer's rows measured 80× in one run and 264×
+/// in the next with ours unchanged. While `/dev/cpu_dma_latency` is held open with 0
+/// written to it (the kernel's `PM QoS` interface), an idle CPU polls instead of halting, so
+/// a wake-up costs the same in every run. Both sides of the row run under it; it can only
+/// make a lock-parking baseline faster, i.e. our ratio smaller.
+enum WakeLatency {
+    /// The file is open with 0 written: the request lasts until it is closed.
+    Held(#[allow(dead_code, reason = "held for its `Drop`")] File),
+    /// The OS refused (not Linux, not root, no such device): the output says so.
+    Refused,
+    /// The harness's guards are off (unit tests).
+    NotAsked,
+}
+
+impl WakeLatency {
+    fn hold() -> WakeLatency {
+        let held = OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .and_then(|mut file| file.write_all(&0_i32.to_ne_bytes()).map(|()| file));
+        match held {
+            Ok(file) => WakeLatency::Held(file),
+            Err(_) => WakeLatency::Refused,
+        }
+    }
+
+    fn note(&self) -> &'static str {
+        match self {
+            WakeLatency::Refused => {
+                "; wake-up latency NOT pinned (/dev/cpu_dma_latency refused): a contended \
+                 baseline may differ from run to run"
+            }
+            WakeLatency::Held(_) | WakeLatency::NotAsked => "",
+        }
+    }
+}
+
 /// What the rounds of a row of several threads had to redo; see [`Shared::side`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Disturbed {
@@ -1340,6 +1397,16 @@ fn per_call(elapsed: Duration, batch: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_wake_latency_request_is_said_and_a_held_one_is_silent() {
+        assert!(WakeLatency::Refused.note().contains("NOT pinned"));
+        assert_eq!(WakeLatency::NotAsked.note(), "");
+        // Where the device exists (root on Linux), the request is held, silently.
+        if let held @ WakeLatency::Held(_) = WakeLatency::hold() {
+            assert_eq!(held.note(), "");
+        }
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
