@@ -33,7 +33,7 @@ const NO_STATE: u8 = u8::MAX;
 
 /// The shared state of one breaker and its clones.
 ///
-/// `repr(C)`, hot fields first: a closed call reads `word`, `plain`, `quiet_success` and
+/// `repr(C)`, hot fields first: a closed call reads `word`, `plain`, `quiet_state` and
 /// `failures`, which then share one cache line instead of four. Aligned to a cache line, so
 /// that line is not the one holding the `Arc`'s reference counts either: every clone or drop
 /// of a `CircuitBreaker` (a clone per request is common) writes those counts, and on the
@@ -60,13 +60,12 @@ pub(crate) struct Inner {
     pub(crate) failures: AtomicU64,
     /// Whether a closed call may take the fast path: no counters, no slow-call timing.
     pub(crate) plain: bool,
-    /// Whether a closed success may return after one load: `plain`, under the
-    /// consecutive-failures policy, with no event listener (nothing to count, nothing to
-    /// announce; only a failure streak to reset, which that load checks).
-    quiet_success: bool,
-    /// The state byte [`admit_quiet`](Self::admit_quiet) admits: `CLOSED` when
-    /// `quiet_success`, otherwise [`NO_STATE`], which no word holds. One compare then
-    /// checks both, instead of a compare of the word and a load and test of the flag.
+    /// The state byte [`admit_quiet`](Self::admit_quiet) admits: `CLOSED` when a closed
+    /// success may return after one load (`plain`, under the consecutive-failures policy,
+    /// with no event listener: nothing to count, nothing to announce, only a failure streak
+    /// to reset, which that load checks), otherwise [`NO_STATE`], which no word holds. One
+    /// compare of the word's state byte then checks both; see
+    /// [`quiet_success`](Self::quiet_success).
     quiet_state: u8,
     pub(crate) listeners: Listeners,
     /// Half-open slots: `[generation: 32 | in_flight: 16 | successes: 16]`; another
@@ -221,7 +220,6 @@ impl Inner {
         Inner {
             word: AtomicU64::new(start.word.0),
             failures: AtomicU64::new(start.failures),
-            quiet_success,
             quiet_state: if quiet_success { CLOSED } else { NO_STATE },
             listeners,
             probes: AtomicU64::new(0),
@@ -293,6 +291,12 @@ impl Inner {
         // transition into `HALF_OPEN`.
         let started = self.probe_started.load(Ordering::Acquire);
         deadline_after(started, self.probe_timeout(word))
+    }
+
+    /// Whether a closed success may return after one load (see `quiet_state`).
+    #[inline]
+    fn quiet_success(&self) -> bool {
+        self.quiet_state == CLOSED
     }
 
     /// The fast path of `call`: for a closed breaker whose successes are quiet (see
@@ -571,7 +575,7 @@ impl Inner {
     /// [`record_success`](Self::record_success)) inline, anything else in one cold call.
     #[inline]
     pub(crate) fn record(&self, admission: Admission, outcome: Outcome) {
-        if outcome == Outcome::Success && self.quiet_success && !admission.probe() {
+        if outcome == Outcome::Success && self.quiet_success() && !admission.probe() {
             // Relaxed: as in `record_success`.
             let failures = self.failures.load(Ordering::Relaxed);
             if tagged_count(failures, admission.generation()) == 0 {
@@ -596,7 +600,7 @@ impl Inner {
     /// reset, a listener to tell, counters, windows, probes) is one cold call.
     #[inline]
     pub(crate) fn record_success(&self, admission: Admission) {
-        if self.quiet_success && !admission.probe() {
+        if self.quiet_success() && !admission.probe() {
             // Relaxed: the count publishes nothing. A count tagged with another generation
             // reads as zero, so a stale success never writes (and never leaves this path).
             let failures = self.failures.load(Ordering::Relaxed);
