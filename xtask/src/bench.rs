@@ -745,9 +745,9 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          from build to build). A row runs its rounds (41 for nanosecond rows), \
          then more while the median's 95% confidence interval is wider than ±4% of it, up to \
          four times as many (a row timing whole operations adds rounds only within a 20-second \
-         budget), so \
-         `rounds` differs from row to row. Nanosecond rows use a batch calibrated to 1 ms (4 ms \
-         on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
+         budget, a row of several threads within 60 seconds), so \
+         `rounds` differs from row to row. Nanosecond rows use a batch calibrated for each side \
+         to 1 ms (4 ms on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
          four batches of each side, alternating, and keeps each side's fastest. A canary (a \
          fixed loop of simple instructions) is timed around every round: a round around \
          which it ran more than 8% slower than its fastest during the row is dropped, up to \

@@ -15,13 +15,15 @@
 //! interval ([`median_interval`]: the order statistics `n/2 ∓ 0.98·√n`) lies within 4% of
 //! it on either side. A row whose rounds agree stops early; a noisy one samples the machine
 //! for longer, and its median moves less from run to run. A `compare` row adds rounds only
-//! within a 20-second budget (its rounds take seconds). `BENCH_ROUNDS` fixes the count.
+//! within a 20-second budget (its rounds take seconds), a row of several threads within 60
+//! seconds (a contended baseline's batch can take a second). `BENCH_ROUNDS` fixes the count.
 //!
 //! Nanosecond rows ([`Harness::nanos`]) also guard against the usual traps:
 //!
-//! - **batch size**: calibrated per row (doubling until the faster side's batch takes 1 ms
-//!   on one thread, 4 ms on several), so the resolution of the clock and the cost of
-//!   reading it vanish;
+//! - **batch size**: calibrated per row and side (doubling until the side's batch takes
+//!   1 ms on one thread, 4 ms on several, the latter calibrated on one thread), so the
+//!   resolution of the clock and the cost of reading it vanish, and a side a hundred times
+//!   slower than the other does not make each of its batches a hundred times as long;
 //! - **fastest of four** (one-thread rows): a round times four batches of each side,
 //!   alternating, and keeps each side's fastest; what disturbs a batch on a shared machine
 //!   (a build on the sibling hyperthread, an interrupt) only ever adds time, comes and goes
@@ -121,7 +123,7 @@ const MORE_ROUNDS: usize = 4;
 const SETTLED: f64 = 0.04;
 /// A [`Harness::compare`] row adds rounds beyond its own only while it has run less than this.
 const COMPARE_BUDGET: Duration = Duration::from_secs(20);
-/// The faster side's batch in a one-thread row takes at least this long.
+/// Each side's batch in a one-thread row takes at least this long.
 const SOLO_TARGET: Duration = Duration::from_millis(1);
 /// A one-thread row's round times this many batches of each side and keeps each side's
 /// fastest (see [`solo_rounds`]): as long, per side, as one batch of 4 ms.
@@ -131,10 +133,14 @@ const CANARY_TARGET: Duration = Duration::from_micros(100);
 /// A round of a one-thread row is slowed when the canary timed around it ran more than this
 /// many times slower than its fastest so far.
 const CANARY_SLOWED: f64 = 1.08;
-/// The faster side's batch in a row of several threads (calibrated on one thread) takes at
-/// least this long. 1 ms batches are disturbed less often, but measured the contended peers
+/// Each side's batch in a row of several threads takes at least this long when calibrated
+/// on one thread (contended, it takes longer). 1 ms batches are disturbed less often, but measured the contended peers
 /// less steadily from run to run than 4 ms ones (a batch spans fewer lock hand-offs).
 const SHARED_TARGET: Duration = Duration::from_millis(4);
+/// A row of several threads adds rounds beyond its own only while it has run less than this
+/// (a contended baseline's batches, and their retries when disturbed, can take a second
+/// each).
+const SHARED_BUDGET: Duration = Duration::from_secs(60);
 /// A batch of several threads is disturbed when its threads' starts differ, or one of them
 /// waited for a CPU, by more than this share of the batch.
 const DISTURBED: f64 = 0.02;
@@ -420,8 +426,9 @@ impl Harness {
         if !self.wants(&row) {
             return None;
         }
-        let plan = self.plan_for(&row, NANOS_ROUNDS, None);
         let threads = row.threads.unwrap_or(1);
+        let budget = (threads > 1).then_some(SHARED_BUDGET);
+        let plan = self.plan_for(&row, NANOS_ROUNDS, budget);
         let (samples, timer, note) = if threads == 1 {
             let timer = if self.thread_clock {
                 Timer::ThreadCpu
@@ -437,14 +444,15 @@ impl Harness {
             } else {
                 SOLO_TARGET
             };
-            let batch = calibrate(&ours, &baseline, target, timer);
+            let batches = Batches::calibrate(&ours, &baseline, target, timer);
             let slowed = self.slowed(plan);
             // A canary of the row's own: its fastest is the core's speed during this row.
             // (One kept for the whole process found nearly every round of later rows more
             // than 8% over the fastest it had seen once, on an idle machine: the core's
             // full speed drifts over minutes, and the gate is for what comes and goes.)
             let mut canary = Canary::new(timer);
-            let (samples, slowed) = solo_rounds(&ours, &baseline, batch, plan, &mut canary, slowed);
+            let (samples, slowed) =
+                solo_rounds(&ours, &baseline, batches, plan, &mut canary, slowed);
             (samples, timer, slowed.note())
         } else {
             // Held for the row, released when it ends (see `WakeLatency`).
@@ -483,7 +491,10 @@ impl Harness {
             SHARED_TARGET
         };
         let shared = Shared::new(threads, self.guards);
-        let batch = Mutex::new(0_u64);
+        let batches = Mutex::new(Batches {
+            ours: 0,
+            baseline: 0,
+        });
         // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
         // threads need not burn a core meanwhile); the spinning one around every batch.
         let start_line = Barrier::new(threads);
@@ -491,17 +502,18 @@ impl Harness {
             let handles: Vec<_> = (0..threads)
                 .map(|thread| {
                     let core = self.core(thread);
-                    let (shared, batch, start_line) = (&shared, &batch, &start_line);
+                    let (shared, batches, start_line) = (&shared, &batches, &start_line);
                     scope.spawn(move || {
                         if let Some(core) = core {
                             core_affinity::set_for_current(core);
                         }
                         if thread == 0 {
-                            *batch.lock().unwrap() = calibrate(ours, baseline, target, Timer::Wall);
+                            *batches.lock().unwrap() =
+                                Batches::calibrate(ours, baseline, target, Timer::Wall);
                         }
                         start_line.wait();
-                        let batch = *batch.lock().unwrap();
-                        shared.rounds(thread, ours, baseline, batch, plan)
+                        let batches = *batches.lock().unwrap();
+                        shared.rounds(thread, ours, baseline, batches, plan)
                     })
                 })
                 .collect();
@@ -691,24 +703,45 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The smallest power-of-two batch for which the faster side takes at least `target`.
-fn calibrate<A, B, RA, RB>(ours: &A, baseline: &B, target: Duration, timer: Timer) -> u64
+/// How many calls each side of a nanosecond row times per batch, calibrated separately (see
+/// [`calibrate`]): a baseline ten or a hundred times slower than ours does not stretch every
+/// one of its batches to ten or a hundred times the target, so a slow row runs its rounds
+/// in seconds, not minutes, and a noisy one can afford more of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batches {
+    ours: u64,
+    baseline: u64,
+}
+
+impl Batches {
+    fn calibrate<A, B, RA, RB>(ours: &A, baseline: &B, target: Duration, timer: Timer) -> Batches
+    where
+        A: Fn(u64) -> RA,
+        B: Fn(u64) -> RB,
+    {
+        Batches {
+            ours: calibrate(ours, target, timer),
+            baseline: calibrate(baseline, target, timer),
+        }
+    }
+}
+
+/// The smallest batch (found by doubling, or by a jump once a batch is long enough to time)
+/// for which `body` takes at least `target`. Timing it is also its warm-up.
+fn calibrate<F, R>(body: &F, target: Duration, timer: Timer) -> u64
 where
-    A: Fn(u64) -> RA,
-    B: Fn(u64) -> RB,
+    F: Fn(u64) -> R,
 {
     let mut batch = 1_u64;
     loop {
-        let faster = time_batch(ours, batch, 0, timer).min(time_batch(baseline, batch, 0, timer));
-        if faster >= target || batch >= 1 << 40 {
+        let took = time_batch(body, batch, 0, timer);
+        if took >= target || batch >= 1 << 40 {
             return batch;
         }
         // Jump close to the target once a batch is long enough to time, then settle by
         // doubling: fewer calibration steps for nanosecond bodies.
-        let factor = if faster > Duration::from_micros(50) {
-            (target.as_secs_f64() / faster.as_secs_f64())
-                .ceil()
-                .max(2.0)
+        let factor = if took > Duration::from_micros(50) {
+            (target.as_secs_f64() / took.as_secs_f64()).ceil().max(2.0)
         } else {
             2.0
         };
@@ -740,7 +773,7 @@ where
 fn solo_rounds<A, B, RA, RB>(
     ours: &A,
     baseline: &B,
-    batch: u64,
+    batches: Batches,
     plan: Plan,
     canary: &mut Canary,
     mut slowed: Slowed,
@@ -750,8 +783,8 @@ where
     B: Fn(u64) -> RB,
 {
     let timer = canary.timer;
-    time_batch(ours, batch, 0, timer);
-    time_batch(baseline, batch, 0, timer);
+    time_batch(ours, batches.ours, 0, timer);
+    time_batch(baseline, batches.baseline, 0, timer);
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut ratios = Vec::new();
@@ -759,9 +792,18 @@ where
         let round = samples.len();
         let before = canary.slowdown();
         let sample = fastest((0..SOLO_REPEATS).map(|repeat| {
-            let offset = (round * SOLO_REPEATS + repeat) as u64 * batch;
-            let ours_batch = || per_call(time_batch(ours, batch, offset, timer), batch);
-            let baseline_batch = || per_call(time_batch(baseline, batch, offset, timer), batch);
+            let nth = (round * SOLO_REPEATS + repeat) as u64;
+            let (ours_calls, baseline_calls) = (batches.ours, batches.baseline);
+            let ours_batch = || {
+                per_call(
+                    time_batch(ours, ours_calls, nth * ours_calls, timer),
+                    ours_calls,
+                )
+            };
+            let baseline_batch = || {
+                let took = time_batch(baseline, baseline_calls, nth * baseline_calls, timer);
+                per_call(took, baseline_calls)
+            };
             if (round + repeat) % 2 == 0 {
                 let first = ours_batch();
                 (first, baseline_batch())
@@ -793,7 +835,7 @@ struct Canary {
 impl Canary {
     /// Calibrates the canary's batch to [`CANARY_TARGET`] and takes its fastest of 16.
     fn new(timer: Timer) -> Canary {
-        let batch = calibrate(&canary_work, &canary_work, CANARY_TARGET, timer);
+        let batch = calibrate(&canary_work, CANARY_TARGET, timer);
         let mut canary = Canary {
             timer,
             batch,
@@ -911,8 +953,8 @@ impl Plan {
 
     /// Whether to run another round, given the ratios so far and the time they took.
     ///
-    /// A row of several threads passes no budget, so every thread, deciding from the same
-    /// ratios, decides the same.
+    /// A row of several threads passes the time it has run as every thread reads it from
+    /// the attempts they share ([`Shared::elapsed`]), so every thread decides the same.
     fn wants_more(&self, ratios: &[f64], elapsed: Duration) -> bool {
         if ratios.len() < self.min {
             return true;
@@ -1050,6 +1092,8 @@ struct Shared {
     guards: bool,
     barrier: SpinBarrier,
     attempts: Mutex<Vec<Attempt>>,
+    /// When the row's threads started: its [`SHARED_BUDGET`] counts from here.
+    began: Instant,
 }
 
 impl Shared {
@@ -1065,7 +1109,22 @@ impl Shared {
             guards,
             barrier: SpinBarrier::new(threads),
             attempts: Mutex::new(vec![idle; threads]),
+            began: idle.started,
         }
+    }
+
+    /// How long the row has run, up to the end of the latest batch: read from the attempts
+    /// every thread shares, not from each thread's clock, so that between two batches every
+    /// thread reads the same and decides the same about another round (one that decided
+    /// otherwise would leave the others waiting at the barrier for ever).
+    fn elapsed(&self) -> Duration {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|attempt| (attempt.started + attempt.wall).saturating_duration_since(self.began))
+            .max()
+            .unwrap_or_default()
     }
 
     /// `thread`'s part of the row: a warm-up batch of each side, then the rounds the plan
@@ -1076,7 +1135,7 @@ impl Shared {
         thread: usize,
         ours: &A,
         baseline: &B,
-        batch: u64,
+        batches: Batches,
         plan: Plan,
     ) -> (Vec<(f64, f64)>, Disturbed)
     where
@@ -1089,18 +1148,20 @@ impl Shared {
             disturbed: Disturbed::default(),
         };
         self.barrier.wait();
-        time_batch(ours, batch, 0, Timer::Wall);
+        time_batch(ours, batches.ours, 0, Timer::Wall);
         self.barrier.wait();
-        time_batch(baseline, batch, 0, Timer::Wall);
+        time_batch(baseline, batches.baseline, 0, Timer::Wall);
         // One round, or `None` when a side stayed disturbed (unless `lenient`: then its
         // least disturbed attempt counts).
         let mut one_round = |round: usize, lenient: bool| {
-            let offset = round as u64 * batch;
+            let round = round as u64;
             let mut side = |ours_side: bool| {
                 let value = if ours_side {
-                    self.side(thread, ours, batch, offset, &mut watch)
+                    let batch = batches.ours;
+                    self.side(thread, ours, batch, round * batch, &mut watch)
                 } else {
-                    self.side(thread, baseline, batch, offset, &mut watch)
+                    let batch = batches.baseline;
+                    self.side(thread, baseline, batch, round * batch, &mut watch)
                 };
                 if lenient {
                     Some(value.unwrap_or_else(|least_disturbed| least_disturbed))
@@ -1120,7 +1181,7 @@ impl Shared {
         let mut ratios = Vec::new();
         let mut tried = 0;
         let mut dropped = 0;
-        while plan.wants_more(&ratios, Duration::ZERO) && tried < 2 * plan.max {
+        while plan.wants_more(&ratios, self.elapsed()) && tried < 2 * plan.max {
             tried += 1;
             if let Some(sample) = one_round(tried - 1, false) {
                 ratios.push(sample.1 / sample.0);
@@ -1564,6 +1625,31 @@ mod tests {
             (judge(&slowed).0 - 0.25).abs() < 1e-9,
             "a slowed core disturbs the batch"
         );
+    }
+
+    #[test]
+    fn a_row_of_several_threads_reads_its_run_time_from_the_shared_attempts() {
+        let shared = Shared::new(2, true);
+        assert_eq!(shared.elapsed(), Duration::ZERO);
+        let began = shared.began;
+        *shared.attempts.lock().unwrap() = vec![
+            attempt(began + Duration::from_millis(5), 10_000, None, 1.0),
+            attempt(began + Duration::from_millis(6), 4_000, None, 1.0),
+        ];
+        // The latest end of any thread's batch, the same whichever thread asks.
+        assert_eq!(shared.elapsed(), Duration::from_millis(15));
+    }
+
+    #[test]
+    fn each_side_is_calibrated_on_its_own() {
+        // A side that takes its whole target in one call needs a batch of one, however
+        // cheap the other side is (calibrated together, both got the cheap side's batch).
+        let slow = |_: u64| std::thread::sleep(Duration::from_millis(2));
+        let cheap = |i: u64| i;
+        let batches = Batches::calibrate(&cheap, &slow, Duration::from_millis(1), Timer::Wall);
+        assert_eq!(batches.baseline, 1);
+        let batches = Batches::calibrate(&slow, &cheap, Duration::from_millis(1), Timer::Wall);
+        assert_eq!(batches.ours, 1);
     }
 
     #[test]
