@@ -106,7 +106,7 @@ impl CircuitBreaker {
         &self,
         operation: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, BreakerError<E>> {
-        call_with(&self.inner, operation, &AllErrors)
+        call_with(&self.inner, operation, AllErrors)
     }
 
     /// Runs the future `operation()` returns if the breaker admits it, recording the

@@ -315,11 +315,14 @@ impl Inner {
     #[inline]
     pub(crate) fn record_quiet(&self, tag: u64, outcome: Outcome) {
         if outcome == Outcome::Success {
-            // Relaxed: as in `record_success`. `failures - tag` is in `1..=u32::MAX` exactly
-            // when the count is tagged with this generation and not zero (`tagged_count`,
-            // in two instructions): only then is there a streak to reset.
+            // Relaxed: as in `record_success`. `tag` is `[generation: 32 | 0: 32]`, so a
+            // count at or below it is this generation's zero or an older generation's count
+            // (`tagged_count` reads either as zero): no streak to reset, in one compare.
+            // Above it is this generation's streak, a later generation's count (a transition
+            // happened during the call) or, once in 2^32 generations, an older one read past
+            // the wrap: the cold path sorts those out exactly (`record_success`).
             let failures = self.failures.load(Ordering::Relaxed);
-            if failures.wrapping_sub(tag).wrapping_sub(1) >= u64::from(u32::MAX) {
+            if failures <= tag {
                 return;
             }
         }
