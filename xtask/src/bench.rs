@@ -744,7 +744,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          does not change its speed (unaligned, the same bare call measured 1.35 to 1.90 ns \
          from build to build). A row runs its rounds (41 for nanosecond rows), \
          then more while the median's 95% confidence interval is wider than ±4% of it, up to \
-         four times as many (a row timing whole operations adds rounds only within a 20-second \
+         four times as many (a row timing whole operations adds rounds only within a 45-second \
          budget, a row of several threads within 60 seconds), so \
          `rounds` differs from row to row. Nanosecond rows use a batch calibrated for each side \
          to 1 ms (4 ms on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \

@@ -15,7 +15,7 @@
 //! interval ([`median_interval`]: the order statistics `n/2 ∓ 0.98·√n`) lies within 4% of
 //! it on either side. A row whose rounds agree stops early; a noisy one samples the machine
 //! for longer, and its median moves less from run to run. A `compare` row adds rounds only
-//! within a 20-second budget (its rounds take seconds), a row of several threads within 60
+//! within a 45-second budget (its rounds take seconds), a row of several threads within 60
 //! seconds (a contended baseline's batch can take a second). `BENCH_ROUNDS` fixes the count.
 //!
 //! Nanosecond rows ([`Harness::nanos`]) also guard against the usual traps:
@@ -122,7 +122,7 @@ const MORE_ROUNDS: usize = 4;
 /// A median has settled when its 95% confidence interval lies within this share of it.
 const SETTLED: f64 = 0.04;
 /// A [`Harness::compare`] row adds rounds beyond its own only while it has run less than this.
-const COMPARE_BUDGET: Duration = Duration::from_secs(20);
+const COMPARE_BUDGET: Duration = Duration::from_secs(45);
 /// Each side's batch in a one-thread row takes at least this long.
 const SOLO_TARGET: Duration = Duration::from_millis(1);
 /// A one-thread row's round times this many batches of each side and keeps each side's
