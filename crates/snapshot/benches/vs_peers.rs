@@ -9,8 +9,11 @@
 //! `target/`.
 //!
 //! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
-//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `raw-vec-loop`, `floor-loop`) with
-//! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
+//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `raw-vec-loop`,
+//! `floor-loop`) with `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing
+//! file 20 times (8 for raw values), keeping every result; `restore-drop-loop`,
+//! `raw-drop-loop` and `raw-vec-drop-loop` drop each result before the next restore, as
+//! the timed rows do (so freed memory is reused rather than faulted in afresh).
 
 use std::{
     collections::HashMap,
@@ -300,6 +303,28 @@ fn child(case: &str) {
                         .unwrap()
                         .entries,
                 );
+            }
+            0.0
+        }
+        "raw-drop-loop" => {
+            // As the timed row runs: each map is dropped before the next restore.
+            for _ in 0..8 {
+                let restored = persistence
+                    .restore::<Box<serde_json::value::RawValue>>()
+                    .unwrap();
+                black_box(&restored.entries);
+            }
+            0.0
+        }
+        "restore-drop-loop" => {
+            for _ in 0..8 {
+                black_box(restore_ours(&persistence));
+            }
+            0.0
+        }
+        "raw-vec-drop-loop" => {
+            for _ in 0..8 {
+                black_box(restore_raw_vec(&persistence));
             }
             0.0
         }
