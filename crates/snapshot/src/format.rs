@@ -68,8 +68,9 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     pub(crate) max_entries: u64,
     pub(crate) read: u64,
     pub(crate) expired: u64,
-    /// Entries waiting to be handed to the inserter, with their keys' hashes (computed
-    /// here, with the map's hasher, to take work off the inserter).
+    /// Entries waiting to be handed to the inserter, with their keys' hashes where the
+    /// target [needs them](Fill::NEEDS_HASH) (computed here, with the map's hasher, to
+    /// take work off the helper).
     pending: Vec<Pending<V>>,
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.

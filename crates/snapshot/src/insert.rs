@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 
 use crate::{CacheEntry, fast::RawBatch};
 
-/// A parsed entry waiting to be inserted: its key's hash in the map, the key, and the
-/// entry (`None`: an expired entry, which removes its key).
+/// A parsed entry waiting to be inserted: its key's hash with the map's hasher (0 for a
+/// target that does not [need it](Fill::NEEDS_HASH)), the key, and the entry (`None`: an
+/// expired entry, which removes its key).
 pub(crate) type Pending<V> = (u64, String, Option<CacheEntry<V>>);
 
 /// Where a restore's parsed entries go: the result map ([`Inserter`]), or a caller's
