@@ -9,8 +9,15 @@
 //! `target/`.
 //!
 //! `SNAPSHOT_BENCH_KEEP=1` keeps the temp dir (and a quarantined file) for inspection.
-//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `raw-vec-loop`, `floor-loop`) with
-//! `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing file 20 times.
+//! For profiling, `SNAPSHOT_BENCH_CASE=restore-loop` (or `raw-loop`, `raw-vec-loop`,
+//! `floor-loop`) with `SNAPSHOT_BENCH_DIR` and `SNAPSHOT_BENCH_COUNT` restores an existing
+//! file 20 times (8 for raw values), keeping every result; `restore-drop-loop`,
+//! `raw-drop-loop` and `raw-vec-drop-loop` drop each result before the next restore, as
+//! the timed rows do (so freed memory is reused rather than faulted in afresh).
+//! `raw-floor-alternate` times a lazy restore into a `HashMap` and then the floor, 8 times,
+//! printing each pair: ours always runs just after the floor's result was dropped, as in
+//! the row's odd rounds (see the README's notes on what a dropped map leaves to the next
+//! allocation).
 
 use std::{
     collections::HashMap,
@@ -303,6 +310,32 @@ fn child(case: &str) {
             }
             0.0
         }
+        "raw-drop-loop" => {
+            // As the timed row runs: each map is dropped before the next restore.
+            for _ in 0..8 {
+                let restored = persistence
+                    .restore::<Box<serde_json::value::RawValue>>()
+                    .unwrap();
+                black_box(&restored.entries);
+            }
+            0.0
+        }
+        "restore-drop-loop" => {
+            for _ in 0..8 {
+                black_box(restore_ours(&persistence));
+            }
+            0.0
+        }
+        "raw-vec-drop-loop" => {
+            for _ in 0..8 {
+                black_box(restore_raw_vec(&persistence));
+            }
+            0.0
+        }
+        "raw-floor-alternate" => {
+            alternate_with_floor(&persistence, &directory);
+            0.0
+        }
         "raw-vec-loop" => {
             let mut kept = Vec::new();
             for _ in 0..8 {
@@ -320,6 +353,21 @@ fn child(case: &str) {
         other => panic!("unknown case {other}"),
     };
     println!("peak_mib={peak}");
+}
+
+/// Times a lazy restore into a `HashMap`, then the floor, 8 times, printing each pair.
+fn alternate_with_floor(persistence: &CachePersistence, directory: &Path) {
+    let floor_path = directory.join("floor.json");
+    for _ in 0..8 {
+        let ours = seconds(|| {
+            persistence
+                .restore::<Box<serde_json::value::RawValue>>()
+                .unwrap()
+                .entries
+        });
+        let floor = seconds(|| restore_floor(&floor_path));
+        eprintln!("ours {ours:.3} floor {floor:.3} ratio {:.2}", floor / ours);
+    }
 }
 
 fn peak_in_child(case: &str, directory: &Path, count: u64) -> f64 {

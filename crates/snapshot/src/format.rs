@@ -68,8 +68,9 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     pub(crate) max_entries: u64,
     pub(crate) read: u64,
     pub(crate) expired: u64,
-    /// Entries waiting to be handed to the inserter, with their keys' hashes (computed
-    /// here, with the map's hasher, to take work off the inserter).
+    /// Entries waiting to be handed to the inserter, with their keys' hashes where the
+    /// target [needs them](Fill::NEEDS_HASH) (computed here, with the map's hasher, to
+    /// take work off the helper).
     pending: Vec<Pending<V>>,
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
@@ -410,9 +411,8 @@ const FIRST_BATCH_ENTRIES: usize = 1024;
 /// and grows the map in steps.
 const HOLD_ENTRIES: usize = 128 * 1024;
 
-/// Entries handed to the inserter per batch at most, which it sorts by bucket in a large map:
-/// large enough that consecutive inserts land close together in a million-entry table,
-/// small next to the map itself (about 8 MiB).
+/// Entries handed to the inserter per batch at most: few messages per file, and small
+/// next to the map itself (about 8 MiB).
 const BATCH_ENTRIES: usize = 64 * 1024;
 
 /// Entries in a raw batch at most, and the text it holds at most (about): small, so a
@@ -886,9 +886,6 @@ mod tests {
             if batched {
                 restoring.batch_entries = 100;
                 restoring.holding = false;
-                if let Some(Sink::Local(inserter)) = &mut restoring.sink {
-                    inserter.sort_from_capacity = 0;
-                }
             }
             let bytes = text.as_bytes();
             let mut scanner = Scanner::new(Trickle { bytes, step: 0 });

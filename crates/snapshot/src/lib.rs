@@ -140,9 +140,10 @@
 //! limit (after about a ninth of the entries), the first entries are held back (at most
 //! 128 Ki of them), so the map's table is allocated once at its final size instead of
 //! through a chain of ever larger tables that each get touched all over; a file of more
-//! than about 1.1 million entries grows the map in those steps. In a large map, each
-//! batch is sorted by the bucket its keys hash to before it is inserted, because
-//! inserting in file order touches a random page of the table each time. On an error the partly filled map is dropped.
+//! than about 1.1 million entries grows the map in those steps. Each batch is inserted
+//! in file order: its keys then lie one after the other in memory, which measured
+//! cheaper than sorting the batch by bucket (which reads the keys in random order).
+//! On an error the partly filled map is dropped.
 //!
 //! `version` may appear before or after `entries`; if after, the entries are read into the
 //! map and the version is checked before anything is returned, so an unsupported version
