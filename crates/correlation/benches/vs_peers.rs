@@ -240,14 +240,18 @@ fn server_layer_rows(harness: &mut Harness) {
     // still in the cache when served, as a request just parsed is) and times serving each
     // batch (wall clock, one lock per batch on both sides); the requests are still dropped
     // inside the timed part, by the no-op service, on both sides. No goal: the goal
-    // is the row above's.
-    let batches = if harness.quick() { 8 } else { 40 };
+    // is the row above's. 400 batches (about 25 ms served per call) and 21 rounds: with 40
+    // batches and the default 9 rounds, each run's rounds agreed closely but two runs'
+    // medians differed by 25% (2.25 then 2.81), a call too short to average over the
+    // allocator states the earlier rows leave behind.
+    let batches = if harness.quick() { 8 } else { 400 };
     harness.compare(
         Row::new(
             "server layer per request, logging off, requests built outside the timed part",
             "tower-http 0.6 SetRequestIdLayer + PropagateRequestIdLayer, the same requests",
         )
-        .unit("ns/call"),
+        .unit("ns/call")
+        .rounds(21),
         || serve_prebuilt(&ours, batches),
         || serve_prebuilt(&theirs, batches),
     );
