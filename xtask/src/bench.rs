@@ -743,7 +743,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          function aligned to 64 bytes, so that where a change elsewhere moves a timed loop \
          does not change its speed (unaligned, the same bare call measured 1.35 to 1.90 ns \
          from build to build). A row runs its rounds (41 for nanosecond rows), \
-         then more while the median's 95% confidence interval is wider than ±2.5% of it, up to \
+         then more while the median's 95% confidence interval is wider than ±4% of it, up to \
          four times as many (a row timing whole operations adds rounds only within a 45-second \
          budget, a row of several threads within 60 seconds), so \
          `rounds` differs from row to row. Nanosecond rows use a batch calibrated for each side \
