@@ -134,8 +134,9 @@ const CANARY_TARGET: Duration = Duration::from_micros(100);
 /// many times slower than its fastest so far.
 const CANARY_SLOWED: f64 = 1.08;
 /// Each side's batch in a row of several threads takes at least this long when calibrated
-/// on one thread (contended, it takes longer). 1 ms batches are disturbed less often, but measured the contended peers
-/// less steadily from run to run than 4 ms ones (a batch spans fewer lock hand-offs).
+/// on one thread (contended, it takes longer). 1 ms batches are disturbed less often, but
+/// measured the contended peers less steadily from run to run than 4 ms ones (a batch spans
+/// fewer lock hand-offs).
 const SHARED_TARGET: Duration = Duration::from_millis(4);
 /// A row of several threads adds rounds beyond its own only while it has run less than this
 /// (a contended baseline's batches, and their retries when disturbed, can take a second
@@ -491,10 +492,7 @@ impl Harness {
             SHARED_TARGET
         };
         let shared = Shared::new(threads, self.guards);
-        let batches = Mutex::new(Batches {
-            ours: 0,
-            baseline: 0,
-        });
+        let batches = Mutex::new(Batches::default());
         // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
         // threads need not burn a core meanwhile); the spinning one around every batch.
         let start_line = Barrier::new(threads);
@@ -715,7 +713,7 @@ pub fn median(values: &[f64]) -> f64 {
 /// [`calibrate`]): a baseline ten or a hundred times slower than ours does not stretch every
 /// one of its batches to ten or a hundred times the target, so a slow row runs its rounds
 /// in seconds, not minutes, and a noisy one can afford more of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Batches {
     ours: u64,
     baseline: u64,
@@ -801,17 +799,8 @@ where
         let before = canary.slowdown();
         let sample = fastest((0..SOLO_REPEATS).map(|repeat| {
             let nth = (round * SOLO_REPEATS + repeat) as u64;
-            let (ours_calls, baseline_calls) = (batches.ours, batches.baseline);
-            let ours_batch = || {
-                per_call(
-                    time_batch(ours, ours_calls, nth * ours_calls, timer),
-                    ours_calls,
-                )
-            };
-            let baseline_batch = || {
-                let took = time_batch(baseline, baseline_calls, nth * baseline_calls, timer);
-                per_call(took, baseline_calls)
-            };
+            let ours_batch = || nth_batch(ours, batches.ours, nth, timer);
+            let baseline_batch = || nth_batch(baseline, batches.baseline, nth, timer);
             if (round + repeat) % 2 == 0 {
                 let first = ours_batch();
                 (first, baseline_batch())
@@ -1455,6 +1444,15 @@ where
             started.elapsed()
         }
     }
+}
+
+/// The `nth` batch of `calls` calls of `body` (indices from `nth * calls`), in nanoseconds
+/// per call.
+fn nth_batch<F, R>(body: &F, calls: u64, nth: u64, timer: Timer) -> f64
+where
+    F: Fn(u64) -> R,
+{
+    per_call(time_batch(body, calls, nth * calls, timer), calls)
 }
 
 fn per_call(elapsed: Duration, batch: u64) -> f64 {
