@@ -750,10 +750,12 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          to 1 ms (4 ms on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
          four batches of each side, alternating, and keeps each side's fastest. A canary (a \
          fixed loop of simple instructions) is timed around every round: a round around \
-         which it ran more than 8% slower than its fastest during the row is dropped, up to \
+         which it ran more than 8% slower than its median during the row is dropped, up to \
          as many as the row may run (on these virtual machines the core's other hyperthread \
          can be busy for seconds, and that slows a tight loop of simple instructions by up to \
-         half while a body waiting on a locked instruction or a clock read hardly notices). In \
+         half while a body waiting on a locked instruction or a clock read hardly notices; \
+         against its median, not its fastest, since on some hosts that hyperthread is busy \
+         nearly all the time). In \
          a row of several threads every batch starts at a spinning barrier, and a batch in \
          which a thread was preempted and waited for a CPU (or started late) for more than 2% \
          of it, or before which a thread's canary ran slowed, is timed \
