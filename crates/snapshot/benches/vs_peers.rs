@@ -14,6 +14,8 @@
 //! file 20 times (8 for raw values), keeping every result; `restore-drop-loop`,
 //! `raw-drop-loop` and `raw-vec-drop-loop` drop each result before the next restore, as
 //! the timed rows do (so freed memory is reused rather than faulted in afresh).
+//! `insert-bound` times only the inserts of a lazy restore into a `HashMap` (the entries
+//! built beforehand) against the floor: the most any restore into a `HashMap` can gain.
 //! `raw-floor-alternate` times a lazy restore into a `HashMap` and then the floor, 8 times,
 //! printing each pair: ours always runs just after the floor's result was dropped, as in
 //! the row's odd rounds (see the README's notes on what a dropped map leaves to the next
@@ -336,6 +338,10 @@ fn child(case: &str) {
             alternate_with_floor(&persistence, &directory);
             0.0
         }
+        "insert-bound" => {
+            insert_bound(&persistence, &directory);
+            0.0
+        }
         "raw-vec-loop" => {
             let mut kept = Vec::new();
             for _ in 0..8 {
@@ -367,6 +373,27 @@ fn alternate_with_floor(persistence: &CachePersistence, directory: &Path) {
         });
         let floor = seconds(|| restore_floor(&floor_path));
         eprintln!("ours {ours:.3} floor {floor:.3} ratio {:.2}", floor / ours);
+    }
+}
+
+/// Times inserting the lazy entries, already built, into a `HashMap` sized for them, then
+/// the floor, 8 times, printing each pair: no restore into a `HashMap` can beat the floor
+/// by more than the last column, since it makes the same inserts on one thread (a
+/// `HashMap` has one writer) after, or while, parsing.
+fn insert_bound(persistence: &CachePersistence, directory: &Path) {
+    let floor_path = directory.join("floor.json");
+    for _ in 0..8 {
+        let entries = restore_raw_vec(persistence);
+        let inserts = seconds(|| {
+            let mut map = HashMap::with_capacity(entries.len());
+            map.extend(entries);
+            map
+        });
+        let floor = seconds(|| restore_floor(&floor_path));
+        eprintln!(
+            "inserts alone {inserts:.3} floor {floor:.3} bound {:.2}",
+            floor / inserts
+        );
     }
 }
 
