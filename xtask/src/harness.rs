@@ -40,7 +40,7 @@
 //!   row may run rounds; the output counts them), so medians are taken at the core's
 //!   usual speed in every run; in a row of several threads, a thread's slowed canary makes
 //!   the batch disturbed. (Against its fastest instead, a host whose other hyperthread is
-//!   busy nearly all the time had nearly every round "slowed", see [`Canary::record`].)
+//!   busy nearly all the time had nearly every round "slowed", see `Canary::record`.)
 //! - **warm-up**: the calibration runs both sides, then one more full batch of each runs
 //!   untimed, before the first round;
 //! - **`black_box`**: the iteration index passed to a body and the value it returns both go
