@@ -588,12 +588,15 @@ fn measure_timing(
 }
 
 /// The memory rows, in the order `measure_memory` measures them. A peak is measured in a
-/// child process of its own; peaks barely vary, so three rounds suffice.
+/// child process of its own. A save's peak above its entries is about 2 MiB and moves by
+/// an eighth of a MiB from run to run (the serializer threads' batches in flight), a
+/// sixth of the ratio, so each row takes the median of seven (with three, two runs'
+/// medians were 12% apart).
 fn memory_rows(label: &str) -> Vec<Row> {
     let row = |bench: String, baseline: &str| {
         Row::new(bench, baseline)
             .unit("MiB")
-            .rounds(3)
+            .rounds(7)
             .without_warm_up()
     };
     vec![
