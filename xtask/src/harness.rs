@@ -75,7 +75,7 @@
 //! cores) ran slowed after most of them, by the calls' own aftermath (writeback, a runtime
 //! winding down, a clock lowered by a second of load on both cores) more than by another
 //! tenant, and dropping those rounds chose which rounds count. Measured on one machine,
-//! three runs each of the loopback row: with the canary 1.00×, 0.93× and 1.13× (38 to 73
+//! three runs each of the loopback row: with the canary 1.13×, 1.00× and 0.93× (11 to 73
 //! rounds dropped), without 0.97×, 1.03× and 0.96×. A burst of another tenant's work lands
 //! on a few of these long rounds, alternating in order, and the median ignores them.
 //!

@@ -588,10 +588,10 @@ fn measure_timing(
 }
 
 /// The memory rows, in the order `measure_memory` measures them. A peak is measured in a
-/// child process of its own. A save's peak above its entries is about 2 MiB and moves by
-/// an eighth of a MiB from run to run (the serializer threads' batches in flight), a
-/// sixth of the ratio, so each row takes the median of seven (with three, two runs'
-/// medians were 12% apart).
+/// child process of its own. A save's peak above its entries is about 2 MiB and moves
+/// between about 2.06 and 2.43 MiB from call to call (the serializer threads' batches in
+/// flight), so each row takes the median of seven (with three, two runs' medians were 12%
+/// apart).
 fn memory_rows(label: &str) -> Vec<Row> {
     let row = |bench: String, baseline: &str| {
         Row::new(bench, baseline)
