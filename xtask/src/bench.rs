@@ -11,8 +11,10 @@
 //!   `crate`, `bench`, `baseline`, `unit` (lower is better), `ours` and `baseline_value`
 //!   (the medians of each side over the rounds), `ratio` (the median of the per-round
 //!   ratios `baseline / ours`), `min_ratio` and `max_ratio` (their spread), `rounds`,
-//!   `pinned`, `timer` (`thread-cpu` or `wall`), and an optional `goal`: the smallest acceptable median ratio, from the
-//!   crate's issue.
+//!   `pinned`, `timer` (`thread-cpu` or `wall`), an optional `goal`: the smallest acceptable
+//!   median ratio, from the crate's issue, and for rows of several threads `placement_ns`
+//!   (how far apart the host had put the cores: a cache line's round trip between them)
+//!   and `other_placement_rounds` (rounds at another placement, left out).
 //! - `BENCH_QUICK=1` (`--quick`): short runs; numbers are then only a smoke test.
 //! - `BENCH_ROUNDS=N` (`--rounds N`): every row runs N rounds.
 //! - `BENCH_ONLY=text` (`--only text`): only rows whose crate, name or baseline contain
@@ -28,7 +30,11 @@
 //! `--twice` runs every selected benchmark twice in a row and checks issue 10's criterion:
 //! it writes run 1's report to `target/bench/report-run1.json` (`report.json` is run 2),
 //! both runs' ratios and each row's change to `target/bench/stability.md`, and fails when a
-//! row's median ratio moved more than 15% (the larger over the smaller, less one).
+//! row's median ratio moved more than 15% (the larger over the smaller, less one). A row of
+//! several threads that run 2 measured with the host's cores placed otherwise than run 1
+//! did (its `placement_ns`, see `xtask::harness`) is measured again first, up to three
+//! times, until the placements match: across placements the two runs measured two
+//! machines. A row still at another placement is marked so, and still counts.
 //!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
@@ -68,6 +74,12 @@ pub(crate) struct Row {
     pub(crate) pinned: bool,
     pub(crate) timer: String,
     pub(crate) goal: Option<f64>,
+    /// `placement_ns` (rows of several threads): the round trip of a cache line between
+    /// the measuring threads' cores during the row's rounds, i.e. where the host had put
+    /// them.
+    pub(crate) placement_ns: Option<f64>,
+    /// `other_placement_rounds`: rounds taken at another placement, left out of the row.
+    pub(crate) other_placement_rounds: Option<u64>,
 }
 
 /// How a row stands against its goal.
@@ -112,6 +124,12 @@ impl Row {
         object.insert("rounds".into(), json!(self.rounds));
         object.insert("pinned".into(), json!(self.pinned));
         object.insert("timer".into(), json!(self.timer));
+        if let Some(placement) = self.placement_ns {
+            object.insert("placement_ns".into(), json!(round(placement, 1)));
+        }
+        if let Some(elsewhere) = self.other_placement_rounds {
+            object.insert("other_placement_rounds".into(), json!(elsewhere));
+        }
         if let Some(goal) = self.goal {
             object.insert("goal".into(), json!(goal));
             object.insert("goal_met".into(), json!(self.ratio >= goal));
@@ -218,13 +236,19 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let first = if flags.twice {
         println!("\n== --twice: run 1 of 2");
-        let first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path)?;
+        let first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
         println!("\n== --twice: run 2 of 2");
         Some(first)
     } else {
         None
     };
-    let rows = run_benches(&root, &crates, &flags, fixed_layout, &rows_path)?;
+    let mut rows = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
+    let again = match &first {
+        Some(first) => {
+            remeasure_other_placements(&root, &flags, fixed_layout, &rows_path, first, &mut rows)?
+        }
+        None => Vec::new(),
+    };
     let report_path = out_dir.join("report.json");
     fs::write(&report_path, render_report(&rows))
         .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
@@ -244,7 +268,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         write_readme_tables(&root, &crates, &rows, &machine)?;
     }
     match first {
-        Some(first) => check_stability(&out_dir, &first, &rows),
+        Some(first) => check_stability(&out_dir, &first, &rows, &again),
         None => Ok(()),
     }
 }
@@ -252,12 +276,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 /// `--twice`: writes run 1's report beside run 2's, and the rows' movement between the two
 /// runs into `target/bench/stability.md`; an error when a row moved more than
 /// [`MOVED_LIMIT`] (or was measured in one run only).
-fn check_stability(out_dir: &Path, first: &[Row], second: &[Row]) -> Result<(), String> {
+fn check_stability(
+    out_dir: &Path,
+    first: &[Row],
+    second: &[Row],
+    again: &[(String, usize)],
+) -> Result<(), String> {
     let first_path = out_dir.join("report-run1.json");
     fs::write(&first_path, render_report(first))
         .map_err(|e| format!("cannot write {}: {e}", first_path.display()))?;
     let movements = movements(first, second);
-    let table = render_stability(&movements);
+    let table = render_stability(&movements, again);
     let stability_path = out_dir.join("stability.md");
     fs::write(&stability_path, &table)
         .map_err(|e| format!("cannot write {}: {e}", stability_path.display()))?;
@@ -306,6 +335,76 @@ impl Movement {
         self.movement()
             .is_none_or(|movement| movement > MOVED_LIMIT)
     }
+
+    /// Whether the two runs measured the row with the cores placed differently (see
+    /// [`Row::placement_ns`]): then they measured different machines, and the row is
+    /// measured again (see [`remeasure_other_placements`]).
+    pub(crate) fn placement_differs(&self) -> bool {
+        let placement = |row: &Option<Row>| row.as_ref().and_then(|row| row.placement_ns);
+        match (placement(&self.first), placement(&self.second)) {
+            (Some(first), Some(second)) => !xtask::harness::same_placement(first, second),
+            _ => false,
+        }
+    }
+}
+
+/// How often `--twice` measures a row again whose run 2 found the cores placed otherwise
+/// than run 1 did.
+const REMEASURES: usize = 3;
+
+/// `--twice`: the rows of several threads whose run 2 found the host's cores placed
+/// otherwise than run 1 did (a cache line's round trip between them 70 ns against 480 ns:
+/// sharing a cache or not) are measured again, up to [`REMEASURES`] times, until the
+/// placement matches run 1's; the last measurement replaces run 2's row. Contended rows
+/// measure the placement as much as the code (one peer's ratio was 45× at one and 100× at
+/// the other), so comparing them across placements compares two machines. Returns how
+/// many times each row was measured again.
+fn remeasure_other_placements(
+    root: &Path,
+    flags: &Flags,
+    fixed_layout: bool,
+    rows_path: &Path,
+    first: &[Row],
+    second: &mut [Row],
+) -> Result<Vec<(String, usize)>, String> {
+    let mut again: Vec<(String, usize)> = Vec::new();
+    for _ in 0..REMEASURES {
+        let differing: Vec<Movement> = movements(first, second)
+            .into_iter()
+            .filter(Movement::placement_differs)
+            .collect();
+        if differing.is_empty() {
+            break;
+        }
+        let mut crates: Vec<String> = differing.iter().map(|row| row.krate.clone()).collect();
+        crates.dedup();
+        for krate in crates {
+            let only: Vec<String> = differing
+                .iter()
+                .filter(|row| row.krate == krate)
+                .map(|row| format!("{} {} {}", row.krate, row.bench, row.baseline).to_lowercase())
+                .collect();
+            println!(
+                "\n== --twice: the cores were placed otherwise than in run 1; measuring again: {}",
+                only.join("; ")
+            );
+            let only = only.join("\n");
+            let rows = run_benches(root, &[krate], flags, fixed_layout, rows_path, Some(&only))?;
+            for row in rows {
+                let key = format!("{} {} {}", row.krate, row.bench, row.baseline);
+                if let Some(slot) = second.iter_mut().find(|old| {
+                    old.krate == row.krate && old.bench == row.bench && old.baseline == row.baseline
+                }) {
+                    *slot = row;
+                    match again.iter_mut().find(|(name, _)| *name == key) {
+                        Some((_, count)) => *count += 1,
+                        None => again.push((key, 1)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(again)
 }
 
 /// Pairs the rows of two runs by crate, bench and baseline, in the order of the second run
@@ -339,15 +438,18 @@ pub(crate) fn movements(first: &[Row], second: &[Row]) -> Vec<Movement> {
 
 /// The two runs side by side, each row's change (run 2 against run 1) flagged when it
 /// moved more than [`MOVED_LIMIT`].
-pub(crate) fn render_stability(movements: &[Movement]) -> String {
+pub(crate) fn render_stability(movements: &[Movement], again: &[(String, usize)]) -> String {
     let mut table = String::from(
         "| crate | bench | baseline | run 1 ratio (spread) | run 2 ratio (spread) | change |\n\
          |---|---|---|---:|---:|---:|\n",
     );
     let ratio = |row: &Option<Row>| {
         row.as_ref().map_or("not measured".to_string(), |row| {
+            let placed = row
+                .placement_ns
+                .map_or(String::new(), |ns| format!(", cores {ns:.0} ns apart"));
             format!(
-                "{:.2}× ({:.2}–{:.2})",
+                "{:.2}× ({:.2}–{:.2}{placed})",
                 row.ratio, row.min_ratio, row.max_ratio
             )
         })
@@ -363,6 +465,21 @@ pub(crate) fn render_stability(movements: &[Movement]) -> String {
                 }
             }
             _ => "**missing**".to_string(),
+        };
+        let key = format!(
+            "{} {} {}",
+            movement.krate, movement.bench, movement.baseline
+        );
+        let change = match again.iter().find(|(name, _)| *name == key) {
+            Some((_, times)) => {
+                format!("{change} (run 2 measured {times} more times for run 1's placement)")
+            }
+            None => change,
+        };
+        let change = if movement.placement_differs() {
+            format!("{change} **placement differs**")
+        } else {
+            change
         };
         let _ = writeln!(
             table,
@@ -386,13 +503,14 @@ pub(crate) fn render_stability(movements: &[Movement]) -> String {
 }
 
 /// Runs every crate's benchmark once, each appending its rows to `rows_path`, and returns
-/// the rows.
+/// the rows; `only` (lines of alternatives) overrides `--only`.
 fn run_benches(
     root: &Path,
     crates: &[String],
     flags: &Flags,
     fixed_layout: bool,
     rows_path: &Path,
+    only: Option<&str>,
 ) -> Result<Vec<Row>, String> {
     let _ = fs::remove_file(rows_path);
     for krate in crates {
@@ -430,9 +548,10 @@ fn run_benches(
             command.env("BENCH_ROUNDS", rounds.to_string());
             shown.push(format!("BENCH_ROUNDS={rounds}"));
         }
-        if let Some(only) = flags.only.as_ref().filter(|only| *only != krate) {
+        let only = only.or_else(|| flags.only.as_deref().filter(|only| *only != krate));
+        if let Some(only) = only {
             command.env("BENCH_ONLY", only);
-            shown.push(format!("BENCH_ONLY=\"{only}\""));
+            shown.push(format!("BENCH_ONLY=\"{}\"", only.replace('\n', "\\n")));
         }
         shown.push(format!(
             "RUSTFLAGS=\"{rustflags}\" CARGO_TARGET_DIR=target/bench-build cargo {}",
@@ -574,6 +693,11 @@ pub(crate) fn parse_rows(text: &str) -> Result<Vec<Row>, String> {
                 .unwrap_or("wall")
                 .to_string(),
             goal,
+            placement_ns: match value.get("placement_ns") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(number_field("placement_ns")?),
+            },
+            other_placement_rounds: value.get("other_placement_rounds").and_then(Value::as_u64),
         };
         if !(row.min_ratio <= row.ratio && row.ratio <= row.max_ratio) {
             return Err(format!(
@@ -598,8 +722,8 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
         return "no benchmark rows: no crate has a `benches/vs_peers.rs` that reported any".into();
     }
     let mut table = String::from(
-        "| crate | bench | unit | ours | baseline | baseline value | ratio (median) | spread (min–max) | rounds | goal |\n\
-         |---|---|---|---:|---|---:|---:|---:|---:|---|\n",
+        "| crate | bench | unit | ours | baseline | baseline value | ratio (median) | spread (min–max) | rounds | cores apart | goal |\n\
+         |---|---|---|---:|---|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let goal = match (row.goal, row.verdict()) {
@@ -617,7 +741,7 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {:.2}× | {:.2}–{:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2}× | {:.2}–{:.2} | {} | {} | {} |",
             cell(&row.krate),
             cell(&row.bench),
             cell(&row.unit),
@@ -628,6 +752,8 @@ pub(crate) fn render_table(rows: &[Row]) -> String {
             row.min_ratio,
             row.max_ratio,
             row.rounds,
+            row.placement_ns
+                .map_or(String::new(), |ns| format!("{ns:.0} ns")),
             goal
         );
     }
@@ -762,7 +888,13 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          again, up to 8 times, and the round is dropped if it stays disturbed: the other \
          threads ran uncontended meanwhile; during such a row the harness holds \
          `/dev/cpu_dma_latency` at 0, so an idle vCPU polls rather than halts and a thread \
-         parked on a contended lock wakes alike in every run. Before every timed whole \
+         parked on a contended lock wakes alike in every run. Every round of a row of several \
+         threads is bracketed by a probe of how far apart the host has put the two measuring \
+         cores (a cache line handed back and forth: about 70 ns round trip when they share a \
+         cache, about 480 ns when they do not; the host moves them every few seconds to \
+         minutes, and a contended peer's ratio follows, e.g. 45× at one and 100× at the \
+         other); a round across which the placement changed is dropped, the row keeps the \
+         rounds at its usual placement, and `cores apart` gives that round trip. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \
          writes do not land in the other's time; those rows keep every round (a canary read \
          around a save or a load of requests ran slowed by the operation's own aftermath \
@@ -777,7 +909,9 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          `target/bench/machine.json`); `cargo xtask bench --only <crate or row text>` for one \
          area, `--rounds N` to fix the rounds; `cargo xtask bench --twice` runs everything \
          twice and lists, in `target/bench/stability.md`, every row whose median ratio moved \
-         more than 15% between the runs (failing if one did); `cargo xtask bench \
+         more than 15% between the runs (failing if one did), after measuring again, up to \
+         three times, any row of several threads that run 2 found at another placement than \
+         run 1 did; `cargo xtask bench \
          --write-docs` regenerates this page.\n",
         date = field("date"),
         cpu = field("cpu"),
@@ -940,7 +1074,7 @@ mod tests {
         let table = render_table(&parse_rows(&piped).unwrap());
         let line = table.lines().nth(2).unwrap();
         assert!(line.contains("NEW\\|CLOSE"), "{line}");
-        assert_eq!(line.matches(" | ").count(), 9, "ten cells: {line}");
+        assert_eq!(line.matches(" | ").count(), 10, "eleven cells: {line}");
     }
 
     #[test]
@@ -979,10 +1113,47 @@ mod tests {
         assert!(movements[0].moved(), "{movements:?}");
         assert!(!movements[1].moved(), "{movements:?}");
         assert!((movements[1].movement().unwrap() - 0.125).abs() < 1e-9);
-        let table = render_stability(&movements);
+        let table = render_stability(&movements, &[]);
         assert!(table.contains("| -14% **moved** |"), "{table}");
         assert!(table.contains("| +12% |"), "{table}");
         assert!(table.contains("1 of 2 rows moved more than 15%"), "{table}");
+    }
+
+    #[test]
+    fn twice_compares_rows_of_several_threads_only_at_the_same_placement() {
+        let placed = |ratio: f64, ns: f64| Row {
+            placement_ns: Some(ns),
+            other_placement_rounds: Some(0),
+            ..with_ratio(0, ratio)
+        };
+        let same = movements(&[placed(45.0, 72.0)], &[placed(47.0, 90.0)]);
+        assert!(!same[0].placement_differs() && !same[0].moved());
+        let other = movements(&[placed(45.0, 72.0)], &[placed(100.0, 480.0)]);
+        assert!(other[0].placement_differs(), "{other:?}");
+        assert!(
+            other[0].moved(),
+            "a row left at another placement still counts as moved"
+        );
+        let key = "breaker closed success, 1 thread failsafe 1.3".to_string();
+        let table = render_stability(&other, &[(key, 3)]);
+        assert!(table.contains("cores 72 ns apart"), "{table}");
+        assert!(table.contains("cores 480 ns apart"), "{table}");
+        assert!(table.contains("measured 3 more times"), "{table}");
+        assert!(table.contains("**placement differs**"), "{table}");
+        // The report keeps the placement, and a row without one has none.
+        let report = render_report(&[placed(45.0, 72.0), with_ratio(1, 0.7)]);
+        let rows = parse_rows(
+            &serde_json::from_str::<Vec<Value>>(&report)
+                .unwrap()
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .unwrap();
+        assert_eq!(rows[0].placement_ns, Some(72.0));
+        assert_eq!(rows[1].placement_ns, None);
+        assert!(render_table(&rows).contains("| 72 ns |"));
     }
 
     #[test]
@@ -994,7 +1165,7 @@ mod tests {
         assert_eq!(movements.len(), 2);
         assert!(!movements[0].moved());
         assert!(movements[1].second.is_none() && movements[1].moved());
-        let table = render_stability(&movements);
+        let table = render_stability(&movements, &[]);
         assert!(
             table.contains("not measured") && table.contains("**missing**"),
             "{table}"

@@ -63,6 +63,19 @@
 //!   twice the row's largest number of rounds are tried; if none was undisturbed, the least
 //!   disturbed batches are kept and the output says so); the output counts both.
 //!
+//! - **placement** (rows of several threads, threads pinned): before and after every round,
+//!   threads 0 and 1 hand a cache line back and forth (`Shared::placement`: the fastest
+//!   of 8 chunks of 32 round trips). Its round trip says where the host has put the two
+//!   vCPUs: about 70 ns when they share a cache, about 480 ns when they do not, and the host
+//!   moves them every few seconds to minutes, whatever the guest does. What a row of several
+//!   threads measures is what crosses between the cores, so its ratio follows: measured in
+//!   one minute, seatbelt's 45× at 72 ns and 100× at 474 ns, tower-resilience's 170× and
+//!   650×, failsafe's rejection 4.0× and 7.0×; within one placement, rounds agree. A round
+//!   across which the placement changed (the two readings more than [`SAME_PLACEMENT`]
+//!   apart) is dropped; the row keeps the rounds at its usual placement (within
+//!   [`SAME_PLACEMENT`] of the median reading), reports that round trip (`placement_ns`) and
+//!   how many rounds it left out, and `cargo xtask bench --twice` compares rows only at the
+//!   same placement.
 //! - **wake-up latency** (rows of several threads): for the row, the harness asks the
 //!   kernel for zero wake-up latency (`/dev/cpu_dma_latency`), so an
 //!   idle CPU polls instead of halting and a thread parked on a contended lock is woken
@@ -104,7 +117,8 @@
 //! - `BENCH_QUICK=1`: fewer rounds and shorter batches; numbers are then a smoke test.
 //! - `BENCH_ROUNDS=N`: this many rounds for every row, overriding the defaults.
 //! - `BENCH_ONLY=text`: measure only the rows whose `crate bench baseline` contains `text`
-//!   (ignoring case); [`Harness::wants`] lets a benchmark skip the set-up of such rows.
+//!   (ignoring case; each line of `text` is an alternative); [`Harness::wants`] lets a
+//!   benchmark skip the set-up of such rows.
 
 use std::{
     fmt::Write as _,
@@ -157,6 +171,15 @@ const DISTURBED: f64 = 0.02;
 /// How many times a disturbed batch of several threads is timed before the least disturbed
 /// attempt is kept.
 const MAX_ATTEMPTS: usize = 8;
+/// A [`Shared::placement`] probe times this many chunks of [`PROBE_ROUND_TRIPS`] round
+/// trips of a cache line between two threads and keeps the fastest chunk.
+const PROBE_CHUNKS: u64 = 8;
+/// Round trips of a cache line in one chunk of a [`Shared::placement`] probe.
+const PROBE_ROUND_TRIPS: u64 = 32;
+/// Two placement readings are the same placement when neither exceeds the other by more
+/// than this factor (measured: about 70 ns between cores that share a cache, about 480 ns
+/// between cores that do not, on the same virtual machine minutes apart).
+pub const SAME_PLACEMENT: f64 = 1.5;
 
 /// What a row measures and against what. Built with [`Row::new`] and its builder methods.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +298,50 @@ pub struct Measured {
     pub pinned: bool,
     /// `timer`: `"thread-cpu"` or `"wall"`, the clock the row's batches were timed with.
     pub timer: &'static str,
+    /// `placement_ns` and `other_placement_rounds` (rows of several threads, threads
+    /// pinned): where the host had put the cores when the row's rounds ran.
+    pub placement: Option<Placement>,
+}
+
+/// Where the host had placed the cores of a row of several threads (see the
+/// [module docs](self)): the row's rounds are those taken at its usual placement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// `placement_ns`: the median round trip of a cache line between threads 0 and 1,
+    /// over the rounds kept.
+    pub round_trip_ns: f64,
+    /// `other_placement_rounds`: rounds measured at another placement, left out.
+    pub elsewhere: usize,
+}
+
+/// The rounds taken at the row's usual placement (within [`SAME_PLACEMENT`] of the
+/// median probe), with that placement; all rounds and `None` when no probe was read.
+fn at_usual_placement(
+    samples: &[(f64, f64)],
+    placements: &[f64],
+) -> (Vec<(f64, f64)>, Option<Placement>) {
+    let mut read: Vec<f64> = placements
+        .iter()
+        .copied()
+        .filter(|p| p.is_finite())
+        .collect();
+    if read.is_empty() || placements.len() != samples.len() {
+        return (samples.to_vec(), None);
+    }
+    read.sort_by(f64::total_cmp);
+    // A reading itself (the lower middle one), not an average between two placements.
+    let usual = read[(read.len() - 1) / 2];
+    let (kept, kept_placements): (Vec<(f64, f64)>, Vec<f64>) = samples
+        .iter()
+        .zip(placements)
+        .filter(|&(_, &placement)| same_placement(placement, usual))
+        .map(|(&sample, &placement)| (sample, placement))
+        .unzip();
+    let placement = Placement {
+        round_trip_ns: median(&kept_placements),
+        elsewhere: samples.len() - kept.len(),
+    };
+    (kept, Some(placement))
 }
 
 impl Measured {
@@ -296,6 +363,10 @@ impl Measured {
         });
         if let Some(goal) = self.goal {
             object["goal"] = json!(goal);
+        }
+        if let Some(placement) = self.placement {
+            object["placement_ns"] = json!(placement.round_trip_ns);
+            object["other_placement_rounds"] = json!(placement.elsewhere);
         }
         object
     }
@@ -414,9 +485,12 @@ impl Harness {
     pub fn wants(&self, row: &Row) -> bool {
         match &self.only {
             None => true,
-            Some(only) => format!("{} {} {}", self.krate, row.name(), row.baseline)
-                .to_lowercase()
-                .contains(only.as_str()),
+            Some(only) => {
+                let text = format!("{} {} {}", self.krate, row.name(), row.baseline).to_lowercase();
+                // Lines are alternatives (`cargo xtask bench --twice` re-measures several
+                // rows by their whole names).
+                only.lines().any(|only| text.contains(only))
+            }
         }
     }
 
@@ -439,7 +513,7 @@ impl Harness {
         let threads = row.threads.unwrap_or(1);
         let budget = (threads > 1).then_some(SHARED_BUDGET);
         let plan = self.plan_for(&row, NANOS_ROUNDS, budget);
-        let (samples, timer, note) = if threads == 1 {
+        let (samples, timer, note, placement) = if threads == 1 {
             let timer = if self.thread_clock {
                 Timer::ThreadCpu
             } else {
@@ -463,7 +537,7 @@ impl Harness {
             let mut canary = Canary::new(timer);
             let (samples, slowed) =
                 solo_rounds(&ours, &baseline, batches, plan, &mut canary, slowed);
-            (samples, timer, slowed.note())
+            (samples, timer, slowed.note(), None)
         } else {
             // Held for the row, released when it ends (see `WakeLatency`).
             let wake = if self.guards {
@@ -471,14 +545,17 @@ impl Harness {
             } else {
                 WakeLatency::NotAsked
             };
-            let (samples, disturbed) = self.shared_rounds(threads, &ours, &baseline, plan);
+            let (samples, placements, disturbed) =
+                self.shared_rounds(threads, &ours, &baseline, plan);
+            let (samples, placement) = at_usual_placement(&samples, &placements);
             (
                 samples,
                 Timer::Wall,
                 format!("{}{}", disturbed.note(), wake.note()),
+                placement,
             )
         };
-        Some(self.record(row, &samples, timer, &note))
+        Some(self.record(row, &samples, timer, &note, placement))
     }
 
     /// A row of several threads: each thread pinned to its own core, calling both sides in
@@ -490,7 +567,7 @@ impl Harness {
         ours: &A,
         baseline: &B,
         plan: Plan,
-    ) -> (Vec<(f64, f64)>, Disturbed)
+    ) -> (Vec<(f64, f64)>, Vec<f64>, Disturbed)
     where
         A: Fn(u64) -> RA + Sync,
         B: Fn(u64) -> RB + Sync,
@@ -500,7 +577,11 @@ impl Harness {
         } else {
             SHARED_TARGET
         };
-        let shared = Shared::new(threads, self.guards);
+        let distinct_cores = self
+            .cores
+            .as_ref()
+            .is_some_and(|cores| threads <= cores.len() && cores.len() >= 2);
+        let shared = Shared::new(threads, self.guards, self.guards && distinct_cores);
         let batches = Mutex::new(Batches::default());
         // A sleeping barrier while thread 0 calibrates (that may take a while, and the other
         // threads need not burn a core meanwhile); the spinning one around every batch.
@@ -584,7 +665,7 @@ impl Harness {
             ratios.push(sample.1 / sample.0);
             samples.push(sample);
         }
-        Some(self.record(row, &samples, Timer::Wall, ""))
+        Some(self.record(row, &samples, Timer::Wall, "", None))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -641,7 +722,14 @@ impl Harness {
     }
 
     /// Turns per-round `(ours, baseline)` values into the reported row.
-    fn record(&mut self, row: Row, samples: &[(f64, f64)], timer: Timer, note: &str) -> &Measured {
+    fn record(
+        &mut self,
+        row: Row,
+        samples: &[(f64, f64)],
+        timer: Timer,
+        note: &str,
+        placement: Option<Placement>,
+    ) -> &Measured {
         let ratios: Vec<f64> = samples
             .iter()
             .map(|&(ours, baseline)| baseline / ours)
@@ -662,9 +750,16 @@ impl Harness {
             goal: row.goal,
             pinned: self.cores.is_some(),
             timer: timer.name(),
+            placement,
         };
+        let placed = placement.map_or(String::new(), |placement| {
+            format!(
+                "; cores {:.0} ns apart (round trip), {} rounds at another placement left out",
+                placement.round_trip_ns, placement.elsewhere
+            )
+        });
         println!(
-            "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds{note})",
+            "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds{placed}{note})",
             measured.bench,
             measured.baseline,
             measured.ratio,
@@ -1067,6 +1162,8 @@ struct Disturbed {
     redone: usize,
     /// Rounds dropped because a side stayed disturbed for [`MAX_ATTEMPTS`] attempts.
     dropped: usize,
+    /// Rounds dropped because the placement of the threads' cores changed during them.
+    moved: usize,
     /// Whether no round was undisturbed, so the least disturbed batches were kept.
     lenient: bool,
 }
@@ -1082,11 +1179,27 @@ impl Disturbed {
                 self.redone, self.dropped
             );
         }
+        if self.moved > 0 {
+            let _ = write!(
+                note,
+                "; {} rounds dropped (the host moved the cores apart or together during them)",
+                self.moved
+            );
+        }
         if self.lenient {
             note.push_str("; NO undisturbed round: the least disturbed batches kept");
         }
         note
     }
+}
+
+/// Whether two `Shared::placement` readings are the same placement (see
+/// [`SAME_PLACEMENT`]); readings not taken (NaN) always are.
+pub fn same_placement(first: f64, second: f64) -> bool {
+    if first.is_nan() || second.is_nan() {
+        return true;
+    }
+    first.max(second) <= first.min(second) * SAME_PLACEMENT
 }
 
 /// One thread's attempt at one batch of a row of several threads.
@@ -1110,10 +1223,23 @@ struct Shared {
     attempts: Mutex<Vec<Attempt>>,
     /// When the row's threads started: its [`SHARED_BUDGET`] counts from here.
     began: Instant,
+    /// Whether rounds are bracketed by [`Shared::placement`] probes: only with the guards
+    /// on and threads 0 and 1 pinned to different cores (spinning for a thread that shares
+    /// one's core would take a time slice per round trip).
+    probe: bool,
+    /// The cache line threads 0 and 1 hand back and forth in a [`Shared::placement`] probe.
+    line: PaddedLine,
+    /// The latest probe's round trip, in nanoseconds, written by thread 0.
+    round_trip: Mutex<f64>,
 }
 
+/// An atomic alone on its cache line (and the adjacent one, which AMD and Intel prefetch
+/// in pairs).
+#[repr(align(128))]
+struct PaddedLine(std::sync::atomic::AtomicU64);
+
 impl Shared {
-    fn new(threads: usize, guards: bool) -> Shared {
+    fn new(threads: usize, guards: bool, probe: bool) -> Shared {
         let idle = Attempt {
             started: Instant::now(),
             wall: Duration::ZERO,
@@ -1126,7 +1252,54 @@ impl Shared {
             barrier: SpinBarrier::new(threads),
             attempts: Mutex::new(vec![idle; threads]),
             began: idle.started,
+            probe,
+            line: PaddedLine(std::sync::atomic::AtomicU64::new(0)),
+            round_trip: Mutex::new(f64::NAN),
         }
+    }
+
+    /// How far apart the cores of threads 0 and 1 are now: the time, in nanoseconds, for
+    /// a cache line to go from thread 0 to thread 1 and back, the fastest of
+    /// [`PROBE_CHUNKS`] averages over [`PROBE_ROUND_TRIPS`] (an interrupt in one chunk
+    /// does not count). Every thread calls it and gets the same reading; a row of one
+    /// thread, or threads not pinned, read NaN.
+    fn placement(&self, thread: usize) -> f64 {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        let line = &self.line.0;
+        self.barrier.wait();
+        let base = line.load(Relaxed);
+        // Every thread has read `base` before either of the two writes.
+        self.barrier.wait();
+        let trips = PROBE_CHUNKS * PROBE_ROUND_TRIPS;
+        match thread {
+            0 => {
+                let mut fastest = f64::INFINITY;
+                for chunk in 0..PROBE_CHUNKS {
+                    let started = Instant::now();
+                    for trip in chunk * PROBE_ROUND_TRIPS..(chunk + 1) * PROBE_ROUND_TRIPS {
+                        line.store(base + 2 * trip + 1, Release);
+                        while line.load(Acquire) != base + 2 * trip + 2 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    #[allow(clippy::cast_precision_loss, reason = "a small count")]
+                    let trip = started.elapsed().as_secs_f64() * 1e9 / PROBE_ROUND_TRIPS as f64;
+                    fastest = fastest.min(trip);
+                }
+                *self.round_trip.lock().unwrap() = fastest;
+            }
+            1 => {
+                for trip in 0..trips {
+                    while line.load(Acquire) != base + 2 * trip + 1 {
+                        std::hint::spin_loop();
+                    }
+                    line.store(base + 2 * trip + 2, Release);
+                }
+            }
+            _ => {}
+        }
+        self.barrier.wait();
+        *self.round_trip.lock().unwrap()
     }
 
     /// How long the row has run, up to the end of the latest batch: read from the attempts
@@ -1153,7 +1326,7 @@ impl Shared {
         baseline: &B,
         batches: Batches,
         plan: Plan,
-    ) -> (Vec<(f64, f64)>, Disturbed)
+    ) -> (Vec<(f64, f64)>, Vec<f64>, Disturbed)
     where
         A: Fn(u64) -> RA,
         B: Fn(u64) -> RB,
@@ -1197,24 +1370,43 @@ impl Shared {
         let mut ratios = Vec::new();
         let mut tried = 0;
         let mut dropped = 0;
+        let mut placements = Vec::new();
+        let mut moved = 0;
+        let probe = |thread| {
+            if self.probe {
+                self.placement(thread)
+            } else {
+                f64::NAN
+            }
+        };
         while plan.wants_more(&ratios, self.elapsed()) && tried < 2 * plan.max {
             tried += 1;
-            if let Some(sample) = one_round(tried - 1, false) {
-                ratios.push(sample.1 / sample.0);
-                samples.push(sample);
-            } else {
-                dropped += 1;
+            let before = probe(thread);
+            let round = one_round(tried - 1, false);
+            let after = probe(thread);
+            match round {
+                // The host moved the threads' cores during the round: it measured neither
+                // placement (every thread read the same probes, so all decide alike).
+                Some(_) if !same_placement(before, after) => moved += 1,
+                Some(sample) => {
+                    ratios.push(sample.1 / sample.0);
+                    samples.push(sample);
+                    placements.push(f64::midpoint(before, after));
+                }
+                None => dropped += 1,
             }
         }
         let lenient = samples.is_empty();
         if lenient {
             // Not one undisturbed round: the least disturbed batches, and the output says so.
             samples.extend((0..plan.min).filter_map(|round| one_round(round, true)));
+            placements = vec![f64::NAN; samples.len()];
         }
         let mut disturbed = watch.disturbed;
         disturbed.dropped = dropped;
+        disturbed.moved = moved;
         disturbed.lenient = lenient;
-        (samples, disturbed)
+        (samples, placements, disturbed)
     }
 
     /// One side's batch, all threads together: timed again (up to [`MAX_ATTEMPTS`] times)
@@ -1667,7 +1859,7 @@ mod tests {
 
     #[test]
     fn a_row_of_several_threads_reads_its_run_time_from_the_shared_attempts() {
-        let shared = Shared::new(2, true);
+        let shared = Shared::new(2, true, false);
         assert_eq!(shared.elapsed(), Duration::ZERO);
         let began = shared.began;
         *shared.attempts.lock().unwrap() = vec![
@@ -1815,6 +2007,76 @@ mod tests {
         );
         let by_crate = self::harness(Some("demo"));
         assert!(by_crate.wants(&Row::new("anything", "x")));
+        // Lines are alternatives: `--twice` re-measures rows by their whole names.
+        let two = self::harness(Some(
+            "demo closed success, 2 threads failsafe 1.3\ndemo rejection",
+        ));
+        assert!(two.wants(&Row::new("closed success", "failsafe 1.3").threads(2)));
+        assert!(two.wants(&Row::new("rejection while open", "recloser 1.4")));
+        assert!(!two.wants(&Row::new("closed success", "failsafe 1.3")));
+    }
+
+    #[test]
+    fn placements_within_half_again_of_each_other_are_the_same() {
+        assert!(same_placement(70.0, 100.0));
+        assert!(same_placement(100.0, 70.0));
+        assert!(!same_placement(72.0, 480.0));
+        assert!(!same_placement(480.0, 72.0));
+        assert!(
+            same_placement(f64::NAN, 480.0),
+            "no reading never splits a row"
+        );
+    }
+
+    #[test]
+    fn a_row_keeps_the_rounds_at_its_usual_placement() {
+        // Three rounds with the cores 70 ns apart, two at 480 ns: the ratios differ by the
+        // placement (a contended peer pays for every cache line that crosses).
+        let samples = [
+            (1.0, 45.0),
+            (1.0, 100.0),
+            (1.0, 46.0),
+            (1.0, 44.0),
+            (1.0, 99.0),
+        ];
+        let placements = [70.0, 480.0, 72.0, 75.0, 470.0];
+        let (kept, placement) = at_usual_placement(&samples, &placements);
+        assert_eq!(kept, vec![(1.0, 45.0), (1.0, 46.0), (1.0, 44.0)]);
+        let placement = placement.unwrap();
+        assert_eq!(placement.elsewhere, 2);
+        assert!(
+            (placement.round_trip_ns - 72.0).abs() < 1e-9,
+            "{placement:?}"
+        );
+        // Two and two: the lower middle reading decides, never an average between them.
+        let (kept, _) = at_usual_placement(&samples[..4], &[70.0, 480.0, 480.0, 72.0]);
+        assert_eq!(kept.len(), 2);
+        // No probe read (threads not pinned): every round, and no placement.
+        let (kept, placement) = at_usual_placement(&samples, &[f64::NAN; 5]);
+        assert_eq!((kept.len(), placement), (5, None));
+    }
+
+    #[test]
+    fn the_placement_probe_gives_every_thread_the_same_reading() {
+        let shared = Shared::new(2, true, true);
+        let readings: Vec<f64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|thread| {
+                    let shared = &shared;
+                    scope.spawn(move || [shared.placement(thread), shared.placement(thread)])
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().unwrap())
+                .collect()
+        });
+        assert!(
+            readings.iter().all(|ns| ns.is_finite() && *ns > 0.0),
+            "{readings:?}"
+        );
+        assert_eq!(readings[0].to_bits(), readings[2].to_bits(), "{readings:?}");
+        assert_eq!(readings[1].to_bits(), readings[3].to_bits(), "{readings:?}");
     }
 
     #[test]
