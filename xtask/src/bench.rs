@@ -14,7 +14,8 @@
 //!   `pinned`, `timer` (`thread-cpu` or `wall`), an optional `goal`: the smallest acceptable
 //!   median ratio, from the crate's issue, and for rows of several threads `placement_ns`
 //!   (how far apart the host had put the cores: a cache line's round trip between them)
-//!   and `other_placement_rounds` (rounds at another placement, left out).
+//!   and `other_placement_rounds` (rounds at another placement, left out), and for
+//!   nanosecond rows `canary_ns` (how fast the core ran during the row).
 //! - `BENCH_QUICK=1` (`--quick`): short runs; numbers are then only a smoke test.
 //! - `BENCH_ROUNDS=N` (`--rounds N`): every row runs N rounds.
 //! - `BENCH_ONLY=text` (`--only text`): only rows whose crate, name or baseline contain
@@ -35,6 +36,11 @@
 //! did (its `placement_ns`, see `xtask::harness`) is measured again first, up to three
 //! times, until the placements match: across placements the two runs measured two
 //! machines. A row still at another placement is marked so, and still counts.
+//!
+//! Every run (not `--quick`, not `--rounds`) also measures again, up to three times, each
+//! nanosecond row whose `canary_ns` (the harness's canary's usual time during the row) is
+//! more than 8% over the median row's: its core was slowed for the whole row, which the
+//! harness's per-round canary check, judging against the row's own usual speed, cannot see.
 //!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
@@ -80,6 +86,9 @@ pub(crate) struct Row {
     pub(crate) placement_ns: Option<f64>,
     /// `other_placement_rounds`: rounds taken at another placement, left out of the row.
     pub(crate) other_placement_rounds: Option<u64>,
+    /// `canary_ns` (nanosecond rows): how fast the core ran during the row, as the time of
+    /// a fixed loop's call; see [`measure_again`].
+    pub(crate) canary_ns: Option<f64>,
 }
 
 /// How a row stands against its goal.
@@ -126,6 +135,9 @@ impl Row {
         object.insert("timer".into(), json!(self.timer));
         if let Some(placement) = self.placement_ns {
             object.insert("placement_ns".into(), json!(round(placement, 1)));
+        }
+        if let Some(canary) = self.canary_ns {
+            object.insert("canary_ns".into(), json!(round(canary, 4)));
         }
         if let Some(elsewhere) = self.other_placement_rounds {
             object.insert("other_placement_rounds".into(), json!(elsewhere));
@@ -236,18 +248,28 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let first = if flags.twice {
         println!("\n== --twice: run 1 of 2");
-        let first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
+        let mut first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
+        if !flags.quick && flags.rounds.is_none() {
+            measure_again(&root, &flags, fixed_layout, &rows_path, None, &mut first)?;
+        }
         println!("\n== --twice: run 2 of 2");
         Some(first)
     } else {
         None
     };
     let mut rows = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
-    let again = match &first {
-        Some(first) => {
-            remeasure_other_placements(&root, &flags, fixed_layout, &rows_path, first, &mut rows)?
-        }
-        None => Vec::new(),
+    let again = if flags.quick || flags.rounds.is_some() {
+        // A smoke test, or a look with fixed rounds: one pass is what was asked for.
+        Vec::new()
+    } else {
+        measure_again(
+            &root,
+            &flags,
+            fixed_layout,
+            &rows_path,
+            first.as_deref(),
+            &mut rows,
+        )?
     };
     let report_path = out_dir.join("report.json");
     fs::write(&report_path, render_report(&rows))
@@ -338,7 +360,7 @@ impl Movement {
 
     /// Whether the two runs measured the row with the cores placed differently (see
     /// [`Row::placement_ns`]): then they measured different machines, and the row is
-    /// measured again (see [`remeasure_other_placements`]).
+    /// measured again (see [`measure_again`]).
     pub(crate) fn placement_differs(&self) -> bool {
         let placement = |row: &Option<Row>| row.as_ref().and_then(|row| row.placement_ns);
         match (placement(&self.first), placement(&self.second)) {
@@ -348,58 +370,103 @@ impl Movement {
     }
 }
 
-/// How often `--twice` measures a row again whose run 2 found the cores placed otherwise
-/// than run 1 did.
+/// How often a row is measured again at most (see [`measure_again`]).
 const REMEASURES: usize = 3;
 
-/// `--twice`: the rows of several threads whose run 2 found the host's cores placed
-/// otherwise than run 1 did (a cache line's round trip between them 70 ns against 480 ns:
-/// sharing a cache or not) are measured again, up to [`REMEASURES`] times, until the
-/// placement matches run 1's; the last measurement replaces run 2's row. Contended rows
-/// measure the placement as much as the code (one peer's ratio was 45× at one and 100× at
-/// the other), so comparing them across placements compares two machines. Returns how
-/// many times each row was measured again.
-fn remeasure_other_placements(
+/// A row whose canary (`canary_ns`) ran more than this many times slower than the run's
+/// usual row's was measured on a slowed core, and is measured again.
+const SLOWED_ROW: f64 = 1.08;
+
+/// The run's usual row canary (the median over its rows): the core's usual speed during
+/// the run. The median, not the fastest, for the reason the harness's canary judges
+/// rounds against its median (a host whose other hyperthread is busy nearly all the time).
+fn usual_canary(rows: &[Row]) -> Option<f64> {
+    let canaries: Vec<f64> = rows.iter().filter_map(|row| row.canary_ns).collect();
+    (!canaries.is_empty()).then(|| xtask::harness::median(&canaries))
+}
+
+/// What, if anything, makes `row` worth measuring again: its canary ran slowed against
+/// the run's `usual` (another tenant on the core's other hyperthread for the whole row: the
+/// harness's own canary judges rounds against the row's usual speed and cannot see that),
+/// or the host had placed the cores otherwise than in `reference` (run 1). The first field
+/// orders the two: a placement that differs counts more than any slowdown.
+fn needs_again(row: &Row, usual: Option<f64>, reference: Option<&[Row]>) -> (bool, f64) {
+    let placement_differs = reference.is_some_and(|reference| {
+        reference
+            .iter()
+            .find(|old| {
+                old.krate == row.krate && old.bench == row.bench && old.baseline == row.baseline
+            })
+            .and_then(|old| old.placement_ns)
+            .zip(row.placement_ns)
+            .is_some_and(|(old, new)| !xtask::harness::same_placement(old, new))
+    });
+    let slowdown = match (row.canary_ns, usual) {
+        (Some(canary), Some(usual)) => canary / usual,
+        _ => 1.0,
+    };
+    (placement_differs, slowdown)
+}
+
+/// Measures again, up to [`REMEASURES`] times, every row measured while the machine was
+/// not the machine the other rows saw: on a slowed core (see [`needs_again`]), or, with a
+/// `reference` (run 1 of `--twice`), with the cores placed otherwise. What a row of ours
+/// against a peer measures depends on both (one peer's contended ratio was 45× with the
+/// cores 72 ns apart and 100× at 474 ns; a one-thread ratio fell from 14.9× to 8.8× with
+/// ours slowed by half and the peer, waiting on memory, not), so a row measured then is a
+/// measurement of another machine. A new measurement replaces the row when it is better
+/// (the placement matches, or the canary ran faster). Returns how many times each row
+/// (`crate bench baseline`) was measured again.
+fn measure_again(
     root: &Path,
     flags: &Flags,
     fixed_layout: bool,
     rows_path: &Path,
-    first: &[Row],
-    second: &mut [Row],
+    reference: Option<&[Row]>,
+    rows: &mut [Row],
 ) -> Result<Vec<(String, usize)>, String> {
+    let key = |row: &Row| format!("{} {} {}", row.krate, row.bench, row.baseline);
     let mut again: Vec<(String, usize)> = Vec::new();
     for _ in 0..REMEASURES {
-        let differing: Vec<Movement> = movements(first, second)
-            .into_iter()
-            .filter(Movement::placement_differs)
-            .collect();
-        if differing.is_empty() {
+        let usual = usual_canary(rows);
+        let wanted = |row: &Row| {
+            let (placement_differs, slowdown) = needs_again(row, usual, reference);
+            placement_differs || slowdown > SLOWED_ROW
+        };
+        let targets: Vec<Row> = rows.iter().filter(|row| wanted(row)).cloned().collect();
+        if targets.is_empty() {
             break;
         }
-        let mut crates: Vec<String> = differing.iter().map(|row| row.krate.clone()).collect();
+        let mut crates: Vec<String> = targets.iter().map(|row| row.krate.clone()).collect();
         crates.dedup();
         for krate in crates {
-            let only: Vec<String> = differing
+            let names: Vec<String> = targets
                 .iter()
                 .filter(|row| row.krate == krate)
-                .map(|row| format!("{} {} {}", row.krate, row.bench, row.baseline).to_lowercase())
+                .map(|row| key(row).to_lowercase())
                 .collect();
             println!(
-                "\n== --twice: the cores were placed otherwise than in run 1; measuring again: {}",
-                only.join("; ")
+                "\n== measuring again (measured on a slowed core, or with the cores placed \
+                 otherwise than in run 1): {}",
+                names.join("; ")
             );
-            let only = only.join("\n");
-            let rows = run_benches(root, &[krate], flags, fixed_layout, rows_path, Some(&only))?;
-            for row in rows {
-                let key = format!("{} {} {}", row.krate, row.bench, row.baseline);
-                if let Some(slot) = second.iter_mut().find(|old| {
-                    old.krate == row.krate && old.bench == row.bench && old.baseline == row.baseline
-                }) {
+            let only = names.join("\n");
+            let fresh = run_benches(root, &[krate], flags, fixed_layout, rows_path, Some(&only))?;
+            for row in fresh {
+                let Some(slot) = rows.iter_mut().find(|old| key(old) == key(&row)) else {
+                    continue;
+                };
+                let score = |row: &Row| {
+                    let (placement_differs, slowdown) = needs_again(row, usual, reference);
+                    (u8::from(placement_differs), slowdown)
+                };
+                let (new, old) = (score(&row), score(slot));
+                if new.0 < old.0 || (new.0 == old.0 && new.1 < old.1) {
                     *slot = row;
-                    match again.iter_mut().find(|(name, _)| *name == key) {
-                        Some((_, count)) => *count += 1,
-                        None => again.push((key, 1)),
-                    }
+                }
+                match again.iter_mut().find(|(name, _)| *name == key(slot)) {
+                    Some((_, count)) => *count += 1,
+                    None => again.push((key(slot), 1)),
                 }
             }
         }
@@ -472,7 +539,7 @@ pub(crate) fn render_stability(movements: &[Movement], again: &[(String, usize)]
         );
         let change = match again.iter().find(|(name, _)| *name == key) {
             Some((_, times)) => {
-                format!("{change} (run 2 measured {times} more times for run 1's placement)")
+                format!("{change} (run 2 measured it {times} more times)")
             }
             None => change,
         };
@@ -698,6 +765,10 @@ pub(crate) fn parse_rows(text: &str) -> Result<Vec<Row>, String> {
                 Some(_) => Some(number_field("placement_ns")?),
             },
             other_placement_rounds: value.get("other_placement_rounds").and_then(Value::as_u64),
+            canary_ns: match value.get("canary_ns") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(number_field("canary_ns")?),
+            },
         };
         if !(row.min_ratio <= row.ratio && row.ratio <= row.max_ratio) {
             return Err(format!(
@@ -894,7 +965,12 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          cache, about 480 ns when they do not; the host moves them every few seconds to \
          minutes, and a contended peer's ratio follows, e.g. 45× at one and 100× at the \
          other); a round across which the placement changed is dropped, the row keeps the \
-         rounds at its usual placement, and `cores apart` gives that round trip. Before every timed whole \
+         rounds at its usual placement, and `cores apart` gives that round trip. A nanosecond \
+         row also records its canary's usual time; a row whose canary ran more than 8% slower \
+         than the run's usual row's (the other hyperthread busy for the whole row, which the \
+         per-round check cannot see: one one-thread ratio read 14.9× and 8.8× that way, ours \
+         slowed by half and the peer, waiting on memory, hardly) is measured again, up to \
+         three times, and the better measurement kept. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \
          writes do not land in the other's time; those rows keep every round (a canary read \
          around a save or a load of requests ran slowed by the operation's own aftermath \
@@ -1138,7 +1214,7 @@ mod tests {
         let table = render_stability(&other, &[(key, 3)]);
         assert!(table.contains("cores 72 ns apart"), "{table}");
         assert!(table.contains("cores 480 ns apart"), "{table}");
-        assert!(table.contains("measured 3 more times"), "{table}");
+        assert!(table.contains("measured it 3 more times"), "{table}");
         assert!(table.contains("**placement differs**"), "{table}");
         // The report keeps the placement, and a row without one has none.
         let report = render_report(&[placed(45.0, 72.0), with_ratio(1, 0.7)]);
@@ -1154,6 +1230,35 @@ mod tests {
         assert_eq!(rows[0].placement_ns, Some(72.0));
         assert_eq!(rows[1].placement_ns, None);
         assert!(render_table(&rows).contains("| 72 ns |"));
+    }
+
+    #[test]
+    fn rows_measured_on_a_slowed_core_or_another_placement_are_measured_again() {
+        let row = |canary: f64, placement: Option<f64>| Row {
+            canary_ns: Some(canary),
+            placement_ns: placement,
+            ..with_ratio(0, 8.0)
+        };
+        let rows = [row(1.0, None), row(1.02, None), row(1.6, None)];
+        let usual = usual_canary(&rows);
+        assert_eq!(usual, Some(1.02), "the median row, not the fastest");
+        let (_, slowdown) = needs_again(&rows[2], usual, None);
+        assert!(
+            slowdown > SLOWED_ROW,
+            "ours ran slowed by half for the whole row"
+        );
+        let (_, slowdown) = needs_again(&rows[0], usual, None);
+        assert!(slowdown <= SLOWED_ROW);
+        let run1 = [row(1.0, Some(72.0))];
+        let (differs, _) = needs_again(&row(1.0, Some(480.0)), Some(1.0), Some(&run1));
+        assert!(differs);
+        let (differs, _) = needs_again(&row(1.0, Some(80.0)), Some(1.0), Some(&run1));
+        assert!(!differs);
+        // Rows without canary or placement (whole operations) are never measured again.
+        assert_eq!(
+            needs_again(&with_ratio(1, 0.7), usual, Some(&run1)),
+            (false, 1.0)
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@
 //!   row may run rounds; the output counts them), so medians are taken at the core's
 //!   usual speed in every run; in a row of several threads, a thread's slowed canary makes
 //!   the batch disturbed. (Against its fastest instead, a host whose other hyperthread is
-//!   busy nearly all the time had nearly every round "slowed", see `Canary::record`.)
+//!   busy nearly all the time had nearly every round "slowed", see `Canary::record`.) The
+//!   row reports the canary's usual time (`canary_ns`), so that `cargo xtask bench` can
+//!   measure again a row whose core was slowed for the whole of it.
 //! - **warm-up**: the calibration runs both sides, then one more full batch of each runs
 //!   untimed, before the first round;
 //! - **`black_box`**: the iteration index passed to a body and the value it returns both go
@@ -301,6 +303,18 @@ pub struct Measured {
     /// `placement_ns` and `other_placement_rounds` (rows of several threads, threads
     /// pinned): where the host had put the cores when the row's rounds ran.
     pub placement: Option<Placement>,
+    /// `canary_ns` (nanosecond rows): the canary's usual time per call during the row,
+    /// the slowest thread's in a row of several threads: how fast the core ran. A fixed
+    /// loop, so rows, and runs, can be compared by it: `cargo xtask bench` measures again a
+    /// row whose canary ran more than 8% slower than the run's fastest row's.
+    pub canary_ns: Option<f64>,
+}
+
+/// What a row records of the machine's state while it ran (see [`Measured`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Conditions {
+    placement: Option<Placement>,
+    canary_ns: Option<f64>,
 }
 
 /// Where the host had placed the cores of a row of several threads (see the
@@ -363,6 +377,9 @@ impl Measured {
         });
         if let Some(goal) = self.goal {
             object["goal"] = json!(goal);
+        }
+        if let Some(canary) = self.canary_ns {
+            object["canary_ns"] = json!(canary);
         }
         if let Some(placement) = self.placement {
             object["placement_ns"] = json!(placement.round_trip_ns);
@@ -513,7 +530,7 @@ impl Harness {
         let threads = row.threads.unwrap_or(1);
         let budget = (threads > 1).then_some(SHARED_BUDGET);
         let plan = self.plan_for(&row, NANOS_ROUNDS, budget);
-        let (samples, timer, note, placement) = if threads == 1 {
+        let (samples, timer, note, placement, canary) = if threads == 1 {
             let timer = if self.thread_clock {
                 Timer::ThreadCpu
             } else {
@@ -537,7 +554,7 @@ impl Harness {
             let mut canary = Canary::new(timer);
             let (samples, slowed) =
                 solo_rounds(&ours, &baseline, batches, plan, &mut canary, slowed);
-            (samples, timer, slowed.note(), None)
+            (samples, timer, slowed.note(), None, Some(canary.usual()))
         } else {
             // Held for the row, released when it ends (see `WakeLatency`).
             let wake = if self.guards {
@@ -545,7 +562,7 @@ impl Harness {
             } else {
                 WakeLatency::NotAsked
             };
-            let (samples, placements, disturbed) =
+            let (samples, placements, disturbed, canary) =
                 self.shared_rounds(threads, &ours, &baseline, plan);
             let (samples, placement) = at_usual_placement(&samples, &placements);
             (
@@ -553,9 +570,14 @@ impl Harness {
                 Timer::Wall,
                 format!("{}{}", disturbed.note(), wake.note()),
                 placement,
+                canary,
             )
         };
-        Some(self.record(row, &samples, timer, &note, placement))
+        let conditions = Conditions {
+            placement,
+            canary_ns: canary,
+        };
+        Some(self.record(row, &samples, timer, &note, conditions))
     }
 
     /// A row of several threads: each thread pinned to its own core, calling both sides in
@@ -567,7 +589,7 @@ impl Harness {
         ours: &A,
         baseline: &B,
         plan: Plan,
-    ) -> (Vec<(f64, f64)>, Vec<f64>, Disturbed)
+    ) -> SharedOutcome
     where
         A: Fn(u64) -> RA + Sync,
         B: Fn(u64) -> RB + Sync,
@@ -614,8 +636,14 @@ impl Harness {
                 })
                 .collect::<Vec<_>>()
         });
-        // Every thread computed the same rounds from the same shared attempts.
-        results.swap_remove(0)
+        // Every thread computed the same rounds from the same shared attempts; the row's
+        // canary is the slowest thread's.
+        let canary = results
+            .iter()
+            .filter_map(|result| result.3)
+            .reduce(f64::max);
+        let (samples, placements, disturbed, _) = results.swap_remove(0);
+        (samples, placements, disturbed, canary)
     }
 
     /// Measures a row whose one measurement the benchmark takes itself (seconds of a save,
@@ -665,7 +693,7 @@ impl Harness {
             ratios.push(sample.1 / sample.0);
             samples.push(sample);
         }
-        Some(self.record(row, &samples, Timer::Wall, "", None))
+        Some(self.record(row, &samples, Timer::Wall, "", Conditions::default()))
     }
 
     /// Prints the crate's rows as a table. Call it once, after the last row.
@@ -728,8 +756,12 @@ impl Harness {
         samples: &[(f64, f64)],
         timer: Timer,
         note: &str,
-        placement: Option<Placement>,
+        conditions: Conditions,
     ) -> &Measured {
+        let Conditions {
+            placement,
+            canary_ns,
+        } = conditions;
         let ratios: Vec<f64> = samples
             .iter()
             .map(|&(ours, baseline)| baseline / ours)
@@ -751,6 +783,7 @@ impl Harness {
             pinned: self.cores.is_some(),
             timer: timer.name(),
             placement,
+            canary_ns,
         };
         let placed = placement.map_or(String::new(), |placement| {
             format!(
@@ -956,6 +989,12 @@ impl Canary {
         };
         let now = time(self).min(time(self));
         self.record(now)
+    }
+
+    /// The median reading so far: the core's usual speed during the row, in nanoseconds per
+    /// call of [`canary_work`].
+    fn usual(&self) -> f64 {
+        median_of_sorted(&self.readings)
     }
 
     /// Adds a reading and returns it against the median of all readings so far.
@@ -1214,6 +1253,11 @@ struct Attempt {
     slowdown: f64,
 }
 
+/// What a row of several threads measured: per round, `(ours, baseline)` and the cores'
+/// placement (NaN: not probed); what it had to redo; and its canary's usual time (the
+/// slowest thread's, `None` with the guards off).
+type SharedOutcome = (Vec<(f64, f64)>, Vec<f64>, Disturbed, Option<f64>);
+
 /// What the threads of a row of several threads share: the barrier every batch starts at,
 /// and each thread's latest attempt.
 struct Shared {
@@ -1326,7 +1370,7 @@ impl Shared {
         baseline: &B,
         batches: Batches,
         plan: Plan,
-    ) -> (Vec<(f64, f64)>, Vec<f64>, Disturbed)
+    ) -> SharedOutcome
     where
         A: Fn(u64) -> RA,
         B: Fn(u64) -> RB,
@@ -1406,7 +1450,8 @@ impl Shared {
         disturbed.dropped = dropped;
         disturbed.moved = moved;
         disturbed.lenient = lenient;
-        (samples, placements, disturbed)
+        let canary = watch.canary.as_ref().map(Canary::usual);
+        (samples, placements, disturbed, canary)
     }
 
     /// One side's batch, all threads together: timed again (up to [`MAX_ATTEMPTS`] times)
