@@ -445,11 +445,20 @@ fn measure_again(
                 .filter(|row| row.krate == krate)
                 .map(|row| key(row).to_lowercase())
                 .collect();
-            println!(
-                "\n== measuring again (measured on a slowed core, or with the cores placed \
-                 otherwise than in run 1): {}",
-                names.join("; ")
-            );
+            let why: Vec<String> = targets
+                .iter()
+                .filter(|row| row.krate == krate)
+                .map(|row| {
+                    let (placement_differs, slowdown) = needs_again(row, usual, reference);
+                    let why = if placement_differs {
+                        "cores placed otherwise than in run 1".to_string()
+                    } else {
+                        format!("canary {slowdown:.2}× the run's usual")
+                    };
+                    format!("{} vs {} ({why})", row.bench, row.baseline)
+                })
+                .collect();
+            println!("\n== measuring again: {}", why.join("; "));
             let only = names.join("\n");
             let fresh = run_benches(root, &[krate], flags, fixed_layout, rows_path, Some(&only))?;
             for row in fresh {

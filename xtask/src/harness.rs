@@ -791,6 +791,10 @@ impl Harness {
                 placement.round_trip_ns, placement.elsewhere
             )
         });
+        let placed = match canary_ns {
+            Some(canary) => format!("{placed}; canary {canary:.3} ns"),
+            None => placed,
+        };
         println!(
             "  {} vs {}: ratio {:.2}× ({:.2}–{:.2}, {} rounds{placed}{note})",
             measured.bench,
