@@ -105,6 +105,12 @@ pub(crate) enum Verdict {
 }
 
 impl Row {
+    /// `crate bench baseline`: what names a row across runs, and what `BENCH_ONLY`
+    /// matches (lowercased) to measure just this row again.
+    pub(crate) fn key(&self) -> String {
+        format!("{} {} {}", self.krate, self.bench, self.baseline)
+    }
+
     /// Whether the median ratio reaches the goal (`None` without a goal).
     pub(crate) fn goal_met(&self) -> Option<bool> {
         self.goal.map(|goal| self.ratio >= goal)
@@ -249,28 +255,21 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let first = if flags.twice {
         println!("\n== --twice: run 1 of 2");
         let mut first = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
-        if !flags.quick && flags.rounds.is_none() {
-            measure_again(&root, &flags, fixed_layout, &rows_path, None, &mut first)?;
-        }
+        measure_again(&root, &flags, fixed_layout, &rows_path, None, &mut first)?;
         println!("\n== --twice: run 2 of 2");
         Some(first)
     } else {
         None
     };
     let mut rows = run_benches(&root, &crates, &flags, fixed_layout, &rows_path, None)?;
-    let again = if flags.quick || flags.rounds.is_some() {
-        // A smoke test, or a look with fixed rounds: one pass is what was asked for.
-        Vec::new()
-    } else {
-        measure_again(
-            &root,
-            &flags,
-            fixed_layout,
-            &rows_path,
-            first.as_deref(),
-            &mut rows,
-        )?
-    };
+    let again = measure_again(
+        &root,
+        &flags,
+        fixed_layout,
+        &rows_path,
+        first.as_deref(),
+        &mut rows,
+    )?;
     let report_path = out_dir.join("report.json");
     fs::write(&report_path, render_report(&rows))
         .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
@@ -362,11 +361,19 @@ impl Movement {
     /// [`Row::placement_ns`]): then they measured different machines, and the row is
     /// measured again (see [`measure_again`]).
     pub(crate) fn placement_differs(&self) -> bool {
-        let placement = |row: &Option<Row>| row.as_ref().and_then(|row| row.placement_ns);
-        match (placement(&self.first), placement(&self.second)) {
-            (Some(first), Some(second)) => !xtask::harness::same_placement(first, second),
+        match (&self.first, &self.second) {
+            (Some(first), Some(second)) => placed_otherwise(first, second),
             _ => false,
         }
+    }
+}
+
+/// Whether two measurements of a row found the cores placed differently (rows without a
+/// placement never do).
+fn placed_otherwise(first: &Row, second: &Row) -> bool {
+    match (first.placement_ns, second.placement_ns) {
+        (Some(first), Some(second)) => !xtask::harness::same_placement(first, second),
+        _ => false,
     }
 }
 
@@ -392,16 +399,9 @@ fn fastest_canary(rows: &[Row]) -> Option<f64> {
 /// or the host had placed the cores otherwise than in `reference` (run 1). The first field
 /// orders the two: a placement that differs counts more than any slowdown.
 fn needs_again(row: &Row, fastest: Option<f64>, reference: Option<&[Row]>) -> (bool, f64) {
-    let placement_differs = reference.is_some_and(|reference| {
-        reference
-            .iter()
-            .find(|old| {
-                old.krate == row.krate && old.bench == row.bench && old.baseline == row.baseline
-            })
-            .and_then(|old| old.placement_ns)
-            .zip(row.placement_ns)
-            .is_some_and(|(old, new)| !xtask::harness::same_placement(old, new))
-    });
+    let placement_differs = reference
+        .and_then(|reference| reference.iter().find(|old| old.key() == row.key()))
+        .is_some_and(|old| placed_otherwise(old, row));
     let slowdown = match (row.canary_ns, fastest) {
         (Some(canary), Some(fastest)) => canary / fastest,
         _ => 1.0,
@@ -417,7 +417,8 @@ fn needs_again(row: &Row, fastest: Option<f64>, reference: Option<&[Row]>) -> (b
 /// ours slowed by half and the peer, waiting on memory, not), so a row measured then is a
 /// measurement of another machine. A new measurement replaces the row when it is better
 /// (the placement matches, or the canary ran faster). Returns how many times each row
-/// (`crate bench baseline`) was measured again.
+/// ([`Row::key`]) was measured again. Nothing is measured again under `--quick` (a smoke
+/// test) or `--rounds` (a look with fixed rounds: one pass is what was asked for).
 fn measure_again(
     root: &Path,
     flags: &Flags,
@@ -426,8 +427,10 @@ fn measure_again(
     reference: Option<&[Row]>,
     rows: &mut [Row],
 ) -> Result<Vec<(String, usize)>, String> {
-    let key = |row: &Row| format!("{} {} {}", row.krate, row.bench, row.baseline);
     let mut again: Vec<(String, usize)> = Vec::new();
+    if flags.quick || flags.rounds.is_some() {
+        return Ok(again);
+    }
     for _ in 0..REMEASURES {
         let fastest = fastest_canary(rows);
         let wanted = |row: &Row| {
@@ -441,29 +444,22 @@ fn measure_again(
         let mut crates: Vec<String> = targets.iter().map(|row| row.krate.clone()).collect();
         crates.dedup();
         for krate in crates {
-            let names: Vec<String> = targets
-                .iter()
-                .filter(|row| row.krate == krate)
-                .map(|row| key(row).to_lowercase())
-                .collect();
-            let why: Vec<String> = targets
-                .iter()
-                .filter(|row| row.krate == krate)
-                .map(|row| {
-                    let (placement_differs, slowdown) = needs_again(row, fastest, reference);
-                    let why = if placement_differs {
-                        "cores placed otherwise than in run 1".to_string()
-                    } else {
-                        format!("canary {slowdown:.2}× the run's fastest")
-                    };
-                    format!("{} vs {} ({why})", row.bench, row.baseline)
-                })
-                .collect();
+            let (mut names, mut why) = (Vec::new(), Vec::new());
+            for row in targets.iter().filter(|row| row.krate == krate) {
+                let (placement_differs, slowdown) = needs_again(row, fastest, reference);
+                let reason = if placement_differs {
+                    "cores placed otherwise than in run 1".to_string()
+                } else {
+                    format!("canary {slowdown:.2}× the run's fastest")
+                };
+                names.push(row.key().to_lowercase());
+                why.push(format!("{} vs {} ({reason})", row.bench, row.baseline));
+            }
             println!("\n== measuring again: {}", why.join("; "));
             let only = names.join("\n");
             let fresh = run_benches(root, &[krate], flags, fixed_layout, rows_path, Some(&only))?;
             for row in fresh {
-                let Some(slot) = rows.iter_mut().find(|old| key(old) == key(&row)) else {
+                let Some(slot) = rows.iter_mut().find(|old| old.key() == row.key()) else {
                     continue;
                 };
                 let score = |row: &Row| {
@@ -474,9 +470,9 @@ fn measure_again(
                 if new.0 < old.0 || (new.0 == old.0 && new.1 < old.1) {
                     *slot = row;
                 }
-                match again.iter_mut().find(|(name, _)| *name == key(slot)) {
+                match again.iter_mut().find(|(name, _)| *name == slot.key()) {
                     Some((_, count)) => *count += 1,
-                    None => again.push((key(slot), 1)),
+                    None => again.push((slot.key(), 1)),
                 }
             }
         }
@@ -543,11 +539,12 @@ pub(crate) fn render_stability(movements: &[Movement], again: &[(String, usize)]
             }
             _ => "**missing**".to_string(),
         };
-        let key = format!(
-            "{} {} {}",
-            movement.krate, movement.bench, movement.baseline
-        );
-        let change = match again.iter().find(|(name, _)| *name == key) {
+        let key = movement
+            .second
+            .as_ref()
+            .or(movement.first.as_ref())
+            .map(Row::key);
+        let change = match again.iter().find(|(name, _)| Some(name) == key.as_ref()) {
             Some((_, times)) => {
                 format!("{change} (run 2 measured it {times} more times)")
             }
