@@ -31,16 +31,20 @@
 //! `--twice` runs every selected benchmark twice in a row and checks issue 10's criterion:
 //! it writes run 1's report to `target/bench/report-run1.json` (`report.json` is run 2),
 //! both runs' ratios and each row's change to `target/bench/stability.md`, and fails when a
-//! row's median ratio moved more than 15% (the larger over the smaller, less one). A row of
-//! several threads that run 2 measured with the host's cores placed otherwise than run 1
-//! did (its `placement_ns`, see `xtask::harness`) is measured again first, up to three
-//! times, until the placements match: across placements the two runs measured two
-//! machines. A row still at another placement is marked so, and still counts.
+//! row's median ratio moved more than 15% (the larger over the smaller, less one). In run 2,
+//! a row measured in another host state than run 1's is measured again first, up to three
+//! times, until the states match: a row of several threads with the host's cores placed
+//! otherwise (its `placement_ns`, see `xtask::harness`), or a nanosecond row whose
+//! `canary_ns` (the harness's canary's usual time during the row: how fast the core ran)
+//! is more than 8% off run 1's, either way. Across such states the two runs measured two
+//! machines. A row still in another state is marked so (**placement differs**, **core
+//! speed differs**) and still counts.
 //!
-//! Every run (not `--quick`, not `--rounds`) also measures again, up to three times, each
-//! nanosecond row whose `canary_ns` (the harness's canary's usual time during the row) is
-//! more than 8% over the run's fastest row's: its core was slowed for the whole row, which the
-//! harness's per-round canary check, judging against the row's own usual speed, cannot see.
+//! Every run (not `--quick`, not `--rounds`; run 1 of `--twice` too) also measures again,
+//! up to three times, each nanosecond row whose `canary_ns` is more than 8% over the run's
+//! fastest row's: its core was slowed for the whole row, which the harness's per-round
+//! canary check, judging against the row's own usual speed, cannot see. A run stops
+//! starting such passes after 10 minutes.
 //!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
@@ -366,6 +370,18 @@ impl Movement {
             _ => false,
         }
     }
+
+    /// Whether the two runs measured the row with the core at different speeds (their
+    /// `canary_ns` more than [`SLOWED_ROW`] apart): another tenant on the core's other
+    /// hyperthread during one of them, which the row was measured again to avoid.
+    pub(crate) fn core_speed_differs(&self) -> bool {
+        match (&self.first, &self.second) {
+            (Some(first), Some(second)) => {
+                needs_again(second, None, Some(std::slice::from_ref(first))).canary > SLOWED_ROW
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Whether two measurements of a row found the cores placed differently (rows without a
@@ -380,8 +396,9 @@ fn placed_otherwise(first: &Row, second: &Row) -> bool {
 /// How often a row is measured again at most (see [`measure_again`]).
 const REMEASURES: usize = 3;
 
-/// A row whose canary (`canary_ns`) ran more than this many times slower than the run's
-/// fastest row's was measured on a slowed core, and is measured again.
+/// Two canaries (`canary_ns`) of a row are the same state of the core when neither ran more
+/// than this many times slower than the other; a row whose canary ran slower than that
+/// against its target (see [`needs_again`]) is measured again.
 const SLOWED_ROW: f64 = 1.08;
 
 /// The run's fastest row canary: the core's speed during the quietest row. Each row's
@@ -393,32 +410,76 @@ fn fastest_canary(rows: &[Row]) -> Option<f64> {
     rows.iter().filter_map(|row| row.canary_ns).reduce(f64::min)
 }
 
-/// What, if anything, makes `row` worth measuring again: its canary ran slowed against
-/// the run's `fastest` (another tenant on the core's other hyperthread for the whole row: the
-/// harness's own canary judges rounds against the row's usual speed and cannot see that),
-/// or the host had placed the cores otherwise than in `reference` (run 1). The first field
-/// orders the two: a placement that differs counts more than any slowdown.
-fn needs_again(row: &Row, fastest: Option<f64>, reference: Option<&[Row]>) -> (bool, f64) {
-    let placement_differs = reference
-        .and_then(|reference| reference.iter().find(|old| old.key() == row.key()))
-        .is_some_and(|old| placed_otherwise(old, row));
-    let slowdown = match (row.canary_ns, fastest) {
-        (Some(canary), Some(fastest)) => canary / fastest,
+/// How far a row's measurement is from the host state it should have been taken in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Mismatch {
+    /// Run 2 of `--twice` found the cores placed otherwise than run 1 did.
+    placement_differs: bool,
+    /// The row's canary against its target, the slower over the faster (1.0: the same).
+    canary: f64,
+}
+
+impl Mismatch {
+    /// Whether the row was measured on another machine than its target, in effect.
+    fn wants_again(self) -> bool {
+        self.placement_differs || self.canary > SLOWED_ROW
+    }
+
+    /// Orders two measurements of a row: a matching placement counts more than any canary.
+    fn better_than(self, other: Mismatch) -> bool {
+        (u8::from(self.placement_differs), self.canary)
+            < (u8::from(other.placement_differs), other.canary)
+    }
+}
+
+/// How far `row` is from the host state it should be measured in. In run 2 of `--twice`
+/// (a `reference`: run 1), that is run 1's state of the row: the same placement of the
+/// cores and a canary within [`SLOWED_ROW`] of run 1's, either way, since a row measured
+/// quiet in one run and slowed in the other compares two machines (one pair of runs:
+/// `rejection, 1 thread vs failsafe` 1.33× with the canary at 2.66 ns, 1.92× at 2.03 ns).
+/// Otherwise it is the core at its quietest in the run (`fastest`): another tenant on the
+/// core's other hyperthread for the whole row slows the row's canary, which the harness's
+/// own per-round canary, judging rounds against the row's usual speed, cannot see.
+fn needs_again(row: &Row, fastest: Option<f64>, reference: Option<&[Row]>) -> Mismatch {
+    let old = reference.and_then(|reference| reference.iter().find(|old| old.key() == row.key()));
+    let placement_differs = old.is_some_and(|old| placed_otherwise(old, row));
+    let target = match old {
+        Some(old) => old.canary_ns,
+        None => fastest,
+    };
+    let canary = match (row.canary_ns, target) {
+        (Some(canary), Some(target)) => canary.max(target) / canary.min(target),
         _ => 1.0,
     };
-    (placement_differs, slowdown)
+    Mismatch {
+        placement_differs,
+        canary,
+    }
+}
+
+/// Why a row is measured again, for the output.
+fn why_again(mismatch: Mismatch, twice: bool) -> String {
+    if mismatch.placement_differs {
+        "cores placed otherwise than in run 1".to_string()
+    } else if twice {
+        format!("canary {:.2}× off run 1's", mismatch.canary)
+    } else {
+        format!("canary {:.2}× the run's fastest", mismatch.canary)
+    }
 }
 
 /// Measures again, up to [`REMEASURES`] times, every row measured while the machine was
-/// not the machine the other rows saw: on a slowed core (see [`needs_again`]), or, with a
-/// `reference` (run 1 of `--twice`), with the cores placed otherwise. What a row of ours
-/// against a peer measures depends on both (one peer's contended ratio was 45× with the
-/// cores 72 ns apart and 100× at 474 ns; a one-thread ratio fell from 14.9× to 8.8× with
-/// ours slowed by half and the peer, waiting on memory, not), so a row measured then is a
-/// measurement of another machine. A new measurement replaces the row when it is better
-/// (the placement matches, or the canary ran faster). Returns how many times each row
-/// ([`Row::key`]) was measured again. Nothing is measured again under `--quick` (a smoke
-/// test) or `--rounds` (a look with fixed rounds: one pass is what was asked for).
+/// not the machine it should have been (see [`needs_again`]): on a slowed core, or, in run
+/// 2 of `--twice` (a `reference`: run 1), in another host state than run 1's (the cores
+/// placed otherwise, the canary slowed or quickened). What a row of ours against a peer
+/// measures depends on both (one peer's contended ratio was 45× with the cores 72 ns apart
+/// and 100× at 474 ns; a one-thread ratio fell from 14.9× to 8.8× with ours slowed by half
+/// and the peer, waiting on memory, not), so a row measured then is a measurement of
+/// another machine. A new measurement replaces the row when it is closer to the target
+/// (see [`Mismatch::better_than`]). Stops starting new passes after [`REMEASURE_BUDGET`]:
+/// a host busy for half an hour does not come back by waiting. Returns how many times each
+/// row ([`Row::key`]) was measured again. Nothing is measured again under `--quick` (a
+/// smoke test) or `--rounds` (a look with fixed rounds: one pass is what was asked for).
 fn measure_again(
     root: &Path,
     flags: &Flags,
@@ -431,13 +492,21 @@ fn measure_again(
     if flags.quick || flags.rounds.is_some() {
         return Ok(again);
     }
+    let started = std::time::Instant::now();
     for _ in 0..REMEASURES {
+        if started.elapsed() > REMEASURE_BUDGET {
+            println!(
+                "\n== not measuring again: {} min spent on it in this run",
+                REMEASURE_BUDGET.as_secs() / 60
+            );
+            break;
+        }
         let fastest = fastest_canary(rows);
-        let wanted = |row: &Row| {
-            let (placement_differs, slowdown) = needs_again(row, fastest, reference);
-            placement_differs || slowdown > SLOWED_ROW
-        };
-        let targets: Vec<Row> = rows.iter().filter(|row| wanted(row)).cloned().collect();
+        let targets: Vec<Row> = rows
+            .iter()
+            .filter(|row| needs_again(row, fastest, reference).wants_again())
+            .cloned()
+            .collect();
         if targets.is_empty() {
             break;
         }
@@ -446,12 +515,7 @@ fn measure_again(
         for krate in crates {
             let (mut names, mut why) = (Vec::new(), Vec::new());
             for row in targets.iter().filter(|row| row.krate == krate) {
-                let (placement_differs, slowdown) = needs_again(row, fastest, reference);
-                let reason = if placement_differs {
-                    "cores placed otherwise than in run 1".to_string()
-                } else {
-                    format!("canary {slowdown:.2}× the run's fastest")
-                };
+                let reason = why_again(needs_again(row, fastest, reference), reference.is_some());
                 names.push(row.key().to_lowercase());
                 why.push(format!("{} vs {} ({reason})", row.bench, row.baseline));
             }
@@ -462,12 +526,24 @@ fn measure_again(
                 let Some(slot) = rows.iter_mut().find(|old| old.key() == row.key()) else {
                     continue;
                 };
-                let score = |row: &Row| {
-                    let (placement_differs, slowdown) = needs_again(row, fastest, reference);
-                    (u8::from(placement_differs), slowdown)
-                };
-                let (new, old) = (score(&row), score(slot));
-                if new.0 < old.0 || (new.0 == old.0 && new.1 < old.1) {
+                let (new, old) = (
+                    needs_again(&row, fastest, reference),
+                    needs_again(slot, fastest, reference),
+                );
+                println!(
+                    "   {} vs {}: canary {} ns ({}), kept the {} measurement",
+                    row.bench,
+                    row.baseline,
+                    row.canary_ns
+                        .map_or("-".to_string(), |ns| format!("{ns:.2}")),
+                    why_again(new, reference.is_some()),
+                    if new.better_than(old) {
+                        "new"
+                    } else {
+                        "earlier"
+                    }
+                );
+                if new.better_than(old) {
                     *slot = row;
                 }
                 match again.iter_mut().find(|(name, _)| *name == slot.key()) {
@@ -479,6 +555,10 @@ fn measure_again(
     }
     Ok(again)
 }
+
+/// How long one run spends measuring rows again at most before it stops starting passes
+/// (one pass on a busy host, with most rows slowed, took about 3 minutes).
+const REMEASURE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Pairs the rows of two runs by crate, bench and baseline, in the order of the second run
 /// (rows of the first run alone follow).
@@ -521,6 +601,10 @@ pub(crate) fn render_stability(movements: &[Movement], again: &[(String, usize)]
             let placed = row
                 .placement_ns
                 .map_or(String::new(), |ns| format!(", cores {ns:.0} ns apart"));
+            let placed = match row.canary_ns {
+                Some(ns) => format!("{placed}, canary {ns:.2} ns"),
+                None => placed,
+            };
             format!(
                 "{:.2}× ({:.2}–{:.2}{placed})",
                 row.ratio, row.min_ratio, row.max_ratio
@@ -552,6 +636,11 @@ pub(crate) fn render_stability(movements: &[Movement], again: &[(String, usize)]
         };
         let change = if movement.placement_differs() {
             format!("{change} **placement differs**")
+        } else {
+            change
+        };
+        let change = if movement.core_speed_differs() {
+            format!("{change} **core speed differs**")
         } else {
             change
         };
@@ -993,8 +1082,8 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          area, `--rounds N` to fix the rounds; `cargo xtask bench --twice` runs everything \
          twice and lists, in `target/bench/stability.md`, every row whose median ratio moved \
          more than 15% between the runs (failing if one did), after measuring again, up to \
-         three times, any row of several threads that run 2 found at another placement than \
-         run 1 did; `cargo xtask bench \
+         three times, any row that run 2 found in another host state than run 1 did (the \
+         cores placed otherwise, or the canary more than 8% off run 1's either way); `cargo xtask bench \
          --write-docs` regenerates this page.\n",
         date = field("date"),
         cpu = field("cpu"),
@@ -1255,20 +1344,62 @@ mod tests {
         ];
         let fastest = fastest_canary(&rows);
         assert_eq!(fastest, Some(2.0));
-        let (_, slowdown) = needs_again(&rows[1], fastest, None);
-        assert!(slowdown > SLOWED_ROW, "ours ran slowed for the whole row");
-        let (_, slowdown) = needs_again(&rows[3], fastest, None);
-        assert!(slowdown <= SLOWED_ROW);
+        let slowed = needs_again(&rows[1], fastest, None);
+        assert!(slowed.wants_again(), "ours ran slowed for the whole row");
+        assert!(!slowed.placement_differs && slowed.canary > SLOWED_ROW);
+        assert!(!needs_again(&rows[3], fastest, None).wants_again());
         let run1 = [row(1.0, Some(72.0))];
-        let (differs, _) = needs_again(&row(1.0, Some(480.0)), Some(1.0), Some(&run1));
-        assert!(differs);
-        let (differs, _) = needs_again(&row(1.0, Some(80.0)), Some(1.0), Some(&run1));
-        assert!(!differs);
-        // Rows without canary or placement (whole operations) are never measured again.
-        assert_eq!(
-            needs_again(&with_ratio(1, 0.7), fastest, Some(&run1)),
-            (false, 1.0)
+        let elsewhere = needs_again(&row(1.0, Some(480.0)), Some(1.0), Some(&run1));
+        assert!(elsewhere.placement_differs && elsewhere.wants_again());
+        assert!(!needs_again(&row(1.0, Some(80.0)), Some(1.0), Some(&run1)).wants_again());
+        // A placement that matches beats any canary; then the closer canary wins.
+        assert!(
+            needs_again(&row(1.5, Some(72.0)), Some(1.0), Some(&run1)).better_than(needs_again(
+                &row(1.0, Some(480.0)),
+                Some(1.0),
+                Some(&run1)
+            ))
         );
+        assert!(
+            needs_again(&row(1.05, None), Some(1.0), None).better_than(needs_again(
+                &row(1.2, None),
+                Some(1.0),
+                None
+            ))
+        );
+        // Rows without canary or placement (whole operations) are never measured again.
+        let whole = needs_again(&with_ratio(1, 0.7), fastest, Some(&run1));
+        assert!(!whole.wants_again() && (whole.canary - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn run_two_measures_a_row_again_until_its_core_ran_as_fast_as_in_run_one() {
+        let row = |ratio: f64, canary: f64| Row {
+            canary_ns: Some(canary),
+            ..with_ratio(0, ratio)
+        };
+        // Pair t4's row: quiet in run 1, slowed in run 2, and the other way round.
+        let run1 = [row(1.33, 2.66)];
+        let quicker = needs_again(&row(1.92, 2.03), Some(2.03), Some(&run1));
+        assert!(
+            quicker.wants_again(),
+            "run 2 quicker than run 1: {quicker:?}"
+        );
+        let run1 = [row(1.92, 2.03)];
+        let slower = needs_again(&row(1.33, 2.66), Some(2.03), Some(&run1));
+        assert!(slower.wants_again(), "run 2 slower than run 1: {slower:?}");
+        // Against run 1's state, not the run's fastest: both slowed alike is a match.
+        let run1 = [row(1.35, 2.66)];
+        assert!(!needs_again(&row(1.33, 2.70), Some(2.03), Some(&run1)).wants_again());
+        // The stability table shows each run's canary and flags the mismatch.
+        let moved = movements(&[row(1.33, 2.66)], &[row(1.92, 2.03)]);
+        assert!(moved[0].core_speed_differs() && moved[0].moved());
+        let table = render_stability(&moved, &[]);
+        assert!(table.contains("canary 2.66 ns"), "{table}");
+        assert!(table.contains("canary 2.03 ns"), "{table}");
+        assert!(table.contains("**core speed differs**"), "{table}");
+        let same = movements(&[row(1.33, 2.66)], &[row(1.40, 2.70)]);
+        assert!(!same[0].core_speed_differs());
     }
 
     #[test]
