@@ -377,7 +377,7 @@ impl Movement {
     pub(crate) fn core_speed_differs(&self) -> bool {
         match (&self.first, &self.second) {
             (Some(first), Some(second)) => {
-                needs_again(second, None, Some(std::slice::from_ref(first))).canary > SLOWED_ROW
+                canaries_apart(first.canary_ns, second.canary_ns) > SLOWED_ROW
             }
             _ => false,
         }
@@ -390,6 +390,15 @@ fn placed_otherwise(first: &Row, second: &Row) -> bool {
     match (first.placement_ns, second.placement_ns) {
         (Some(first), Some(second)) => !xtask::harness::same_placement(first, second),
         _ => false,
+    }
+}
+
+/// How far apart two canaries (`canary_ns`) ran: the slower over the faster (1.0 when
+/// either is missing, as for rows that time whole operations).
+fn canaries_apart(first: Option<f64>, second: Option<f64>) -> f64 {
+    match (first, second) {
+        (Some(first), Some(second)) => first.max(second) / first.min(second),
+        _ => 1.0,
     }
 }
 
@@ -447,13 +456,9 @@ fn needs_again(row: &Row, fastest: Option<f64>, reference: Option<&[Row]>) -> Mi
         Some(old) => old.canary_ns,
         None => fastest,
     };
-    let canary = match (row.canary_ns, target) {
-        (Some(canary), Some(target)) => canary.max(target) / canary.min(target),
-        _ => 1.0,
-    };
     Mismatch {
         placement_differs,
-        canary,
+        canary: canaries_apart(row.canary_ns, target),
     }
 }
 
@@ -526,10 +531,8 @@ fn measure_again(
                 let Some(slot) = rows.iter_mut().find(|old| old.key() == row.key()) else {
                     continue;
                 };
-                let (new, old) = (
-                    needs_again(&row, fastest, reference),
-                    needs_again(slot, fastest, reference),
-                );
+                let new = needs_again(&row, fastest, reference);
+                let closer = new.better_than(needs_again(slot, fastest, reference));
                 println!(
                     "   {} vs {}: canary {} ns ({}), kept the {} measurement",
                     row.bench,
@@ -537,13 +540,9 @@ fn measure_again(
                     row.canary_ns
                         .map_or("-".to_string(), |ns| format!("{ns:.2}")),
                     why_again(new, reference.is_some()),
-                    if new.better_than(old) {
-                        "new"
-                    } else {
-                        "earlier"
-                    }
+                    if closer { "new" } else { "earlier" }
                 );
-                if new.better_than(old) {
+                if closer {
                     *slot = row;
                 }
                 match again.iter_mut().find(|(name, _)| *name == slot.key()) {
