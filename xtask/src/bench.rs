@@ -42,7 +42,8 @@
 //!
 //! Every run (not `--quick`, not `--rounds`; run 1 of `--twice` too) also measures again,
 //! up to three times, each nanosecond row whose `canary_ns` is more than 8% over the run's
-//! fastest row's: its core was slowed for the whole row, which the harness's per-round
+//! fastest row's (among the rows timed by the same clock, `timer`: a thread's CPU time and
+//! the wall clock read the canary differently): its core was slowed for the whole row, which the harness's per-round
 //! canary check, judging against the row's own usual speed, cannot see. A run stops
 //! starting such passes after 10 minutes.
 //!
@@ -410,13 +411,41 @@ const REMEASURES: usize = 3;
 /// against its target (see [`needs_again`]) is measured again.
 const SLOWED_ROW: f64 = 1.08;
 
-/// The run's fastest row canary: the core's speed during the quietest row. Each row's
-/// canary is already the median of its readings (so not one lucky reading); the fastest
-/// row, not the median one, because in one run the other hyperthread was busy through
-/// most rows (canaries of 2.7–2.8 ns against 2.0–2.1 ns in the quiet ones), and against
-/// the median the slowed rows looked usual.
-fn fastest_canary(rows: &[Row]) -> Option<f64> {
-    rows.iter().filter_map(|row| row.canary_ns).reduce(f64::min)
+/// The run's fastest row canary among the rows timed by `timer`: the core's speed during
+/// the quietest such row. Each row's canary is already the median of its readings (so not
+/// one lucky reading); the fastest row, not the median one, because in one run the other
+/// hyperthread was busy through most rows (canaries of 2.7–2.8 ns against 2.0–2.1 ns in
+/// the quiet ones), and against the median the slowed rows looked usual.
+///
+/// Only rows timed alike: a canary timed in the thread's CPU time (one-thread rows) and
+/// one timed on the wall clock (rows of several threads) are not the same measurement. On
+/// one host the first read 1.36–1.56 ns in every row of two runs while the second read
+/// 1.03 ns in one run, so against the fastest of either kind every one-thread row was
+/// "slowed" and measured again three times, to no end.
+fn fastest_canary(rows: &[Row], timer: &str) -> Option<f64> {
+    rows.iter()
+        .filter(|row| row.timer == timer)
+        .filter_map(|row| row.canary_ns)
+        .reduce(f64::min)
+}
+
+/// [`fastest_canary`] for each timer the rows use.
+fn fastest_canaries(rows: &[Row]) -> Vec<(String, Option<f64>)> {
+    let mut fastest: Vec<(String, Option<f64>)> = Vec::new();
+    for row in rows {
+        if !fastest.iter().any(|(timer, _)| *timer == row.timer) {
+            fastest.push((row.timer.clone(), fastest_canary(rows, &row.timer)));
+        }
+    }
+    fastest
+}
+
+/// The fastest canary of the rows timed like `row` (see [`fastest_canaries`]).
+fn fastest_for(fastest: &[(String, Option<f64>)], row: &Row) -> Option<f64> {
+    fastest
+        .iter()
+        .find(|(timer, _)| *timer == row.timer)
+        .and_then(|(_, canary)| *canary)
 }
 
 /// How far a row's measurement is from the host state it should have been taken in.
@@ -506,10 +535,10 @@ fn measure_again(
             );
             break;
         }
-        let fastest = fastest_canary(rows);
+        let fastest = fastest_canaries(rows);
         let targets: Vec<Row> = rows
             .iter()
-            .filter(|row| needs_again(row, fastest, reference).wants_again())
+            .filter(|row| needs_again(row, fastest_for(&fastest, row), reference).wants_again())
             .cloned()
             .collect();
         if targets.is_empty() {
@@ -520,7 +549,8 @@ fn measure_again(
         for krate in crates {
             let (mut names, mut why) = (Vec::new(), Vec::new());
             for row in targets.iter().filter(|row| row.krate == krate) {
-                let reason = why_again(needs_again(row, fastest, reference), reference.is_some());
+                let mismatch = needs_again(row, fastest_for(&fastest, row), reference);
+                let reason = why_again(mismatch, reference.is_some());
                 names.push(row.key().to_lowercase());
                 why.push(format!("{} vs {} ({reason})", row.bench, row.baseline));
             }
@@ -531,8 +561,9 @@ fn measure_again(
                 let Some(slot) = rows.iter_mut().find(|old| old.key() == row.key()) else {
                     continue;
                 };
-                let new = needs_again(&row, fastest, reference);
-                let closer = new.better_than(needs_again(slot, fastest, reference));
+                let target = fastest_for(&fastest, &row);
+                let new = needs_again(&row, target, reference);
+                let closer = new.better_than(needs_again(slot, target, reference));
                 println!(
                     "   {} vs {}: canary {} ns ({}), kept the {} measurement",
                     row.bench,
@@ -1062,7 +1093,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          other); a round across which the placement changed is dropped, the row keeps the \
          rounds at its usual placement, and `cores apart` gives that round trip. A nanosecond \
          row also records its canary's usual time; a row whose canary ran more than 8% slower \
-         than the run's fastest row's (the other hyperthread busy for the whole row, which the \
+         than the run's fastest row's timed by the same clock (the other hyperthread busy for the whole row, which the \
          per-round check cannot see: one one-thread ratio read 14.9× and 8.8× that way, ours \
          slowed by half and the peer, waiting on memory, hardly) is measured again, up to \
          three times, and the better measurement kept. Before every timed whole \
@@ -1341,7 +1372,7 @@ mod tests {
             row(2.75, None),
             row(2.1, None),
         ];
-        let fastest = fastest_canary(&rows);
+        let fastest = fastest_canary(&rows, &rows[0].timer);
         assert_eq!(fastest, Some(2.0));
         let slowed = needs_again(&rows[1], fastest, None);
         assert!(slowed.wants_again(), "ours ran slowed for the whole row");
@@ -1369,6 +1400,33 @@ mod tests {
         // Rows without canary or placement (whole operations) are never measured again.
         let whole = needs_again(&with_ratio(1, 0.7), fastest, Some(&run1));
         assert!(!whole.wants_again() && (whole.canary - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_row_is_judged_against_the_fastest_row_timed_by_the_same_clock() {
+        let row = |canary: f64, timer: &str| Row {
+            canary_ns: Some(canary),
+            timer: timer.to_string(),
+            ..with_ratio(0, 8.0)
+        };
+        // This session's host: one-thread rows (thread CPU time) all at 1.44–1.47 ns, rows
+        // of two threads (wall clock) at 1.03 ns. No one-thread row ran slowed.
+        let rows = [
+            row(1.44, "thread-cpu"),
+            row(1.47, "thread-cpu"),
+            row(1.03, "wall"),
+            row(1.58, "thread-cpu"),
+            row(1.13, "wall"),
+        ];
+        let fastest = fastest_canaries(&rows);
+        assert_eq!(fastest_for(&fastest, &rows[1]), Some(1.44));
+        assert_eq!(fastest_for(&fastest, &rows[4]), Some(1.03));
+        let again: Vec<bool> = rows
+            .iter()
+            .map(|row| needs_again(row, fastest_for(&fastest, row), None).wants_again())
+            .collect();
+        // 1.47 is 2% over 1.44; 1.58 is 10% over it, 1.13 is 10% over 1.03.
+        assert_eq!(again, [false, false, false, true, true]);
     }
 
     #[test]
