@@ -1071,7 +1071,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          budget, a row of several threads within 60 seconds), so \
          `rounds` differs from row to row. Nanosecond rows use a batch calibrated for each side \
          to 1 ms (4 ms on several threads), after a warm-up, with `black_box` on every input and output; a one-thread round times \
-         four batches of each side, alternating, and keeps each side's fastest. A canary (a \
+         sixteen batches of each side, alternating, and keeps each side's fastest. A canary (a \
          fixed loop of simple instructions) is timed around every round of a nanosecond row: \
          a round around which it ran more than 8% slower than its median during the row is dropped, up to \
          as many as the row may run (on these virtual machines the core's other hyperthread \

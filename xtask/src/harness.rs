@@ -24,10 +24,12 @@
 //!   1 ms on one thread, 4 ms on several, the latter calibrated on one thread), so the
 //!   resolution of the clock and the cost of reading it vanish, and a side a hundred times
 //!   slower than the other does not make each of its batches a hundred times as long;
-//! - **fastest of four** (one-thread rows): a round times four batches of each side,
+//! - **fastest of sixteen** (one-thread rows): a round times sixteen batches of each side,
 //!   alternating, and keeps each side's fastest; what disturbs a batch on a shared machine
-//!   (a build on the sibling hyperthread, an interrupt) only ever adds time, comes and goes
-//!   within milliseconds, and need not hit both sides alike;
+//!   (a build on the sibling hyperthread, an interrupt, a slowed spell of a few
+//!   milliseconds that the canary does not see) only ever adds time, comes and goes, and
+//!   need not hit both sides alike (with four, such spells took whole rounds on one host,
+//!   and one row's median flipped between 2.1× and 2.95× from run to run);
 //! - **a canary**: a fixed loop of simple instructions, timed for 0.2 ms before and after
 //!   every round of a one-thread row (and by each thread before every batch of a row of
 //!   several threads, see below), whose usual (median) time during the row is the core's
@@ -151,8 +153,12 @@ const COMPARE_BUDGET: Duration = Duration::from_secs(45);
 /// Each side's batch in a one-thread row takes at least this long.
 const SOLO_TARGET: Duration = Duration::from_millis(1);
 /// A one-thread row's round times this many batches of each side and keeps each side's
-/// fastest (see [`solo_rounds`]): as long, per side, as one batch of 4 ms.
-const SOLO_REPEATS: usize = 4;
+/// fastest (see [`solo_rounds`]): 16 ms per side. With four (4 ms), one host's slowed
+/// spells, which the canary did not see and which lasted longer than a round of four,
+/// took whole rounds: `rejection while open, 1 thread vs failsafe` read 2.07–2.92× in six
+/// processes back to back (ours 12.2–18.8 ns), and 2.93–2.97× with sixteen (ours
+/// 11.4–11.9 ns); two full runs had given 2.95× and 2.08×.
+const SOLO_REPEATS: usize = 16;
 /// A canary batch (see [`Canary`]) takes about this long.
 const CANARY_TARGET: Duration = Duration::from_micros(100);
 /// A round of a one-thread row is slowed when the canary timed around it ran more than this
