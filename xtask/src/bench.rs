@@ -42,10 +42,10 @@
 //!
 //! Every run (not `--quick`, not `--rounds`; run 1 of `--twice` too) also measures again,
 //! up to three times, each nanosecond row whose `canary_ns` is more than 8% over the run's
-//! fastest row's (among the rows timed by the same clock, `timer`: a thread's CPU time and
-//! the wall clock read the canary differently): its core was slowed for the whole row, which the harness's per-round
-//! canary check, judging against the row's own usual speed, cannot see. A run stops
-//! starting such passes after 10 minutes.
+//! fastest row's among those timed by the same clock (`timer`: a thread's CPU time and the
+//! wall clock read the canary differently): its core was slowed for the whole row, which
+//! the harness's per-round canary check, judging against the row's own usual speed,
+//! cannot see. A run stops starting such passes after 10 minutes.
 //!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
@@ -429,25 +429,6 @@ fn fastest_canary(rows: &[Row], timer: &str) -> Option<f64> {
         .reduce(f64::min)
 }
 
-/// [`fastest_canary`] for each timer the rows use.
-fn fastest_canaries(rows: &[Row]) -> Vec<(String, Option<f64>)> {
-    let mut fastest: Vec<(String, Option<f64>)> = Vec::new();
-    for row in rows {
-        if !fastest.iter().any(|(timer, _)| *timer == row.timer) {
-            fastest.push((row.timer.clone(), fastest_canary(rows, &row.timer)));
-        }
-    }
-    fastest
-}
-
-/// The fastest canary of the rows timed like `row` (see [`fastest_canaries`]).
-fn fastest_for(fastest: &[(String, Option<f64>)], row: &Row) -> Option<f64> {
-    fastest
-        .iter()
-        .find(|(timer, _)| *timer == row.timer)
-        .and_then(|(_, canary)| *canary)
-}
-
 /// How far a row's measurement is from the host state it should have been taken in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Mismatch {
@@ -535,10 +516,12 @@ fn measure_again(
             );
             break;
         }
-        let fastest = fastest_canaries(rows);
+        // Judged against the rows as they stood when the pass began.
+        let before = rows.to_vec();
+        let fastest = |row: &Row| fastest_canary(&before, &row.timer);
         let targets: Vec<Row> = rows
             .iter()
-            .filter(|row| needs_again(row, fastest_for(&fastest, row), reference).wants_again())
+            .filter(|row| needs_again(row, fastest(row), reference).wants_again())
             .cloned()
             .collect();
         if targets.is_empty() {
@@ -549,7 +532,7 @@ fn measure_again(
         for krate in crates {
             let (mut names, mut why) = (Vec::new(), Vec::new());
             for row in targets.iter().filter(|row| row.krate == krate) {
-                let mismatch = needs_again(row, fastest_for(&fastest, row), reference);
+                let mismatch = needs_again(row, fastest(row), reference);
                 let reason = why_again(mismatch, reference.is_some());
                 names.push(row.key().to_lowercase());
                 why.push(format!("{} vs {} ({reason})", row.bench, row.baseline));
@@ -561,7 +544,7 @@ fn measure_again(
                 let Some(slot) = rows.iter_mut().find(|old| old.key() == row.key()) else {
                     continue;
                 };
-                let target = fastest_for(&fastest, &row);
+                let target = fastest(&row);
                 let new = needs_again(&row, target, reference);
                 let closer = new.better_than(needs_again(slot, target, reference));
                 println!(
@@ -1418,12 +1401,12 @@ mod tests {
             row(1.58, "thread-cpu"),
             row(1.13, "wall"),
         ];
-        let fastest = fastest_canaries(&rows);
-        assert_eq!(fastest_for(&fastest, &rows[1]), Some(1.44));
-        assert_eq!(fastest_for(&fastest, &rows[4]), Some(1.03));
+        let fastest = |row: &Row| fastest_canary(&rows, &row.timer);
+        assert_eq!(fastest(&rows[1]), Some(1.44));
+        assert_eq!(fastest(&rows[4]), Some(1.03));
         let again: Vec<bool> = rows
             .iter()
-            .map(|row| needs_again(row, fastest_for(&fastest, row), None).wants_again())
+            .map(|row| needs_again(row, fastest(row), None).wants_again())
             .collect();
         // 1.47 is 2% over 1.44; 1.58 is 10% over it, 1.13 is 10% over 1.03.
         assert_eq!(again, [false, false, false, true, true]);
