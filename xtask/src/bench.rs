@@ -47,6 +47,11 @@
 //! the harness's per-round canary check, judging against the row's own usual speed,
 //! cannot see. A run stops starting such passes after 10 minutes.
 //!
+//! For the whole run, the guest's free page reporting to its host is paused where the
+//! kernel has it and lets root change it (see `free_pages`: otherwise memory freed by one
+//! side is handed back to the host and the next allocation waits for it to come back), and
+//! `machine.json` says whether it was.
+//!
 //! The runner adds `goal_met` (the median ratio reaches the goal) and `verdict` (`met`,
 //! `missed`, or `inconclusive` when the spread straddles the goal), writes
 //! `target/bench/report.json` (a JSON array of the rows) and `target/bench/machine.json`
@@ -238,8 +243,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if !fixed_layout {
         println!("note: `setarch --addr-no-randomize` is not available; layouts vary per run");
     }
+    // Held to the end of the run, whatever it returns (see `free_pages`).
+    let reporting = crate::free_pages::pause(crate::free_pages::ORDER_PATH);
+    println!("free page reporting: {}", reporting.state);
     let mut machine = machine();
     machine["address_randomization"] = json!(if fixed_layout { "off" } else { "on" });
+    machine["free_page_reporting"] = json!(reporting.state);
     let machine_path = out_dir.join("machine.json");
     let machine_text =
         serde_json::to_string_pretty(&machine).expect("a JSON value always serializes");
@@ -1038,7 +1047,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          - machine: {cpu}, {cores} cores, {memory} GiB memory, clock source `{clock}`, \
            load average at the start {load}\n\
          - kernel: {kernel}; toolchain: {rustc}; address-space randomization for the \
-           benchmarks: {aslr}\n\
+           benchmarks: {aslr}; free page reporting to the host: {reporting}\n\
          - crates measured: {crates}; {pinned}; {timing}\n\n\
          ## How to read it\n\n\
          Every row is measured in rounds: each round times a batch of ours and a batch of the \
@@ -1081,7 +1090,11 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
          slowed by half and the peer, waiting on memory, hardly) is measured again, up to \
          three times, and the better measurement kept. Before every timed whole \
          operation the system's dirty pages are written back (`sync`), so one side's pending \
-         writes do not land in the other's time; those rows keep every round (a canary read \
+         writes do not land in the other's time, and for the whole run the guest's free page \
+         reporting is paused where the kernel has it (a virtual machine that hands freed \
+         memory back to its host makes whichever allocation next gets that memory wait for \
+         the host to fault it in again: a 242 MB write into the page cache took 0.05 s or \
+         0.5 s at random that way, and the original plan's save with it); those rows keep every round (a canary read \
          around a save or a load of requests ran slowed by the operation's own aftermath \
          after most rounds, and dropping them chose which rounds counted: the loopback row \
          gave 0.93× to 1.13× over three runs that way, 0.96× to 1.03× keeping all). A `goal` \
@@ -1107,6 +1120,7 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
         kernel = field("kernel"),
         rustc = field("rustc"),
         aslr = field("address_randomization"),
+        reporting = field("free_page_reporting"),
         crates = crates.join(", "),
     )
 }

@@ -6,6 +6,7 @@
 //! benchmarks measure with; the binary needs only `serde_json`, for the report.
 
 mod bench;
+mod free_pages;
 mod package;
 #[cfg(test)]
 mod tidy;
