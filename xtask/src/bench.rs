@@ -1019,12 +1019,8 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .map(|text| text.trim().to_string())
 }
 
-fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) -> String {
-    let field = |key: &str| match &machine[key] {
-        Value::String(text) => text.clone(),
-        Value::Null => "unknown".into(),
-        other => other.to_string(),
-    };
+/// How the rows' threads were pinned and timed, for the docs page's header.
+fn pinning_and_timing(rows: &[Row]) -> (&'static str, &'static str) {
     let pinned = if rows.iter().all(|row| row.pinned) {
         "each measuring thread pinned to its own core"
     } else {
@@ -1036,6 +1032,16 @@ fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) ->
     } else {
         "every row timed in wall-clock time (no thread CPU clock on this machine)"
     };
+    (pinned, timing)
+}
+
+fn render_docs(table: &str, machine: &Value, crates: &[String], rows: &[Row]) -> String {
+    let field = |key: &str| match &machine[key] {
+        Value::String(text) => text.clone(),
+        Value::Null => "unknown".into(),
+        other => other.to_string(),
+    };
+    let (pinned, timing) = pinning_and_timing(rows);
     let inconclusive = rows
         .iter()
         .filter(|row| row.verdict() == Verdict::Inconclusive)
