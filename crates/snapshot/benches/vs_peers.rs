@@ -504,6 +504,13 @@ fn timing_rows(label: &str) -> Vec<Row> {
         )
         .goal(3.0),
         row(
+            format!(
+                "restore {label} into a HashMap hashed with foldhash (restore_with_hasher), lazy Box<RawValue> values"
+            ),
+            "serde_json::from_reader(BufReader) into a typed Vec (floor)",
+        )
+        .goal(3.0),
+        row(
             format!("restore {label} into a Vec via restore_into, lazy Box<RawValue> values"),
             "serde_json::from_reader(BufReader) into a typed Vec (floor)",
         )
@@ -531,9 +538,10 @@ fn measure_timing(
         restore_value_row,
         value_payload_row,
         raw_payload_row,
+        raw_foldhash_row,
         raw_vec_row,
         moka_row,
-    ] = <[Row; 8]>::try_from(rows).expect("eight timing rows");
+    ] = <[Row; 9]>::try_from(rows).expect("nine timing rows");
     let floor = floor_entries(entries);
     harness.compare(
         save_floor_row,
@@ -569,6 +577,20 @@ fn measure_timing(
             seconds(|| {
                 persistence
                     .restore::<Box<serde_json::value::RawValue>>()
+                    .unwrap()
+                    .entries
+            })
+        },
+        || seconds(|| restore_floor(&floor_path)),
+    );
+    harness.compare(
+        raw_foldhash_row,
+        || {
+            seconds(|| {
+                persistence
+                    .restore_with_hasher::<Box<serde_json::value::RawValue>, _>(
+                        foldhash::fast::RandomState::default(),
+                    )
                     .unwrap()
                     .entries
             })

@@ -69,8 +69,7 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
     pub(crate) read: u64,
     pub(crate) expired: u64,
     /// Entries waiting to be handed to the inserter, with their keys' hashes where the
-    /// target [needs them](Fill::NEEDS_HASH) (computed here, with the map's hasher, to
-    /// take work off the helper).
+    /// target [needs them](Fill::NEEDS_HASH) (to split the keys between the threads).
     pending: Vec<Pending<V>>,
     hasher: RandomState,
     /// Where full batches go; `None` once [`finish`](Self::finish) has closed it.
@@ -95,7 +94,7 @@ pub(crate) struct Restoring<V, T: Fill<V> = Inserter<V>> {
 }
 
 impl<V, T: Fill<V>> Restoring<V, T> {
-    /// `hasher` must be the one the map that `sink` fills uses.
+    /// `hasher` hashes the keys for a target that [needs them](Fill::NEEDS_HASH).
     pub(crate) fn new(
         now_millis: u64,
         max_entries: u64,

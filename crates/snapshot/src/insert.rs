@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    hash::RandomState,
+    hash::{BuildHasher, RandomState},
     sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel},
     thread,
 };
@@ -245,7 +245,7 @@ impl<V, F: FnMut(String, CacheEntry<V>)> Fill<V> for Deliver<F> {
     }
 }
 
-impl<V> Fill<V> for Inserter<V> {
+impl<V, S: BuildHasher> Fill<V> for Inserter<V, S> {
     type Local = Nothing;
     // `HashMap::insert` hashes the key itself, and batches are inserted in file order
     // (see `Inserter::insert`), so a hash computed by the parser would be wasted.
@@ -269,14 +269,15 @@ impl<V> Fill<V> for Inserter<V> {
     }
 }
 
-/// The map being filled, and how many earlier entries later ones replaced.
-pub(crate) struct Inserter<V> {
-    pub(crate) map: HashMap<String, CacheEntry<V>>,
+/// The map being filled (with the caller's hasher, `S`), and how many earlier entries
+/// later ones replaced.
+pub(crate) struct Inserter<V, S = RandomState> {
+    pub(crate) map: HashMap<String, CacheEntry<V>, S>,
     pub(crate) superseded: u64,
 }
 
-impl<V> Inserter<V> {
-    pub(crate) fn new(hasher: RandomState) -> Self {
+impl<V, S: BuildHasher> Inserter<V, S> {
+    pub(crate) fn new(hasher: S) -> Self {
         Self {
             map: HashMap::with_hasher(hasher),
             superseded: 0,

@@ -11,7 +11,8 @@ mod temp;
 
 use std::{
     collections::HashMap,
-    fs,
+    fmt, fs,
+    hash::{BuildHasher, RandomState},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
@@ -114,7 +115,9 @@ pub struct RestoreReport {
     pub duration: Duration,
 }
 
-/// The entries a restore loaded, with its report.
+/// The entries a restore loaded, with its report. `S` is the map's hasher: std's
+/// [`RandomState`] unless the restore was given another
+/// ([`restore_with_hasher`](CachePersistence::restore_with_hasher)).
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -123,22 +126,49 @@ pub struct RestoreReport {
 /// assert!(!restored.report.found);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restored<V> {
+pub struct Restored<V, S = RandomState> {
     /// The unexpired entries, by key.
-    pub entries: HashMap<String, CacheEntry<V>>,
+    pub entries: HashMap<String, CacheEntry<V>, S>,
     /// Counts, sizes, and timing.
     pub report: RestoreReport,
 }
 
-impl<V> Default for Restored<V> {
+// By hand, not derived: a derive would ask `S: PartialEq` of the hasher, which std's
+// `RandomState` is not (a map compares with `S: BuildHasher`), and `S: Debug` needlessly.
+impl<V, S: Default> Default for Restored<V, S> {
     fn default() -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             report: RestoreReport::default(),
         }
     }
 }
+
+impl<V: Clone, S: Clone> Clone for Restored<V, S> {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+            report: self.report.clone(),
+        }
+    }
+}
+
+impl<V: fmt::Debug, S> fmt::Debug for Restored<V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Restored")
+            .field("entries", &self.entries)
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+impl<V: PartialEq, S: BuildHasher> PartialEq for Restored<V, S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.report == other.report
+    }
+}
+
+impl<V: Eq, S: BuildHasher> Eq for Restored<V, S> {}
 
 impl Default for CachePersistence {
     /// Persistence in `.cache`, relative to the working directory.

@@ -2,7 +2,7 @@
 
 use std::{
     fs::{self, OpenOptions},
-    hash::RandomState,
+    hash::{BuildHasher, RandomState},
     io::{self, Seek as _, SeekFrom},
     path::Path,
     time::Instant,
@@ -58,15 +58,50 @@ impl CachePersistence {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn restore<V: DeserializeOwned + Send>(&self) -> Result<Restored<V>, SnapshotError> {
+        self.restore_with_hasher(RandomState::new())
+    }
+
+    /// [`restore`](Self::restore) into a map that hashes with `hasher`, as
+    /// [`HashMap::with_hasher`](std::collections::HashMap::with_hasher) does: for a cache
+    /// kept in a map with a faster hasher than std's `SipHash` (`foldhash`, `ahash`, `FxHash`, ...),
+    /// restored straight into it, never rehashed.
+    ///
+    /// Inserting is a restore's other half (it runs on the helper thread while this one
+    /// parses, see [Restore details](crate#restore-details)) and hashing each key is about a
+    /// quarter of it, so a faster hasher shortens a restore whose inserts are its critical
+    /// path, as they are for lazy [`RawValue`](serde_json::value::RawValue) values (see the
+    /// benchmark rows). The usual trade-off of such hashers holds: one that is not seeded
+    /// per process lets whoever chooses the keys choose collisions, and the keys of a
+    /// snapshot come from whatever filled the cache.
+    ///
+    /// # Errors
+    ///
+    /// As [`restore`](Self::restore).
+    ///
+    /// ```
+    /// use std::hash::{BuildHasherDefault, DefaultHasher};
+    /// use keel_snapshot::{CacheEntry, CachePersistence};
+    ///
+    /// type Hasher = BuildHasherDefault<DefaultHasher>;
+    /// let dir = tempfile::tempdir()?;
+    /// let persistence = CachePersistence::new(dir.path());
+    /// persistence.save([("a", &CacheEntry::new(1))])?;
+    /// let restored = persistence.restore_with_hasher::<u32, _>(Hasher::default())?;
+    /// let cache: std::collections::HashMap<String, CacheEntry<u32>, Hasher> = restored.entries;
+    /// assert_eq!(cache["a"].value, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore_with_hasher<V, S>(&self, hasher: S) -> Result<Restored<V, S>, SnapshotError>
+    where
+        V: DeserializeOwned + Send,
+        S: BuildHasher + Send,
+    {
         let started = Instant::now();
         let result = self
-            .restore_file(Inserter::new, started)
-            .map(|restored| match restored {
-                Some((inserter, report)) => Restored {
-                    entries: inserter.map,
-                    report,
-                },
-                None => Restored::default(),
+            .restore_file(Inserter::new(hasher), started)
+            .map(|(inserter, report)| Restored {
+                entries: inserter.map,
+                report: report.unwrap_or_default(),
             });
         self.log_restore(result.as_ref().map(|restored| &restored.report));
         result
@@ -114,8 +149,8 @@ impl CachePersistence {
     {
         let started = Instant::now();
         let result = self
-            .restore_file(|_| Deliver::new(sink), started)
-            .map(|restored| restored.map(|(_, report)| report).unwrap_or_default());
+            .restore_file(Deliver::new(sink), started)
+            .map(|(_, report)| report.unwrap_or_default());
         self.log_restore(result.as_ref());
         result
     }
@@ -136,13 +171,13 @@ impl CachePersistence {
         let started = Instant::now();
         let result = self
             .restore_file(
-                |_| crate::insert::Shared {
+                crate::insert::Shared {
                     insert,
                     inserted: 0,
                 },
                 started,
             )
-            .map(|restored| restored.map(|(_, report)| report).unwrap_or_default());
+            .map(|(_, report)| report.unwrap_or_default());
         self.log_restore(result.as_ref());
         result
     }
@@ -187,13 +222,13 @@ impl CachePersistence {
         self.restore().unwrap_or_default()
     }
 
-    /// Streams the file into the target `make_target` builds from the map hasher;
-    /// `None` if there is no file.
+    /// Streams the file into `target`, and returns it with the report (`None` if there is
+    /// no file: the target is returned as it came).
     fn restore_file<V, T>(
         &self,
-        make_target: impl FnOnce(RandomState) -> T,
+        target: T,
         started: Instant,
-    ) -> Result<Option<(T, RestoreReport)>, SnapshotError>
+    ) -> Result<(T, Option<RestoreReport>), SnapshotError>
     where
         V: DeserializeOwned + Send,
         T: Fill<V> + Send,
@@ -205,7 +240,7 @@ impl CachePersistence {
             Ok(metadata) if metadata.is_file() => {}
             Ok(_) => return Err(not_a_regular_file(&self.path)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Ok(None);
+                return Ok((target, None));
             }
             Err(error) => return Err(SnapshotError::io("stat", &self.path, error)),
         }
@@ -215,7 +250,7 @@ impl CachePersistence {
         let file = match options.open(&self.path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Ok(None);
+                return Ok((target, None));
             }
             Err(error) => return Err(SnapshotError::io("open", &self.path, error)),
         };
@@ -237,8 +272,10 @@ impl CachePersistence {
         }
 
         let now = epoch_millis((self.clock)());
+        // Hashes keys for a target that wants them hashed by the parser (see
+        // `Fill::NEEDS_HASH`): one that splits keys between the threads, not a map's.
         let hasher = RandomState::new();
-        let mut target = make_target(hasher.clone());
+        let mut target = target;
         let mut strict_only = false;
         let (restoring, parsed, inserter) = loop {
             // A read is redone (below) from the same open file, so from the same bytes
@@ -293,7 +330,7 @@ impl CachePersistence {
             snapshot_time: restoring.timestamp.map(from_epoch_millis),
             duration: started.elapsed(),
         };
-        Ok(Some((inserter, report)))
+        Ok((inserter, Some(report)))
     }
 
     fn restore_error(

@@ -281,3 +281,80 @@ fn a_lazy_value_refused_after_the_fast_path_gets_the_strict_verdict_and_no_entry
         assert_eq!(key, &format!("k{index}"));
     }
 }
+
+/// A hasher that counts the hashers built from it: proof that the restored map hashes
+/// with the caller's hasher, not one of its own.
+#[derive(Clone, Default)]
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl std::hash::BuildHasher for Counting {
+    type Hasher = std::hash::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::hash::DefaultHasher::new()
+    }
+}
+
+#[test]
+fn restore_with_a_hasher_fills_a_map_that_hashes_with_it_and_matches_restore() {
+    let directory = tempfile::tempdir().unwrap();
+    let persistence = fixed_clock(CachePersistence::new(directory.path()));
+    let mut text = String::from(r#"{"version":1,"entries":["#);
+    for index in 0..20_000_u64 {
+        // Every tenth entry expired, every hundredth key repeated later.
+        let expires = if index % 10 == 3 {
+            NOW_MILLIS
+        } else {
+            NOW_MILLIS + 1
+        };
+        write!(
+            text,
+            r#"{{"key":"k{index}","value":{index},"expiresAt":{expires}}},"#
+        )
+        .unwrap();
+    }
+    for index in (0..20_000_u64).step_by(100) {
+        write!(text, r#"{{"key":"k{index}","value":{}}},"#, index + 1).unwrap();
+    }
+    text.pop();
+    text.push_str("]}");
+    fs::write(persistence.path(), text).unwrap();
+
+    let plain = persistence.restore::<u64>().unwrap();
+    let hasher = Counting::default();
+    let restored = persistence
+        .restore_with_hasher::<u64, _>(hasher.clone())
+        .unwrap();
+    let built = hasher.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        built >= restored.entries.len(),
+        "every key hashed with the caller's hasher ({built} hashers built)"
+    );
+    assert_eq!(restored.report.loaded, plain.report.loaded);
+    assert_eq!(
+        (restored.report.expired, restored.report.rejected),
+        (plain.report.expired, plain.report.rejected)
+    );
+    assert_eq!(restored.entries.len(), plain.entries.len());
+    for (key, entry) in &plain.entries {
+        assert_eq!(restored.entries.get(key), Some(entry), "{key}");
+    }
+    assert_eq!(restored.entries["k300"].value, 301, "the later entry wins");
+    assert!(!restored.entries.contains_key("k3"), "expired");
+
+    // No file: an empty map, with the caller's hasher.
+    fs::remove_file(persistence.path()).unwrap();
+    let empty = persistence
+        .restore_with_hasher::<u64, _>(Counting::default())
+        .unwrap();
+    assert!(empty.entries.is_empty() && !empty.report.found);
+
+    // A bad file gets restore's verdict and is moved aside the same way.
+    fs::write(persistence.path(), r#"{"version":1,"entries":[{"key":"a","#).unwrap();
+    let error = persistence
+        .restore_with_hasher::<u64, _>(Counting::default())
+        .unwrap_err();
+    assert!(matches!(error, SnapshotError::Corrupt { .. }), "{error}");
+    assert!(!persistence.exists(), "quarantined");
+}
