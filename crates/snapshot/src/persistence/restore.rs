@@ -66,13 +66,14 @@ impl CachePersistence {
     /// kept in a map with a faster hasher than std's `SipHash` (`foldhash`, `ahash`, `FxHash`, ...),
     /// restored straight into it, never rehashed.
     ///
-    /// Inserting is a restore's other half (it runs on the helper thread while this one
-    /// parses, see [Restore details](crate#restore-details)) and hashing each key is about a
-    /// quarter of it, so a faster hasher shortens a restore whose inserts are its critical
-    /// path, as they are for lazy [`RawValue`](serde_json::value::RawValue) values (see the
-    /// benchmark rows). The usual trade-off of such hashers holds: one that is not seeded
-    /// per process lets whoever chooses the keys choose collisions, and the keys of a
-    /// snapshot come from whatever filled the cache.
+    /// The map is filled on the restore's helper thread, as [`restore`](Self::restore)'s is
+    /// (see [Restore details](crate#restore-details)). That thread keeps pace with the parser
+    /// even with `SipHash`, so a faster hasher does not shorten the restore itself (a lazy
+    /// restore of 1M entries measured the same with foldhash: see the README's benchmark
+    /// notes). What it gives is a cache whose later lookups and inserts use the hasher the
+    /// service chose, with no rehashing. The usual trade-off of such hashers holds: one that
+    /// is not seeded per process lets whoever chooses the keys choose collisions, and the
+    /// keys of a snapshot come from whatever filled the cache.
     ///
     /// # Errors
     ///
