@@ -227,7 +227,7 @@ impl CachePersistence {
     /// no file: the target is returned as it came).
     fn restore_file<V, T>(
         &self,
-        target: T,
+        mut target: T,
         started: Instant,
     ) -> Result<(T, Option<RestoreReport>), SnapshotError>
     where
@@ -276,7 +276,6 @@ impl CachePersistence {
         // Hashes keys for a target that wants them hashed by the parser (see
         // `Fill::NEEDS_HASH`): one that splits keys between the threads, not a map's.
         let hasher = RandomState::new();
-        let mut target = target;
         let mut strict_only = false;
         let (restoring, parsed, inserter) = loop {
             // A read is redone (below) from the same open file, so from the same bytes
