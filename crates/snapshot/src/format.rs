@@ -249,7 +249,14 @@ const ENTRIES_BEFORE_ESTIMATE: u64 = 1024;
 
 /// The map is sized for at most this many times the entries read so far; once those are
 /// read, the estimate is made again.
-const ESTIMATE_GROWTH: u64 = 8;
+///
+/// 32 rather than 8 (issue 15): the entries read before the estimate covers the file are
+/// held back (see [`HOLD_ENTRIES`]), and the inserting thread has nothing to do until
+/// then. With 8 that was the first ninth of the file; with 32 it is the first thirty-third,
+/// and a lazy restore of 1M entries into a `HashMap` took about 0.31 s instead of 0.335 s
+/// (`SNAPSHOT_BENCH_CASE` loops, Intel Xeon 2-vCPU VM). What a padded or sparse file can
+/// make it reserve stays bounded by what it holds: a table for 33 times the entries read.
+const ESTIMATE_GROWTH: u64 = 32;
 
 fn read_entries<R: Read, V: DeserializeOwned, T: Fill<V>>(
     scanner: &mut Scanner<R>,
@@ -405,9 +412,9 @@ const FIRST_BATCH_ENTRIES: usize = 1024;
 /// allocates a chain of ever larger tables, and the entries already in each are spread
 /// over all of its pages, so every table is touched all over before it is replaced;
 /// holding the first entries back until the estimate covers the file (which the
-/// reservation limit allows once about a ninth of the entries are read) allocates the
-/// table once. A file of more than about 1.1 million entries stops holding at this many
-/// and grows the map in steps.
+/// reservation limit allows once about a thirty-third of the entries are read) allocates
+/// the table once. A file of more than about 4.3 million entries stops holding at this
+/// many and grows the map in steps.
 const HOLD_ENTRIES: usize = 128 * 1024;
 
 /// Entries handed to the inserter per batch at most: few messages per file, and small
