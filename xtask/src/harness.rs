@@ -834,7 +834,7 @@ impl Harness {
 /// arena goes to the next thread started, and a block is freed into the arena it came
 /// from, so the request on this thread never merges it. A restore whose helper built a
 /// million entries (`restore_into` into a `Vec`) left that merge, about 0.1 s, to its own
-/// next round's helper (0.28–0.33 s a round instead of 0.19–0.21 s), while the floor,
+/// next round's helper (0.28–0.33 s a round instead of 0.19–0.22 s), while the floor,
 /// which allocates on this thread only, had its merge done here, untimed. The thread
 /// takes over the arena the last finished thread left, which is the one the next helper
 /// gets.

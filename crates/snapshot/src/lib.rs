@@ -137,10 +137,10 @@
 //! entries took; the map is reserved for at most 32× the entries read so far, so
 //! whitespace padding or a sparse hole cannot make it reserve more than the entries
 //! justify, and a failed reservation is ignored. Until the estimate fits under that
-//! limit (after about a thirty-third of the entries), the first entries are held back (at most
-//! 128 Ki of them), so the map's table is allocated once at its final size instead of
-//! through a chain of ever larger tables that each get touched all over; a file of more
-//! than about 4.3 million entries grows the map in those steps. Each batch is inserted
+//! limit (after about a thirty-third of the entries), the first entries are held back
+//! (at most 128 Ki of them), so the map's table is allocated once at its final size
+//! instead of through a chain of ever larger tables that each get touched all over; a
+//! file of more than about 4.3 million entries grows the map in those steps. Each batch is inserted
 //! in file order: its keys then lie one after the other in memory, which measured
 //! cheaper than sorting the batch by bucket (which reads the keys in random order).
 //! On an error the partly filled map is dropped.
